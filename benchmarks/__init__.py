@@ -1,0 +1,1 @@
+"""Runnable comparisons of flopscale kernels against torch baselines."""

@@ -1,0 +1,2 @@
+"""lawfit: scaling laws, robust fitting with uncertainty, IsoFLOP analysis and
+compute-optimal allocation.  Pure numpy/scipy/pandas: never imports torch."""
