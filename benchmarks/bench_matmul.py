@@ -1,0 +1,92 @@
+"""Dense matmul: ``kernels.matmul`` against ``torch.matmul`` (cuBLAS), forward.
+
+Shapes: square 1024-8192 and LLM projection shapes (tokens x d_model -> QKV, MLP up
+and down), in fp16, bf16, fp32 (tf32 when torch allows it) and fp8 e4m3 on sm_89+.
+Model FLOP = 2*M*N*K; bytes = A + B read once, C written once.
+"""
+from __future__ import annotations
+
+from typing import Iterator
+
+import torch
+
+from .harness import DTYPES, Context, measure, skipped
+
+SUITE = "matmul"
+
+SQUARE = (1024, 2048, 4096, 8192)
+SQUARE_QUICK = (1024, 4096, 8192)
+# (M tokens, K, N): QKV of a 4096-wide model, MLP up/down of Llama-style widths
+LLM = ((16384, 4096, 12288), (16384, 4096, 14336), (16384, 14336, 4096), (8192, 8192, 28672))
+LLM_QUICK = ((16384, 4096, 12288), (16384, 14336, 4096))
+
+
+def _shapes(ctx: Context):
+    sq = SQUARE_QUICK if ctx.quick else SQUARE
+    return [(n, n, n) for n in sq] + list(LLM_QUICK if ctx.quick else LLM)
+
+
+def _dtypes(ctx: Context):
+    names = ["bf16", "fp16"] if ctx.quick else ["bf16", "fp16", "tf32"]
+    if ctx.on_gpu and torch.cuda.get_device_capability() >= (8, 9) and hasattr(torch, "float8_e4m3fn"):
+        names.append("fp8")
+    return names
+
+
+def rows(ctx: Context) -> Iterator[dict]:
+    import kernels
+
+    if not ctx.on_gpu:
+        # a tiny correctness pass under the Triton interpreter, then the GPU rows as skipped
+        for dtype in ("fp32", "fp16"):
+            m, k, n = 33, 47, 29
+            dt = DTYPES[dtype]
+            a = torch.randn(m, k, dtype=dt)
+            b = torch.randn(k, n, dtype=dt)
+            base = dict(suite=SUITE, op="matmul", shape=f"{m}x{n}x{k}", **{"pass": "fwd"})
+            yield from measure(
+                ctx, base=base, dtype=dtype, flops=2 * m * n * k, nbytes=(m * k + k * n + m * n) * a.element_size(),
+                providers=[("torch.matmul", lambda: torch.matmul(a, b)), ("kernels.matmul", lambda: kernels.matmul(a, b))],
+                reference=lambda: a.double() @ b.double(),
+            )
+        for m, k, n in _shapes(ctx):
+            yield from skipped(dict(suite=SUITE, op="matmul", shape=f"{m}x{n}x{k}", dtype="bf16", **{"pass": "fwd"}),
+                               "no CUDA device", ("torch.matmul", "kernels.matmul"))
+        return
+
+    for dtype in _dtypes(ctx):
+        for m, k, n in _shapes(ctx):
+            base = dict(suite=SUITE, op="matmul", shape=f"{m}x{n}x{k}", **{"pass": "fwd"})
+            yield from _one(ctx, base, dtype, m, k, n, kernels)
+
+
+def _one(ctx: Context, base: dict, dtype: str, m: int, k: int, n: int, kernels) -> Iterator[dict]:
+    dev = "cuda"
+    flops = 2.0 * m * n * k
+    old_tf32 = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = dtype == "tf32"
+    try:
+        if dtype == "fp8":
+            a16 = torch.randn(m, k, device=dev, dtype=torch.bfloat16)
+            b16 = torch.randn(k, n, device=dev, dtype=torch.bfloat16)
+            a = a16.to(torch.float8_e4m3fn)
+            b = b16.to(torch.float8_e4m3fn)
+            bt = b.t().contiguous().t()  # cuBLAS fp8 wants b column-major
+            one = torch.ones((), device=dev, dtype=torch.float32)
+            nbytes = m * k + k * n + 2 * m * n
+            providers = [
+                ("torch._scaled_mm", lambda: torch._scaled_mm(a, bt, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)),
+                ("kernels.matmul", lambda: kernels.matmul(a, b, out_dtype=torch.bfloat16)),
+            ]
+            reference = lambda: a.double() @ b.double()  # noqa: E731 - the quantised inputs, exactly
+        else:
+            dt = DTYPES[dtype]
+            a = torch.randn(m, k, device=dev, dtype=dt)
+            b = torch.randn(k, n, device=dev, dtype=dt)
+            nbytes = (m * k + k * n + m * n) * a.element_size()
+            providers = [("torch.matmul", lambda: torch.matmul(a, b)), ("kernels.matmul", lambda: kernels.matmul(a, b))]
+            reference = lambda: a.double() @ b.double()  # noqa: E731
+        yield from measure(ctx, base=base, dtype=dtype, flops=flops, nbytes=nbytes, providers=providers, reference=reference)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old_tf32
+        torch.cuda.empty_cache()

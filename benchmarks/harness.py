@@ -1,0 +1,272 @@
+"""One harness, several providers per operator, one table.
+
+Each suite module (``benchmarks/bench_<suite>.py``) defines ``SUITE`` (its name) and
+``rows(ctx) -> Iterator[dict]``.  A row describes one (op, shape, dtype, provider,
+pass) measurement; the harness fills in derived columns, writes each row to the CSV
+as soon as it arrives (so an interrupted run keeps what it finished) and prints it.
+
+Every provider is checked for correctness against a float64 (or fp32) reference
+*before* it is timed: a fast wrong answer is reported as ``wrong``, not fast.
+
+Columns (units in the names):
+    suite, op, shape, dtype, pass, provider, status, median_ms, iqr_ms, reps,
+    tflops (model FLOP / median time, 1e12 FLOP/s), pct_ceiling (of the measured
+    ceiling for that dtype), gbps (compulsory bytes / median time, 1e9 B/s),
+    speedup (baseline median / this median, baseline measured in the same run),
+    rel_err (||out - ref|| / ||ref|| against the reference), flops (model FLOP),
+    bytes, note
+"""
+from __future__ import annotations
+
+import csv
+import dataclasses
+import math
+import os
+import time
+from pathlib import Path
+from typing import Any, Callable, Iterable, Iterator
+
+import torch
+
+COLUMNS = (
+    "suite", "op", "shape", "dtype", "pass", "provider", "status", "median_ms", "iqr_ms", "reps",
+    "tflops", "pct_ceiling", "gbps", "speedup", "rel_err", "flops", "bytes", "note",
+)
+
+# tolerance on ||out - ref|| / ||ref|| by input dtype (DESIGN: fp32 << 1e-4, 1e-3 with tf32,
+# fp16/bf16 about 1e-2); fp8 inputs are quantised, so their bound is looser.
+TOLERANCE = {
+    "fp32": 1e-4, "tf32": 2e-3, "fp16": 1e-2, "bf16": 2e-2, "fp8": 8e-2,
+}
+
+DTYPES = {
+    "fp32": torch.float32, "tf32": torch.float32, "fp16": torch.float16, "bf16": torch.bfloat16,
+}
+
+
+@dataclasses.dataclass
+class Context:
+    """What a suite needs to know about this run."""
+
+    device: str
+    quick: bool
+    ceilings: Any = None  # profiler Ceilings: .flops[dtype] (FLOP/s), .bandwidth (B/s)
+    time_budget_s: float = 0.5
+
+    @property
+    def on_gpu(self) -> bool:
+        return self.device == "cuda"
+
+    def ceiling(self, dtype: str) -> float | None:
+        if self.ceilings is None:
+            return None
+        flops = getattr(self.ceilings, "flops", {}) or {}
+        return flops.get(dtype) or flops.get("bf16" if dtype == "fp16" else dtype)
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    """||out - ref|| / ||ref|| in float64; NaN anywhere gives inf (never passes)."""
+    out64 = out.detach().to(torch.float64)
+    ref64 = ref.detach().to(torch.float64).to(out64.device)
+    if not torch.isfinite(out64).all():
+        return math.inf
+    denom = torch.linalg.vector_norm(ref64).item()
+    num = torch.linalg.vector_norm(out64 - ref64).item()
+    return num / denom if denom > 0 else num
+
+
+def time_fn(fn: Callable[[], Any], ctx: Context, cuda_graph: bool = False):
+    from profiler import bench
+
+    return bench(fn, time_budget_s=ctx.time_budget_s, flush_l2=ctx.on_gpu, cuda_graph=cuda_graph)
+
+
+def measure(
+    ctx: Context,
+    *,
+    base: dict,
+    providers: list[tuple[str, Callable[[], Any]]],
+    reference: Callable[[], torch.Tensor] | None,
+    dtype: str,
+    flops: float,
+    nbytes: float,
+    check: Callable[[Any], torch.Tensor] | None = None,
+    cuda_graph: bool = False,
+) -> Iterator[dict]:
+    """Check then time each provider; the first provider that passes is the baseline.
+
+    ``providers``: (name, fn) with the baseline (torch) first.  ``check`` maps a
+    provider's return value to the tensor compared with ``reference()``.
+    """
+    ref = reference() if reference is not None else None
+    tol = TOLERANCE.get(dtype, 1e-2)
+    baseline_s: float | None = None
+    for name, fn in providers:
+        row = dict(base, provider=name, dtype=dtype, flops=flops, bytes=nbytes)
+        try:
+            out = fn()
+            err = None
+            if ref is not None:
+                err = rel_err(check(out) if check else out, ref)
+                row["rel_err"] = err
+            if err is not None and not err <= tol:
+                row.update(status="wrong", note=f"rel_err {err:.2e} > tolerance {tol:.0e}")
+                yield row
+                continue
+            if not ctx.on_gpu:
+                row.update(status="ok", note="correctness only (no GPU: interpreter timings are not hardware figures)")
+                yield row
+                continue
+            t = time_fn(fn, ctx, cuda_graph=cuda_graph)
+        except torch.cuda.OutOfMemoryError:
+            torch.cuda.empty_cache()
+            row.update(status="skipped", note="out of memory")
+            yield row
+            continue
+        except Exception as exc:  # a provider that fails is a row, not a crash
+            row.update(status="error", note=f"{type(exc).__name__}: {str(exc).splitlines()[0][:160] if str(exc) else ''}")
+            yield row
+            continue
+        med = t.median_s
+        row.update(status="ok", median_ms=med * 1e3, iqr_ms=t.iqr_s * 1e3, reps=t.count)
+        if flops:
+            row["tflops"] = flops / med / 1e12
+            peak = ctx.ceiling(dtype)
+            if peak:
+                row["pct_ceiling"] = 100.0 * flops / med / peak
+        if nbytes:
+            row["gbps"] = nbytes / med / 1e9
+        if baseline_s is None:
+            baseline_s = med
+            row["speedup"] = 1.0
+        else:
+            row["speedup"] = baseline_s / med
+        yield row
+
+
+def skipped(base: dict, reason: str, providers: Iterable[str] = ("-",)) -> Iterator[dict]:
+    for p in providers:
+        yield dict(base, provider=p, status="skipped", note=reason)
+
+
+class CsvSink:
+    """Write rows as they arrive; flush after each so an interrupted run keeps them."""
+
+    def __init__(self, path: Path):
+        self.path = path
+        self._fh = open(path, "w", newline="")
+        self._w = csv.DictWriter(self._fh, fieldnames=COLUMNS, extrasaction="ignore")
+        self._w.writeheader()
+        self._fh.flush()
+
+    def write(self, row: dict) -> None:
+        self._w.writerow({k: _fmt_csv(row.get(k)) for k in COLUMNS})
+        self._fh.flush()
+        os.fsync(self._fh.fileno())
+
+    def close(self) -> None:
+        self._fh.close()
+
+
+def _fmt_csv(v: Any) -> Any:
+    if isinstance(v, float):
+        return "" if not math.isfinite(v) else f"{v:.6g}"
+    return "" if v is None else v
+
+
+def fmt(v: Any, spec: str = ".3g") -> str:
+    if v is None or v == "":
+        return "-"
+    if isinstance(v, float):
+        if not math.isfinite(v):
+            return "inf"
+        return format(v, spec)
+    return str(v)
+
+
+TABLE_COLS = (
+    ("op", "op", "s"), ("shape", "shape", "s"), ("dtype", "dtype", "s"), ("pass", "pass", "s"),
+    ("provider", "provider", "s"), ("status", "status", "s"), ("median_ms", "ms", ".4g"),
+    ("tflops", "TFLOP/s", ".4g"), ("pct_ceiling", "%ceil", ".3g"), ("gbps", "GB/s", ".4g"),
+    ("speedup", "speedup", ".3g"), ("rel_err", "rel_err", ".1e"),
+)
+
+
+def format_row(row: dict, widths: dict[str, int] | None = None) -> str:
+    widths = widths or {}
+    return "  ".join(f"{fmt(row.get(k), spec):<{widths.get(k, 10)}}" for k, _, spec in TABLE_COLS)
+
+
+def header_line(widths: dict[str, int] | None = None) -> str:
+    widths = widths or {}
+    return "  ".join(f"{title:<{widths.get(k, 10)}}" for k, title, _ in TABLE_COLS)
+
+
+WIDTHS = {"op": 12, "shape": 22, "dtype": 5, "pass": 4, "provider": 18, "status": 7,
+          "median_ms": 9, "tflops": 8, "pct_ceiling": 6, "gbps": 8, "speedup": 7, "rel_err": 8}
+
+
+def markdown(rows: list[dict], header: dict[str, Any]) -> str:
+    lines = ["# flopscale bench", ""]
+    for k, v in header.items():
+        lines.append(f"- **{k}**: {v}")
+    lines += [
+        "",
+        "TFLOP/s = model FLOP / median time; %ceil = share of the measured ceiling for the dtype; "
+        "GB/s = compulsory bytes / median time; speedup = baseline (first provider) median / this "
+        "median, measured in the same run; rel_err = ||out - ref|| / ||ref|| against a float64/fp32 reference.",
+        "",
+        "| " + " | ".join(t for _, t, _ in TABLE_COLS) + " | note |",
+        "|" + "---|" * (len(TABLE_COLS) + 1),
+    ]
+    for r in rows:
+        lines.append("| " + " | ".join(fmt(r.get(k), s) for k, _, s in TABLE_COLS) + f" | {r.get('note') or ''} |")
+    return "\n".join(lines) + "\n"
+
+
+def environment() -> dict[str, Any]:
+    """Card, clocks, power, driver and library versions, for the table header."""
+    import platform
+
+    info: dict[str, Any] = {"date": time.strftime("%Y-%m-%d %H:%M:%S %Z"), "python": platform.python_version(),
+                            "torch": torch.__version__, "cuda": torch.version.cuda}
+    try:
+        import triton
+
+        info["triton"] = triton.__version__
+    except Exception:
+        info["triton"] = None
+    if torch.cuda.is_available():
+        p = torch.cuda.get_device_properties(0)
+        info["device"] = f"{p.name} (sm_{p.major}{p.minor}, {p.multi_processor_count} SMs)"
+    else:
+        info["device"] = f"CPU ({torch.get_num_threads()} threads), no CUDA device"
+    info.update(nvml_snapshot())
+    return info
+
+
+def nvml_snapshot() -> dict[str, Any]:
+    """Clocks, power and temperature now, or why they are unavailable."""
+    try:
+        import pynvml
+
+        pynvml.nvmlInit()
+    except Exception as exc:
+        return {"nvml": f"unavailable ({exc})"}
+    try:
+        h = pynvml.nvmlDeviceGetHandleByIndex(0)
+        drv = pynvml.nvmlSystemGetDriverVersion()
+        return {
+            "driver": drv.decode() if isinstance(drv, bytes) else drv,
+            "sm_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_SM),
+            "mem_clock_mhz": pynvml.nvmlDeviceGetClockInfo(h, pynvml.NVML_CLOCK_MEM),
+            "power_w": pynvml.nvmlDeviceGetPowerUsage(h) / 1000.0,
+            "temperature_c": pynvml.nvmlDeviceGetTemperature(h, pynvml.NVML_TEMPERATURE_GPU),
+        }
+    except Exception as exc:
+        return {"nvml": f"query failed ({exc})"}
+    finally:
+        try:
+            pynvml.nvmlShutdown()
+        except Exception:
+            pass
