@@ -16,6 +16,12 @@ _LAZY = {
     "Profile": ("record", "Profile"),
     "budget": ("budget", None),
     "model": ("model", None),
+    "audit": ("audit", None),
+    "plan": ("plan", None),
+    "flopcount": ("flopcount", None),
+    "roofline": ("roofline", None),
+    "telemetry": ("telemetry", None),
+    "collectives": ("collectives", None),
 }
 
 
