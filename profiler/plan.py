@@ -1,0 +1,507 @@
+"""Plan a training run: a budget -> compute-optimal N and D -> a concrete model -> wall-clock.
+
+Steps (:func:`plan_budget`):
+
+1. the budget ``C`` (FLOP, model FLOPs) is given, or is ``GPUs x days x 86,400 x peak x MFU``
+   (:mod:`profiler.budget`);
+2. a scaling law (``lawfit``) allocates ``C`` to parameters ``N`` and tokens ``D``; the FLOPs per
+   token are this model family's *exact* count (:func:`profiler.flopcount.flops_per_token`:
+   matmuls, causal attention and logits, forward and backward), not only ``6N``;
+3. :func:`shape_for` picks a concrete :class:`~profiler.model.GPTConfig` (``n_layer``,
+   ``d_model``, heads) whose parameter count, in the law's convention, is closest to ``N``;
+4. the shape's exact FLOPs per token fix the tokens the budget buys, and the MFU at that size
+   the wall-clock and GPU-days.
+
+The exact count depends on the shape, so the law allocates along a continuous shape family
+(:func:`family`: the same formulas with a real-valued width) and N is then rounded to a
+concrete shape.  When a measured MFU sweep makes the MFU, and so ``C``, depend on N, the
+allocation is iterated to a fixed point in N.
+
+Parameter conventions: the law says what its N counts (``total``, embeddings included, for
+Hoffmann et al. 2022 and the Besiroglu et al. 2024 replication; ``non_embedding`` for Kaplan
+et al. 2020); the shape is matched in that convention.
+"""
+from __future__ import annotations
+
+import math
+from dataclasses import dataclass, field
+from typing import Any, Callable, Sequence
+
+from . import budget as _budget
+from .flopcount import flops_per_token as _fpt_exact
+from .model import GPTConfig, ParamCounts, param_counts
+
+__all__ = [
+    "DEFAULT_CARD",
+    "DEFAULT_MFU",
+    "DEFAULT_LAW",
+    "DEFAULT_N_CTX",
+    "DEFAULT_VOCAB",
+    "DEFAULT_DTYPE",
+    "shape_for",
+    "preferred_aspect",
+    "law_params",
+    "Allocation",
+    "PlanPoint",
+    "plan_budget",
+    "neighbours",
+    "LawBackend",
+    "family",
+]
+
+DEFAULT_CARD = "h100-sxm"
+DEFAULT_MFU = 0.40  # an assumption, printed as such wherever it is used
+DEFAULT_LAW = "besiroglu2024"
+DEFAULT_N_CTX = 2048
+DEFAULT_VOCAB = 32000
+DEFAULT_DTYPE = "bf16"
+
+_MAX_ITER = 30
+
+
+# ----------------------------------------------------------------------------------------
+# model shapes
+# ----------------------------------------------------------------------------------------
+
+
+def preferred_aspect(n_params: float) -> float:
+    """Preferred ``d_model / n_layer``: 64 up to 1e9 parameters, rising log-linearly to 128 at
+    1e10 and 128 beyond.
+
+    Published decoders sit near these values (GPT-3's family: 64 at 125M, 85 at 1.3B, 128 at
+    6.7B-175B; Chinchilla 70B: 102); Kaplan et al. 2020 (Fig. 5) find the loss nearly flat over
+    a wide range of aspect ratios, so this is a convention, not an optimum.
+    """
+    if n_params <= 1e9:
+        return 64.0
+    if n_params >= 1e10:
+        return 128.0
+    return 64.0 * 2.0 ** (math.log10(n_params) - 9.0)
+
+
+def law_params(pc: ParamCounts, count: str) -> int:
+    """The parameter count a law uses: ``"total"`` or ``"non_embedding"``."""
+    if count == "total":
+        return pc.total
+    if count == "non_embedding":
+        return pc.non_embedding
+    raise ValueError(f"count must be 'total' or 'non_embedding', got {count!r}")
+
+
+def _head_dim(d_model: int) -> int:
+    return 64 if d_model < 2048 else 128
+
+
+def _width_step(d_model: int) -> int:
+    """Widths are multiples of 64 below 1024, of 128 below 4096, of 256 from there."""
+    return 64 if d_model < 1024 else (128 if d_model < 4096 else 256)
+
+
+def shape_for(
+    n_target: float,
+    *,
+    n_ctx: int = DEFAULT_N_CTX,
+    vocab: int = DEFAULT_VOCAB,
+    count: str = "total",
+    tied: bool = False,
+    kv_group: int = 1,
+    aspect: float | None = None,
+) -> GPTConfig:
+    """A concrete shape whose parameter count (in convention ``count``) is close to ``n_target``.
+
+    ``d_model`` runs over multiples of 64 below 1024, of 128 below 4096 and of 256 from there
+    (head dimension 64 below 2048, 128 from there), ``n_head = d_model / head_dim``, ``d_ff = 4 d_model``,
+    ``n_kv_head = n_head / kv_group`` (widths whose head count ``kv_group`` does not divide are
+    skipped).  For each width the depth that best matches
+    ``n_target`` is taken; among those, the score ``20 |ln(N / n_target)| + |ln(aspect /
+    preferred)|`` is minimised: a 1% miss in N weighs as much as a 22% departure from the
+    preferred ``d_model / n_layer`` (:func:`preferred_aspect`, or ``aspect`` when given).
+    """
+    if not (n_target > 0 and math.isfinite(n_target)):
+        raise ValueError(f"target parameter count must be positive, got {n_target!r}")
+    if not (isinstance(kv_group, int) and kv_group >= 1):
+        raise ValueError(f"kv_group must be a positive integer, got {kv_group!r}")
+    pref = aspect or preferred_aspect(n_target)
+    best: tuple[float, GPTConfig] | None = None
+    d = 64
+    while d <= 65536:
+        hd = _head_dim(d)
+        heads = d // hd
+        if heads % kv_group:  # grouped-query heads must divide the query heads
+            d += _width_step(d)
+            continue
+        kv = heads // kv_group
+        base = GPTConfig(1, d, heads, n_ctx, vocab, n_kv_head=kv, tied=tied)
+        one = law_params(param_counts(base), count)
+        two = law_params(param_counts(GPTConfig(2, d, heads, n_ctx, vocab, n_kv_head=kv, tied=tied)), count)
+        per_layer = two - one
+        fixed = one - per_layer
+        l_cont = (n_target - fixed) / per_layer
+        for L in {max(1, math.floor(l_cont)), max(1, math.ceil(l_cont))}:
+            n = fixed + L * per_layer
+            score = 20.0 * abs(math.log(n / n_target)) + abs(math.log((d / L) / pref))
+            if best is None or score < best[0]:
+                best = (score, GPTConfig(L, d, heads, n_ctx, vocab, n_kv_head=kv, tied=tied))
+        d += _width_step(d)
+    if best is None:
+        raise ValueError(f"no width up to 65536 has a head count divisible by kv_group {kv_group}")
+    return best[1]
+
+
+# ----------------------------------------------------------------------------------------
+# the scaling law (lawfit), behind one small adapter
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class Allocation:
+    """Compute-optimal ``N`` (parameters, law convention), ``D`` (tokens) and predicted loss."""
+
+    N: float
+    D: float
+    loss: float | None
+    ci: dict[str, tuple[float, float]] = field(default_factory=dict)
+    note: str | None = None
+    ci_level: float | None = None
+
+
+class LawBackend:
+    """The scaling law a plan uses: a ``lawfit`` published name, a fit result or a saved fit.
+
+    ``allocate(C, flops_per_token)`` -> :class:`Allocation`; ``loss(N, D)`` -> float;
+    ``count`` is what the law's N counts (``"total"`` or ``"non_embedding"``, read from the
+    law's ``n_counts``; a user's fit says nothing, so ``count`` may be given); ``name``,
+    ``citation`` and ``n_counts`` describe it.  ``allocator``/``loss_fn`` replace lawfit (tests).
+    """
+
+    def __init__(
+        self,
+        law: Any = DEFAULT_LAW,
+        *,
+        max_tokens: float | None = None,
+        allocator: Callable[..., Any] | None = None,
+        loss_fn: Callable[[float, float], float] | None = None,
+        count: str | None = None,
+        name: str | None = None,
+    ):
+        self.law = law
+        self.max_tokens = max_tokens
+        self._allocator = allocator
+        self._loss_fn = loss_fn
+        self.citation: str | None = None
+        self.n_counts: str | None = None
+        if allocator is None:
+            import lawfit
+
+            if isinstance(law, str):
+                pub = lawfit.published.get(law)  # LawfitError for an unknown name
+                self.law = pub.name
+                self.citation = pub.citation
+                self.n_counts = pub.n_counts
+                name = name or pub.name
+            else:
+                name = name or getattr(getattr(law, "law", None), "name", None) or type(law).__name__
+                self.n_counts = "as in the fitted data"
+        self.name = name or str(law)
+        self.count = count or self._count_from(self.n_counts)
+
+    @staticmethod
+    def _count_from(n_counts: str | None) -> str:
+        s = (n_counts or "").lower()
+        return "non_embedding" if ("non-embedding" in s or "non_embedding" in s or "exclud" in s) else "total"
+
+    def allocate(self, compute: float, flops_per_token: Callable[[float], float] | None) -> Allocation:
+        if self._allocator is not None:
+            res = self._allocator(compute, flops_per_token=flops_per_token, max_tokens=self.max_tokens)
+        else:
+            import lawfit
+
+            res = lawfit.allocate(compute, law=self.law, flops_per_token=flops_per_token, max_tokens=self.max_tokens)
+        ci = {str(k): (float(v[0]), float(v[1])) for k, v in dict(getattr(res, "ci", None) or {}).items()}
+        note = None
+        if getattr(res, "constrained", False):
+            note = (f"D_opt capped at the {res.max_tokens:.4g} available tokens (--max-tokens): predicted loss "
+                    f"{res.loss_penalty:+.4f} against the unconstrained optimum")
+        loss = getattr(res, "loss", None)
+        return Allocation(float(res.N), float(res.D), None if loss is None else float(loss), ci, note,
+                          getattr(res, "ci_level", None))
+
+    def loss(self, n_params: float, tokens: float) -> float | None:
+        if self._loss_fn is not None:
+            return float(self._loss_fn(n_params, tokens))
+        import lawfit
+
+        return float(lawfit.predict_loss(n_params, tokens, law=self.law))
+
+
+# ----------------------------------------------------------------------------------------
+# one planned budget
+# ----------------------------------------------------------------------------------------
+
+
+@dataclass
+class PlanPoint:
+    """The plan for one budget (every count in FLOP, N in the law's convention)."""
+
+    compute_flop: float
+    budget: _budget.Budget | None
+    law: str
+    law_count: str
+    N_opt: float
+    D_opt: float
+    loss_opt: float | None
+    ci: dict[str, tuple[float, float]]
+    ci_level: float | None
+    shape: GPTConfig
+    params: ParamCounts
+    N_shape: float
+    flops_per_token: float  # exact, training, per token
+    D_shape: float
+    loss_shape: float | None
+    mfu: float | None
+    mfu_note: str | None
+    time: _budget.TrainTime | None
+    iterations: int
+    converged: bool
+    notes: list[str] = field(default_factory=list)
+
+    @property
+    def pf_days(self) -> float:
+        return _budget.pf_days(self.compute_flop)
+
+    @property
+    def tokens_per_param(self) -> float:
+        return self.D_opt / self.N_opt
+
+    @property
+    def ratio_to_6n(self) -> float:
+        """Exact FLOPs per token of the shape over ``6 N`` (law convention)."""
+        return self.flops_per_token / (6.0 * self.N_shape)
+
+    def to_dict(self) -> dict[str, Any]:
+        t = self.time
+        return {
+            "compute_flop": self.compute_flop,
+            "pf_days": self.pf_days,
+            "budget": self.budget.to_dict() if self.budget else None,
+            "law": self.law,
+            "law_counts_params": self.law_count,
+            "N": self.N_opt,
+            "D": self.D_opt,
+            "tokens_per_param": self.tokens_per_param,
+            "loss": self.loss_opt,
+            "ci": {k: list(v) for k, v in self.ci.items()},
+            "ci_level": self.ci_level,
+            "shape": self.shape.to_dict(),
+            "shape_params": self.params.to_dict(),
+            "shape_N": self.N_shape,
+            "flops_per_token": self.flops_per_token,
+            "flops_per_token_6N": 6.0 * self.N_shape,
+            "ratio_exact_to_6N": self.ratio_to_6n,
+            "shape_D": self.D_shape,
+            "shape_loss": self.loss_shape,
+            "mfu": self.mfu,
+            "mfu_note": self.mfu_note,
+            "wall_clock_days": t.wall_clock_days if t else None,
+            "gpu_days": t.gpu_days if t else None,
+            "gpu_hours": t.gpu_hours if t else None,
+            "gpus": t.gpus if t else None,
+            "iterations": self.iterations,
+            "converged": self.converged,
+            "notes": list(self.notes),
+        }
+
+
+def family(
+    n_params: Any,
+    *,
+    count: str = "total",
+    n_ctx: int = DEFAULT_N_CTX,
+    vocab: int = DEFAULT_VOCAB,
+    tied: bool = False,
+    kv_group: int = 1,
+) -> dict[str, Any]:
+    """The continuous shape family behind :func:`shape_for`, at ``n_params`` (scalar or array).
+
+    ``d_model`` is real-valued, ``n_layer = max(1, d_model / preferred_aspect(N))``,
+    ``d_ff = 4 d_model``, K/V width ``d_model / kv_group``; parameters and FLOPs use the same
+    formulas as :func:`profiler.model.param_counts` and :func:`profiler.flopcount.step_flops`.
+    ``n_params`` counts parameters in convention ``count``.  Returns arrays ``d_model``,
+    ``n_layer``, ``total`` (parameters), ``non_embedding`` and ``flops_per_token`` (exact
+    training FLOP per token).  This gives the allocation a smooth FLOPs-per-token function of N.
+    """
+    import numpy as np
+
+    N = np.asarray(n_params, dtype=float)
+    if count not in ("total", "non_embedding"):
+        raise ValueError(f"count must be 'total' or 'non_embedding', got {count!r}")
+    asp = np.clip(64.0 * 2.0 ** (np.log10(np.maximum(N, 1.0)) - 9.0), 64.0, 128.0)
+    g = float(kv_group)
+    S = float(n_ctx)
+
+    def counts(d):
+        L = np.maximum(1.0, d / asp)
+        non_emb = L * (d * d * (10.0 + 2.0 / g) + 4.0 * d) + 2.0 * d
+        total = non_emb + (vocab + S) * d + (0.0 if tied else vocab * d)
+        return L, non_emb, total
+
+    lo = np.full(N.shape, math.log(1e-3))
+    hi = np.full(N.shape, math.log(1e7))
+    for _ in range(80):
+        mid = 0.5 * (lo + hi)
+        _, ne, tot = counts(np.exp(mid))
+        below = (tot if count == "total" else ne) < N
+        lo = np.where(below, mid, lo)
+        hi = np.where(below, hi, mid)
+    d = np.exp(0.5 * (lo + hi))
+    L, ne, tot = counts(d)
+    fwd = L * (2.0 * d * (d + 2.0 * d / g) + 2.0 * d * (S + 1.0) + 2.0 * d * d + 16.0 * d * d) + 2.0 * d * vocab
+    return {"d_model": d, "n_layer": L, "total": tot, "non_embedding": ne, "flops_per_token": 3.0 * fwd}
+
+
+def plan_budget(
+    law: LawBackend,
+    *,
+    compute: float | None = None,
+    gpus: float | None = None,
+    days: float | None = None,
+    peak_flop_per_s: float | None = None,
+    mfu: _budget.MFUModel | None = None,
+    device: str | None = None,
+    dtype: str | None = None,
+    peak_source: str = "datasheet",
+    n_ctx: int = DEFAULT_N_CTX,
+    vocab: int = DEFAULT_VOCAB,
+    tied: bool = False,
+    kv_group: int = 1,
+    exact_count: bool = True,
+) -> PlanPoint:
+    """Plan one budget: either ``compute`` (FLOP) or ``gpus x days`` at ``peak x mfu``.
+
+    The law allocates ``C`` with the exact FLOPs per token along the continuous shape family
+    (:func:`family`); when the MFU depends on the size (a measured sweep) and the budget is
+    ``gpus x days``, ``C = gpus x days x 86,400 x peak x MFU(N)`` and the allocation is iterated
+    to a fixed point in N.  Then :func:`shape_for`
+    rounds N to a concrete shape, whose exact count fixes the tokens the budget buys and whose
+    MFU fixes the wall-clock.  With ``compute`` given, ``gpus``/``peak``/``mfu`` only turn the
+    plan into wall-clock.  ``exact_count=False`` allocates under the law's own ``C = 6ND``.
+    """
+    if compute is None:
+        if gpus is None or days is None or peak_flop_per_s is None or mfu is None:
+            raise ValueError("give compute, or gpus, days, peak_flop_per_s and mfu")
+    else:
+        compute = float(compute)
+        if not (compute > 0 and math.isfinite(compute)):
+            raise ValueError(f"compute budget must be positive, got {compute!r}")
+    if gpus is not None:
+        _budget._positive("GPUs", gpus)
+    if days is not None:
+        _budget._positive("days", days)
+    fam = dict(count=law.count, n_ctx=n_ctx, vocab=vocab, tied=tied, kv_group=kv_group)
+
+    def fpt(n: Any) -> Any:
+        """exact training FLOP per token along the shape family"""
+        return family(n, **fam)["flops_per_token"]  # type: ignore[arg-type]
+
+    def budget_at(total_params: float | None) -> float:
+        if compute is not None:
+            return compute
+        return _budget.compute_budget(gpus, days, peak_flop_per_s, mfu(total_params))  # type: ignore[arg-type,misc]
+
+    n = None
+    total = None
+    converged = False
+    alloc: Allocation | None = None
+    it = 0
+    for it in range(1, _MAX_ITER + 1):
+        C = budget_at(total)
+        alloc = law.allocate(C, fpt if exact_count else None)
+        new_total = float(family(alloc.N, **fam)["total"])  # type: ignore[arg-type]
+        done = n is not None and abs(alloc.N - n) <= 1e-7 * n
+        n, total = alloc.N, new_total
+        if done or compute is not None or mfu is None or mfu.is_constant:
+            converged = True
+            break
+    assert alloc is not None
+    C = budget_at(total)
+    cfg = shape_for(alloc.N, n_ctx=n_ctx, vocab=vocab, count=law.count, tied=tied, kv_group=kv_group)
+    pc = param_counts(cfg)
+    n_shape = law_params(pc, law.count)
+    fpt = _fpt_exact(cfg)
+    d_shape = C / fpt
+    notes: list[str] = []
+    if law.max_tokens is not None and d_shape > 1.02 * law.max_tokens:
+        notes.append(
+            f"the budget would buy {d_shape:.3g} tokens for this shape, more than the {law.max_tokens:.3g} "
+            "available (--max-tokens): capped, and the rest of the budget is not used"
+        )
+    if law.max_tokens is not None:
+        d_shape = min(d_shape, float(law.max_tokens))
+    if abs(math.log(n_shape / alloc.N)) > 0.1:
+        notes.append(
+            f"no shape in the search matches N = {alloc.N:.3g} within 10% "
+            f"(closest: {n_shape:.3g}, of which {pc.embedding + pc.unembedding:.3g} in vocabulary and position matrices)"
+        )
+    vocab_share = (pc.embedding + pc.unembedding) / pc.total
+    if vocab_share > 0.5:
+        notes.append(
+            f"embedding and output matrices hold {100 * vocab_share:.0f}% of the parameters at this size: a smaller "
+            "vocabulary (--vocab) or context (--n-ctx) suits a budget this small better"
+        )
+    if alloc.note:
+        notes.append(alloc.note)
+    if not converged:
+        notes.append(f"fixed-point iteration stopped after {it} steps; N changed by more than 1e-7 in the last one")
+    loss_shape = law.loss(n_shape, d_shape)
+    mfu_at = mfu(pc.total) if mfu is not None else None
+    mfu_note = mfu.describe(pc.total) if mfu is not None else None
+    b = None
+    if compute is None:
+        b = _budget.Budget(C, float(gpus), float(days), device, dtype, float(peak_flop_per_s), peak_source,  # type: ignore[arg-type]
+                           mfu(total), mfu.source if mfu else None)  # type: ignore[misc]
+    time = None
+    if peak_flop_per_s is not None and mfu_at is not None:
+        time = _budget.train_time(fpt * d_shape, gpus=gpus or 1, peak_flop_per_s=peak_flop_per_s, mfu=mfu_at)
+    return PlanPoint(
+        compute_flop=C,
+        budget=b,
+        law=law.name,
+        law_count=law.count,
+        N_opt=alloc.N,
+        D_opt=alloc.D,
+        loss_opt=alloc.loss,
+        ci=alloc.ci,
+        ci_level=alloc.ci_level,
+        shape=cfg,
+        params=pc,
+        N_shape=n_shape,
+        flops_per_token=fpt,
+        D_shape=d_shape,
+        loss_shape=loss_shape,
+        mfu=mfu_at,
+        mfu_note=mfu_note,
+        time=time,
+        iterations=it,
+        converged=converged,
+        notes=notes,
+    )
+
+
+def neighbours(
+    law: LawBackend,
+    factors: Sequence[float] = (0.25, 0.5, 2.0, 4.0),
+    *,
+    days: float | None = None,
+    compute: float | None = None,
+    **kwargs: Any,
+) -> list[tuple[float, PlanPoint]]:
+    """Plans for budgets ``factor x`` the given one (``days`` scaled at the same GPUs, or
+    ``compute`` scaled directly)."""
+    out = []
+    for f in factors:
+        if compute is not None:
+            p = plan_budget(law, compute=compute * f, **kwargs)
+        else:
+            p = plan_budget(law, days=days * f, **kwargs)  # type: ignore[operator]
+        out.append((f, p))
+    return out

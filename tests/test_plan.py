@@ -1,0 +1,259 @@
+"""flopscale plan: shapes, the allocation fixed point, budgets, and the command end to end.
+
+Published check: Hoffmann et al. 2022, Approach 3 (E 1.69, A 406.4, B 410.7, alpha 0.34, beta 0.28)
+under C = 6ND gives N_opt = G (C/6)^a with G = (alpha A / (beta B))^(1/(alpha+beta)),
+a = beta/(alpha+beta); for C = 5.76e23 (Chinchilla's budget) N_opt is about 3.22e10.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import subprocess
+import sys
+from pathlib import Path
+from types import SimpleNamespace
+
+import pytest
+
+from profiler import budget
+from profiler.flopcount import flops_per_token
+from profiler.model import param_counts
+from profiler.plan import LawBackend, family, neighbours, plan_budget, shape_for
+
+E, A, B_, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
+G = (ALPHA * A / (BETA * B_)) ** (1 / (ALPHA + BETA))
+a_exp = BETA / (ALPHA + BETA)
+
+
+def chinchilla_loss(N, D):
+    return E + A / N**ALPHA + B_ / D**BETA
+
+
+def closed_form_allocator(C, flops_per_token=None, max_tokens=None):
+    """Hoffmann's closed form under C = 6ND (used with exact_count=False only)."""
+    assert flops_per_token is None
+    N = G * (C / 6) ** a_exp
+    D = C / (6 * N)
+    return SimpleNamespace(N=N, D=D, loss=chinchilla_loss(N, D), ci={})
+
+
+LAW = LawBackend("hoffmann2022-closed-form", allocator=closed_form_allocator, loss_fn=chinchilla_loss, count="total")
+
+
+def along_family(p, C, factor):
+    """Hoffmann's loss at N_opt * factor on the budget C, with the family's FLOPs per token."""
+    n = p.N_opt * factor
+    return chinchilla_loss(n, C / float(family(n)["flops_per_token"]))
+
+
+@pytest.mark.parametrize("target", [3e7, 1.25e8, 7.7e8, 3.3e9, 2.1e10, 7e10, 4.4e11, 1.8e12])
+@pytest.mark.parametrize("count", ["total", "non_embedding"])
+def test_shape_for_hits_the_target(target, count):
+    cfg = shape_for(target, n_ctx=2048, vocab=32000, count=count)
+    pc = param_counts(cfg)
+    n = pc.total if count == "total" else pc.non_embedding
+    assert abs(math.log(n / target)) < 0.03
+    assert cfg.d_model % cfg.n_head == 0 and cfg.head_dim in (64, 128)
+    assert 16 <= cfg.d_model / cfg.n_layer <= 256
+
+
+@pytest.mark.parametrize("target", [5e8, 7e9, 9e10])
+def test_family_flops_match_concrete_shapes(target):
+    cfg = shape_for(target)
+    pc = param_counts(cfg)
+    f = family(pc.total)
+    # the continuous family and the concrete shape of the same N agree on the exact count
+    assert float(f["flops_per_token"]) == pytest.approx(flops_per_token(cfg), rel=0.03)
+    assert float(f["total"]) == pytest.approx(pc.total, rel=1e-9)
+
+
+def test_plan_with_constant_mfu_spends_the_budget():
+    peak, mfu = 989e12, budget.MFUModel.constant(0.4)
+    p = plan_budget(LawBackend("hoffmann2022"), gpus=1024, days=30, peak_flop_per_s=peak, mfu=mfu)
+    C = 1024 * 30 * 86400 * peak * 0.4
+    assert p.compute_flop == pytest.approx(C, rel=1e-12)
+    assert p.converged
+    # N_opt minimises the law along the budget with the family's exact FLOPs per token
+    best = along_family(p, C, 1.0)
+    for factor in (0.9, 0.97, 1.03, 1.1):
+        assert best < along_family(p, C, factor)
+    # the concrete shape: exact count, tokens that fill the budget, 30 days of wall-clock
+    assert p.flops_per_token == flops_per_token(p.shape)
+    assert p.D_shape * p.flops_per_token == pytest.approx(C, rel=1e-12)
+    assert p.time.wall_clock_days == pytest.approx(30, rel=1e-9)
+    assert p.time.gpu_days == pytest.approx(30 * 1024, rel=1e-9)
+    assert abs(math.log(p.N_shape / p.N_opt)) < 0.03
+    assert p.loss_shape == pytest.approx(chinchilla_loss(p.N_shape, p.D_shape))
+    # with the exact count the tokens are fewer than under 6N at the same budget
+    six = plan_budget(LAW, compute=C, exact_count=False)
+    assert p.D_opt < six.D_opt
+
+
+def test_plan_under_six_n_reproduces_hoffmann_closed_form():
+    p = plan_budget(LAW, compute=5.76e23, exact_count=False)
+    assert p.N_opt == pytest.approx(G * (5.76e23 / 6) ** a_exp, rel=1e-12)
+    assert p.N_opt == pytest.approx(3.22e10, rel=0.01)
+
+
+def test_published_law_through_lawfit():
+    law = LawBackend("hoffmann2022")
+    assert law.count == "total"
+    p = plan_budget(law, compute=5.76e23, exact_count=False)
+    assert p.N_opt == pytest.approx(3.22e10, rel=0.01)
+    assert LawBackend("kaplan2020").count == "non_embedding"
+
+
+def test_measured_mfu_sweep_is_iterated_to_a_fixed_point():
+    peak = 989e12
+    law = LawBackend("hoffmann2022")
+    sweep = budget.MFUModel([(1e8, 0.2), (1e9, 0.3), (1e10, 0.45), (1e11, 0.5)], "measured")
+    p = plan_budget(law, gpus=512, days=20, peak_flop_per_s=peak, mfu=sweep)
+    assert p.converged and p.iterations > 1
+    # the budget was computed at the MFU of the size it buys ...
+    assert p.budget.mfu == pytest.approx(sweep(float(family(p.N_opt)["total"])), rel=1e-6)
+    assert p.compute_flop == pytest.approx(budget.compute_budget(512, 20, peak, p.budget.mfu), rel=1e-12)
+    # ... and that size is the optimum for that budget
+    again = plan_budget(law, compute=p.compute_flop)
+    assert again.N_opt == pytest.approx(p.N_opt, rel=1e-6)
+    const = plan_budget(law, gpus=512, days=20, peak_flop_per_s=peak, mfu=budget.MFUModel.constant(0.3))
+    assert (p.N_opt > const.N_opt) == (p.budget.mfu > 0.3)
+
+
+def test_neighbours_scale_monotonically_and_max_tokens_caps():
+    kw = dict(gpus=64, peak_flop_per_s=989e12, mfu=budget.MFUModel.constant(0.4))
+    rows = neighbours(LawBackend("hoffmann2022"), (0.25, 0.5, 2, 4), days=10, **kw)
+    ns = [q.N_opt for _, q in rows]
+    losses = [q.loss_opt for _, q in rows]
+    assert ns == sorted(ns) and losses == sorted(losses, reverse=True)
+    capped = LawBackend("hoffmann2022", max_tokens=1e10)
+    p = plan_budget(capped, days=10, **kw)
+    assert p.D_shape <= 1e10 * (1 + 1e-12)
+    assert any("max-tokens" in n for n in p.notes)
+
+
+def test_bad_budgets():
+    with pytest.raises(ValueError):
+        plan_budget(LAW, compute=-1.0)
+    with pytest.raises(ValueError):
+        plan_budget(LAW, gpus=0, days=1, peak_flop_per_s=1e15, mfu=budget.MFUModel.constant(0.4))
+
+
+# ----------------------------------------------------------------------------------------- CLI
+
+
+def run_main(capsys, *argv):
+    from profiler.cli import main
+
+    rc = main(list(argv))
+    cap = capsys.readouterr()
+    return rc, cap.out, cap.err
+
+
+def test_cli_explicit_plan_json_and_report(capsys, tmp_path):
+    report = tmp_path / "plan.md"
+    rc, out, err = run_main(capsys, "plan", "--gpu", "h100-sxm", "--gpus", "256", "--days", "14", "--mfu", "0.35",
+                            "--law", "hoffmann2022", "--json", "--report", str(report))
+    assert rc == 0, err
+    d = json.loads(out)
+    C = 256 * 14 * 86400 * 989e12 * 0.35
+    assert d["compute_flop"] == pytest.approx(C, rel=1e-12)
+    assert d["pf_days"] == pytest.approx(C / 8.64e19)
+    for key in ("N", "D", "loss", "shape", "wall_clock_days", "flops_per_token", "gpu_days", "neighbours"):
+        assert key in d
+    assert d["wall_clock_days"] == pytest.approx(14, rel=1e-9)
+    assert d["shape"]["d_model"] % d["shape"]["n_head"] == 0
+    assert report.exists() and (tmp_path / "plan_frontier.png").stat().st_size > 1000
+    assert "![" in report.read_text()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["plan.md", "plan_frontier.png"]  # no temp files
+
+
+def test_cli_inverse(capsys):
+    rc, out, err = run_main(capsys, "plan", "--gpu", "h200", "--gpus", "64", "--mfu", "0.5", "--params", "7e9",
+                            "--tokens", "1.4e12", "--json")
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["compute_flop"] == pytest.approx(d["flops_per_token"] * 1.4e12)
+    assert d["gpu_days"] == pytest.approx(d["compute_flop"] / (989e12 * 0.5) / 86400, rel=1e-9)
+    assert d["wall_clock_days"] == pytest.approx(d["gpu_days"] / 64, rel=1e-12)
+
+
+@pytest.mark.parametrize("argv,match", [
+    (["--gpus", "0", "--days", "3"], "--gpus must be positive"),
+    (["--gpus", "8", "--days", "-2"], "--days must be positive"),
+    (["--compute", "0"], "--compute must be positive"),
+    (["--gpus", "8", "--mfu", "1.5"], "MFU must be in (0, 1]"),
+    (["--gpus", "8", "--mfu", "0"], "MFU must be in (0, 1]"),
+    (["--gpu", "tpu-v9", "--gpus", "8"], "unknown device"),
+    (["--gpus", "8", "--law", "no-such-law"], "unknown"),
+    (["--gpus", "8", "--fit", "/no/such/fit.json"], "not found"),
+    (["--gpus", "8", "--params", "1e9"], "both --params"),
+])
+def test_cli_bad_input_is_one_line(capsys, argv, match):
+    rc, out, err = run_main(capsys, "plan", *argv)
+    assert rc == 2
+    assert match in err and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+
+def test_cli_measured_file_from_another_card(capsys, tmp_path):
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"device": {"key": "h200", "name": "NVIDIA H200"}, "dtype": "bf16",
+                             "params": {"total": 1e9}, "achieved_flop_per_s": 4e14}))
+    rc, _, err = run_main(capsys, "plan", "--gpu", "h100-sxm", "--gpus", "8", "--measured", str(m))
+    assert rc == 2 and "h200" in err and "h100-sxm" in err
+    rc, out, err = run_main(capsys, "plan", "--gpu", "h200", "--gpus", "8", "--measured", str(m), "--json")
+    assert rc == 0, err
+    d = json.loads(out)
+    assert d["budget"]["mfu"] == pytest.approx(4e14 / 989e12)
+    assert "measured" in d["budget"]["mfu_source"]
+
+
+def test_cli_fit_with_bootstrap_gives_intervals(capsys, tmp_path):
+    """A user's fit (Besiroglu et al. 2024's data, a few bootstrap refits) brings intervals into the plan."""
+    import lawfit
+    import pandas as pd
+
+    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch.csv"
+    if not data.exists():
+        pytest.skip(f"data file not found: {data}")
+    df = pd.read_csv(data).rename(columns={"Model Size": "N", "Training FLOP": "C"})
+    df["D"] = df["C"] / (6 * df["N"])
+    df = df.sort_values("loss").iloc[:-5]
+    fit = lawfit.fit(df[["N", "D", "loss"]], law="chinchilla", bootstrap=12, starts=20, seed=1)
+    path = tmp_path / "fit.json"
+    path.write_text(fit.to_json())
+    rc, out, err = run_main(capsys, "plan", "--fit", str(path), "--compute", "1e22", "--no-neighbours", "--json")
+    assert rc == 0, err
+    d = json.loads(out)
+    for key in ("N", "D", "loss"):
+        lo, hi = d["ci"][key]
+        assert lo < d[key] < hi, key
+    bad = tmp_path / "bad.json"
+    bad.write_text("{}")
+    rc, _, err = run_main(capsys, "plan", "--fit", str(bad), "--compute", "1e22")
+    assert rc == 2 and len(err.strip().splitlines()) == 1
+
+
+def test_flopscale_plan_without_arguments_end_to_end():
+    """The README's first command: measures this machine, plans a day of it and a default card's table."""
+    env = dict(os.environ)
+    proc = subprocess.run([sys.executable, "-m", "profiler.cli", "plan", "--json"], capture_output=True, text=True,
+                          timeout=180, env=env, cwd=Path(__file__).resolve().parents[1])
+    assert proc.returncode == 0, proc.stderr
+    d = json.loads(proc.stdout)
+    assert d["mode"] == "default"
+    for key in ("compute_flop", "N", "D", "loss", "shape", "wall_clock_days"):
+        assert d[key] is not None, key
+    m = d["measured"]
+    assert m["model_flops"] > 0 and m["achieved_flop_per_s"] > 0
+    # one day of this machine at its measured model-FLOP rate
+    assert d["compute_flop"] == pytest.approx(86400 * m["achieved_flop_per_s"], rel=1e-9)
+    assert d["wall_clock_days"] == pytest.approx(1.0, rel=1e-6)
+    if m["device"]["kind"] == "cpu":
+        assert m["impl"] == "torch" and "torch reference path" in m["note"]
+    card = d["default_card"]
+    assert card["device"] == "h100-sxm" and card["mfu"] == 0.4 and "assumed" in card["mfu_source"]
+    ns = [row["N"] for row in d["table"]]
+    assert len(ns) >= 4 and ns == sorted(ns)
+    for row in d["table"]:
+        assert row["compute_flop"] == pytest.approx(row["gpus"] * row["days"] * 86400 * 989e12 * 0.4, rel=1e-12)
