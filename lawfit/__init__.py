@@ -1,2 +1,26 @@
 """lawfit: scaling laws, robust fitting with uncertainty, IsoFLOP analysis and
-compute-optimal allocation.  Pure numpy/scipy/pandas: never imports torch."""
+compute-optimal allocation.  Pure numpy/scipy/pandas: never imports torch.
+
+Units: N counts parameters, D training tokens, C training compute in FLOP
+(1 PF-day = 8.64e19 FLOP); losses are as given (nats/token for the published fits).
+
+    import lawfit
+    fit = lawfit.fit("runs.csv", law="chinchilla", bootstrap=1000)
+    print(fit.summary())
+    plan = lawfit.allocate(1e24, law=fit)          # or law="besiroglu2024"
+    plan.N, plan.D, plan.loss, plan.ci
+"""
+from ._errors import LawfitError, LawfitWarning
+from . import laws, published
+from .laws import (BNSL, PF_DAY, Chinchilla, KaplanC, KaplanD, KaplanN, KaplanND, Law, PowerLaw, Saturating,
+                   critical_batch_size, get_law)
+from .fitting import FitResult, fit, load_fit
+from .isoflop import IsoFLOPResult, PowerFit, isoflop
+from .allocation import Allocation, allocate, optimal_for_params, predict_loss
+
+__all__ = [
+    "LawfitError", "LawfitWarning", "laws", "published", "Law", "Chinchilla", "KaplanN", "KaplanD", "KaplanND",
+    "KaplanC", "PowerLaw", "BNSL", "Saturating", "critical_batch_size", "get_law", "PF_DAY",
+    "fit", "FitResult", "load_fit", "isoflop", "IsoFLOPResult", "PowerFit",
+    "allocate", "Allocation", "optimal_for_params", "predict_loss",
+]

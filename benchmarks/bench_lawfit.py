@@ -1,0 +1,211 @@
+"""lawfit speed: the batched 4,500-start Chinchilla fit against per-start scipy L-BFGS-B loops,
+measured side by side in one run on the same data, and the time of 1,000 bootstrap refits.
+
+Data: ``../shared/data/chinchilla_fig4_epoch.csv`` without its five highest-loss runs (240 runs),
+D = C/(6N), as in Besiroglu et al. 2024.  Providers:
+
+* ``lawfit batched``: ``lawfit.fit(df)`` end to end (Hoffmann's 4,500-start grid, batched
+  L-BFGS with analytic gradients, scipy polish of the best end points).
+* ``scipy per-start, analytic grad``: ``scipy.optimize.minimize(method="L-BFGS-B", jac=True)``
+  with the same objective and gradient, one start after another (default tolerances).
+* ``scipy per-start, finite diff``: the same without a gradient, as the Chinchilla
+  replication code runs it (scipy differentiates numerically).
+
+``speedup`` in a row is that provider's time divided by lawfit's: how many times faster lawfit
+is.  ``--quick`` runs the scipy loops on a random 5% of the starts and extrapolates their time
+to 4,500 (said in the note); the full run loops over all 4,500 starts (about 2 minutes on
+2 cores).  Run as a program, BLAS is pinned to one thread for every provider (see below).
+
+    python -m benchmarks.bench_lawfit [--quick] [--out DIR]
+"""
+from __future__ import annotations
+
+import os
+
+if __name__ == "__main__":
+    # Single-threaded BLAS for every provider: the per-start scipy loop otherwise pays for
+    # OpenBLAS thread hand-offs on tiny vectors, which on a busy 2-core machine made it ~15x
+    # slower than single-threaded and would inflate the speedup.  (Only effective when this
+    # file is the program; 'flopscale bench' reports the variable as it finds it.)
+    os.environ.setdefault("OPENBLAS_NUM_THREADS", "1")
+
+import argparse
+import csv
+import datetime as _dt
+import platform
+import sys
+import time
+import warnings
+from pathlib import Path
+
+import numpy as np
+import pandas as pd
+import scipy
+from scipy.optimize import minimize
+
+DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch.csv"
+COLUMNS = ("op", "shape", "provider", "status", "time_s", "reps", "speedup", "objective", "rel_err",
+           "E", "A", "B", "alpha", "beta", "starts_at_best", "note")
+
+
+def _data() -> pd.DataFrame:
+    if not DATA.exists():
+        raise FileNotFoundError(f"benchmark data not found: {DATA}")
+    df = pd.read_csv(DATA).sort_values("loss").iloc[:-5].reset_index(drop=True)
+    return pd.DataFrame({"N": df["Model Size"], "D": df["Training FLOP"] / (6 * df["Model Size"]), "loss": df["loss"]})
+
+
+def _scipy_loop(obj, starts: np.ndarray, analytic: bool):
+    """Per-start scipy L-BFGS-B, default options; returns end thetas and objectives."""
+    def fun(th):
+        f, g = obj(th[None, :])
+        return (f[0], g[0]) if analytic else f[0]
+
+    xs, fs = [], []
+    with warnings.catch_warnings(), np.errstate(all="ignore"):
+        warnings.simplefilter("ignore", RuntimeWarning)
+        for th0 in starts:
+            r = minimize(fun, th0, jac=analytic, method="L-BFGS-B")
+            xs.append(r.x)
+            fs.append(r.fun if np.isfinite(r.fun) else np.inf)
+    return np.array(xs), np.array(fs)
+
+
+def _params(law, theta) -> dict:
+    return {k: float(v) for k, v in law._from_theta(theta).items()}
+
+
+def run(quick: bool = False, seed: int = 0) -> list[dict]:
+    """Benchmark rows (dicts with the keys in ``COLUMNS``)."""
+    import lawfit
+    from lawfit._optim import Objective
+    from lawfit.fitting import _bootstrap, _inputs_of
+
+    df = _data()
+    law = lawfit.Chinchilla()
+    x = _inputs_of(df, ["N", "D"])
+    logy = np.log(df["loss"].to_numpy())
+    obj = Objective(law, x, logy, 1e-3)
+    grid = law._starts(x, logy, None, None)
+    rows: list[dict] = []
+    shape = f"{len(df)} runs x {len(grid)} starts"
+
+    lawfit.fit(df.iloc[:40], starts=20)  # warm-up (imports, caches)
+    reps = 1 if not quick else 2
+    times = []
+    for _ in range(reps):
+        t0 = time.perf_counter()
+        fit = lawfit.fit(df)
+        times.append(time.perf_counter() - t0)
+    t_ours = min(times)
+    rows.append(dict(op="chinchilla_fit", shape=shape, provider="lawfit batched", status="ok", time_s=t_ours,
+                     reps=reps, speedup=1.0, objective=fit.objective, rel_err=0.0, **fit.params,
+                     starts_at_best=fit.n_at_best,
+                     note=f"min of {reps}; batched L-BFGS over all starts + scipy polish of the best 3"))
+
+    rng = np.random.default_rng(seed)
+    n_sub = len(grid) // 20 if quick else len(grid)
+    sub = grid[np.sort(rng.choice(len(grid), n_sub, replace=False))] if quick else grid
+    for analytic, name in ((True, "scipy per-start, analytic grad"), (False, "scipy per-start, finite diff")):
+        t0 = time.perf_counter()
+        xs, fs = _scipy_loop(obj, sub, analytic)
+        t = time.perf_counter() - t0
+        scale = len(grid) / len(sub)
+        b = int(np.argmin(fs))
+        p = _params(law, xs[b])
+        at_best = int(np.sum(fs <= fs[b] * (1 + 1e-5)))
+        rel = (fs[b] - fit.objective) / fit.objective
+        pdiff = max(abs(p[k] / fit.params[k] - 1) for k in p)
+        note = (f"{len(sub)} of {len(grid)} starts timed, time extrapolated x{scale:g}" if quick
+                else "all starts") + (f"; best params differ from lawfit's by {pdiff:.1e} (relative, max); "
+                                      f"OPENBLAS_NUM_THREADS={os.environ.get('OPENBLAS_NUM_THREADS', 'unset')}")
+        rows.append(dict(op="chinchilla_fit", shape=shape, provider=name, status="ok", time_s=t * scale, reps=1,
+                         speedup=t * scale / t_ours, objective=float(fs[b]), rel_err=float(rel), **p,
+                         starts_at_best=at_best if not quick else f"{at_best} of {len(sub)}", note=note))
+
+    # bootstrap: 1,000 weighted refits, batched, warm-started at the optimum
+    k = 1000
+    warm = law._to_theta(fit.params)[None]
+    t0 = time.perf_counter()
+    samples, failed = _bootstrap(law, x, logy, 1e-3, warm, k, np.random.default_rng(seed))
+    t_boot = time.perf_counter() - t0
+    lo, hi = np.percentile(samples["alpha"], [2.5, 97.5])
+    rows.append(dict(op="bootstrap_refits", shape=f"{len(df)} runs x {k} resamples", provider="lawfit batched",
+                     status="ok" if failed == 0 else f"{failed} failed", time_s=t_boot, reps=1, speedup=1.0,
+                     objective=None, rel_err=None, starts_at_best=None,
+                     note=f"95% interval of alpha [{lo:.4f}, {hi:.4f}]; target < 30 s"))
+    # the same refits one by one with scipy (a sample, extrapolated)
+    n_s = 25 if quick else 100
+    W = np.random.default_rng(seed + 1).multinomial(len(df), np.full(len(df), 1 / len(df)), size=n_s).astype(float)
+    wobj = Objective(law, x, logy, 1e-3, weights=W)
+    t0 = time.perf_counter()
+    for i in range(n_s):
+        def fun(th, i=i):
+            f, g = wobj(th[None, :], np.array([i]))
+            return f[0], g[0]
+        minimize(fun, warm[0], jac=True, method="L-BFGS-B", options={"ftol": 1e-15, "gtol": 1e-10})
+    t_sb = (time.perf_counter() - t0) * k / n_s
+    rows.append(dict(op="bootstrap_refits", shape=f"{len(df)} runs x {k} resamples",
+                     provider="scipy per-replicate, analytic grad", status="ok", time_s=t_sb, reps=1,
+                     speedup=t_sb / t_boot, objective=None, rel_err=None, starts_at_best=None,
+                     note=f"{n_s} replicates timed, extrapolated x{k / n_s:g}; tight tolerances like lawfit's"))
+    return rows
+
+
+def _fmt(v) -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, float):
+        return f"{v:.4g}"
+    return str(v)
+
+
+def table(rows: list[dict]) -> str:
+    cols = ["op", "provider", "time_s", "speedup", "objective", "rel_err", "alpha", "beta", "starts_at_best", "status"]
+    w = {c: max(len(c), *(len(_fmt(r.get(c))) for r in rows)) for c in cols}
+    lines = ["  ".join(c.ljust(w[c]) for c in cols)]
+    for r in rows:
+        lines.append("  ".join(_fmt(r.get(c)).ljust(w[c]) for c in cols))
+    lines.append("speedup = this provider's time / lawfit's time; time_s in seconds of wall clock")
+    for r in rows:
+        if r.get("note"):
+            lines.append(f"  {r['provider']} ({r['op']}): {r['note']}")
+    return "\n".join(lines)
+
+
+def environment() -> dict:
+    return {"python": platform.python_version(), "numpy": np.__version__, "scipy": scipy.__version__,
+            "pandas": pd.__version__, "cpu": platform.processor() or platform.machine(), "cpus": os.cpu_count(),
+            "OPENBLAS_NUM_THREADS": os.environ.get("OPENBLAS_NUM_THREADS", "unset"),
+            "date": _dt.datetime.now().strftime("%Y-%m-%d %H:%M")}
+
+
+def main(argv: list[str] | None = None) -> int:
+    ap = argparse.ArgumentParser(description=__doc__.splitlines()[0])
+    ap.add_argument("--quick", action="store_true", help="scipy loops on 5%% of the starts, time extrapolated")
+    ap.add_argument("--out", default=None, metavar="DIR", help="write lawfit-<host>-<date>.csv there")
+    ap.add_argument("--seed", type=int, default=0)
+    args = ap.parse_args(argv)
+    env = environment()
+    t0 = time.perf_counter()
+    rows = run(quick=args.quick, seed=args.seed)
+    print(f"# lawfit benchmark ({'quick' if args.quick else 'full'}), {env}")
+    print(table(rows))
+    print(f"# total {time.perf_counter() - t0:.1f} s")
+    if args.out:
+        out = Path(args.out)
+        out.mkdir(parents=True, exist_ok=True)
+        path = out / f"lawfit-cpu{env['cpus']}-{_dt.date.today().isoformat()}{'-quick' if args.quick else ''}.csv"
+        with open(path, "w", newline="") as fh:
+            fh.write("# " + ", ".join(f"{k}={v}" for k, v in env.items()) + "\n")
+            fh.write(f"# command: python -m benchmarks.bench_lawfit {' '.join(argv or sys.argv[1:])}\n")
+            wr = csv.DictWriter(fh, fieldnames=list(COLUMNS), extrasaction="ignore")
+            wr.writeheader()
+            for r in rows:
+                wr.writerow(r)
+        print(f"wrote {path}")
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())

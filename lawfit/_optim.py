@@ -1,0 +1,281 @@
+"""Batched robust-regression machinery: the summed Huber objective on log loss and a
+batched L-BFGS that minimises it from thousands of starts at once.
+
+Everything is numpy: the objective and its analytic gradient are evaluated for all starts
+(rows of ``theta``) in one pass over the data, in cache-sized chunks, and the L-BFGS two-loop
+recursion and the backtracking line search run on whole arrays of starts.  Starts that have converged
+leave the working set, so late iterations only pay for the starts still moving.
+"""
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Callable
+
+import numpy as np
+from scipy.optimize import minimize
+
+from .laws import Chinchilla, Law
+
+FG = Callable[[np.ndarray, np.ndarray], "tuple[np.ndarray, np.ndarray]"]
+
+# status codes of batched_lbfgs
+CONVERGED, MAXITER, LINESEARCH, BAD_START, ABANDONED = 0, 1, 2, 3, 4
+STATUS_TEXT = {CONVERGED: "converged", MAXITER: "iteration limit", LINESEARCH: "no further decrease",
+               BAD_START: "non-finite objective at start", ABANDONED: "stopped far from the best"}
+
+
+class Objective:
+    """``f(theta) = sum_i w_i * huber_delta(log pred_i(theta) - log y_i)``, batched over rows.
+
+    ``weights`` is None (all ones), shape [n] (shared), or shape [R, n] with a weight row per
+    group; then each call says which group each theta row belongs to.
+    """
+
+    def __init__(self, law: Law, x: dict[str, np.ndarray], logy: np.ndarray, delta: float,
+                 weights: np.ndarray | None = None, chunk: int = 256) -> None:
+        self.law = law
+        self.x = x
+        self.logy = np.ascontiguousarray(logy, dtype=float)
+        self.n = len(self.logy)
+        self.delta = float(delta)
+        self.weights = None if weights is None else np.asarray(weights, dtype=float)
+        self.chunk = int(chunk)
+        self.fast = type(law) is Chinchilla
+        self._ws: list[np.ndarray] | None = None
+        if self.fast:
+            n = self.n
+            lN = np.asarray(x["log_N"], dtype=float)
+            lD = np.asarray(x["log_D"], dtype=float)
+            # theta [k, 5] @ M [5, 2n] = [a - alpha log N | b - beta log D] in one pass
+            self._M = np.zeros((5, 2 * n))
+            self._M[0, :n] = 1.0
+            self._M[1, n:] = 1.0
+            self._M[3, :n] = -lN
+            self._M[4, n:] = -lD
+            # [sum, -sum log N] and [sum, -sum log D] of the weighted terms in one product each
+            self._Gn = np.ascontiguousarray(np.stack([np.ones(n), -lN], axis=1))
+            self._Gd = np.ascontiguousarray(np.stack([np.ones(n), -lD], axis=1))
+
+    def _w(self, groups: np.ndarray | None, s0: int, s1: int) -> np.ndarray | None:
+        if self.weights is None:
+            return None
+        if self.weights.ndim == 1:
+            return self.weights
+        return self.weights[groups[s0:s1]]
+
+    def __call__(self, theta: np.ndarray, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        theta = np.asarray(theta, dtype=float)
+        S, P = theta.shape
+        f = np.empty(S)
+        g = np.empty((S, P))
+        with np.errstate(all="ignore"):
+            for s0 in range(0, S, self.chunk):
+                s1 = min(S, s0 + self.chunk)
+                w = self._w(groups, s0, s1)
+                if self.fast:
+                    self._chinchilla(theta[s0:s1], w, f[s0:s1], g[s0:s1])
+                else:
+                    self._generic(theta[s0:s1], w, f[s0:s1], g[s0:s1])
+        bad = ~np.isfinite(f)
+        if bad.any():
+            f[bad] = np.inf
+        return f, g
+
+    def value(self, theta: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
+        return self(theta, groups)[0]
+
+    def _generic(self, th, w, f_out, g_out):
+        lp, backward = self.law._logpred_backward(th, self.x)
+        r = lp - self.logy
+        c = np.clip(r, -self.delta, self.delta)
+        h = c * (r - 0.5 * c)
+        if w is not None:
+            h = h * w
+            c = c * w
+        f_out[:] = h.sum(1)
+        g_out[:] = backward(c)
+
+    def _chinchilla(self, th, w, f_out, g_out):
+        """Fused Chinchilla objective: log pred = log(exp(a - alpha lN) + exp(b - beta lD) + exp(e)).
+
+        No max-shift is needed: overflow gives inf, which the line search rejects."""
+        k, n, d = th.shape[0], self.n, self.delta
+        if self._ws is None:
+            self._ws = [np.empty((self.chunk, 2 * n))] + [np.empty((self.chunk, n)) for _ in range(3)]
+        T, sb, r, c = (b[:k] for b in self._ws)
+        np.matmul(th, self._M, out=T)
+        np.exp(T, out=T)
+        t1, t2 = T[:, :n], T[:, n:]
+        ee = np.exp(th[:, 2])
+        np.add(t1, t2, out=sb)
+        sb += ee[:, None]
+        np.log(sb, out=r)
+        r -= self.logy                    # residual of log loss
+        np.minimum(r, d, out=c)
+        np.maximum(c, -d, out=c)          # c = huber'(r)
+        if w is None:                     # huber(r) = c (r - c/2)
+            f_out[:] = np.einsum("ij,ij->i", c, r) - 0.5 * np.einsum("ij,ij->i", c, c)
+        else:
+            r -= 0.5 * c
+            c *= w
+            f_out[:] = np.einsum("ij,ij->i", c, r)
+        c /= sb                           # d objective / d(sum of exps)
+        T.reshape(k, 2, n)[:] *= c[:, None, :]
+        g_out[:, 0::3] = t1 @ self._Gn    # a, alpha
+        g_out[:, 1::3] = t2 @ self._Gd    # b, beta
+        g_out[:, 2] = ee * c.sum(1)
+
+
+@dataclass
+class BatchResult:
+    x: np.ndarray        # [S, P] end points
+    f: np.ndarray        # [S] objective at the end points
+    g: np.ndarray        # [S, P] gradient there
+    nit: np.ndarray      # [S] iterations
+    status: np.ndarray   # [S] CONVERGED / MAXITER / LINESEARCH / BAD_START / ABANDONED
+    nfev: int            # objective evaluations, counted per start
+
+
+def batched_lbfgs(fg: FG, x0: np.ndarray, *, m: int = 10, maxiter: int = 1000, gtol: float = 1e-5,
+                  ftol: float = 2.2e-9, fscale: float = 1.0, max_ls: int = 30, c1: float = 1e-4,
+                  abandon_after: int | None = None, abandon_ratio: float = 2.0) -> BatchResult:
+    """Minimise ``fg`` from every row of ``x0`` at once with L-BFGS (memory ``m``).
+
+    ``fg(X, rows) -> (f [k], G [k, P])`` evaluates the objective and gradient for the rows of
+    ``X`` (``rows`` are their indices in ``x0``).  The two-loop recursion, the backtracking
+    (Armijo) line search and the stopping tests run on whole arrays of starts.  A start stops
+    when ``max|g| <= gtol`` or ``(f_prev - f) <= ftol * max(|f_prev|, |f|, fscale)`` (scipy's
+    L-BFGS-B rule with ``fscale=1``), or when the line search finds no decrease.  Pairs
+    failing the curvature condition are stored as zeros, which the recursion ignores.  With
+    ``abandon_after=k``, starts still running after k iterations whose objective is above
+    ``abandon_ratio`` times the best found so far are stopped (status ABANDONED).
+    The state is kept parameter-major ([P, starts]) so the many reductions over P are cheap.
+    (A dense per-start BFGS was tried too: on the Chinchilla grid it needed ~1.7x more
+    evaluations than L-BFGS with m=10, which forgets stale curvature at the Huber kinks.)
+    """
+    with np.errstate(all="ignore"):
+        return _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, fscale, max_ls, c1, abandon_after, abandon_ratio)
+
+
+def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, fscale, max_ls, c1, abandon_after, abandon_ratio):
+    x0 = np.asarray(x0, dtype=float)
+    S, P = x0.shape
+    rows = np.arange(S)
+    f, G = fg(x0, rows)
+    nfev = S
+    out_x, out_f, out_g = x0.copy(), f.copy(), G.copy()
+    nit = np.zeros(S, dtype=int)
+    status = np.full(S, MAXITER)
+    ok0 = np.isfinite(f) & np.isfinite(G).all(1)
+    status[~ok0] = BAD_START
+    rows = rows[ok0]
+    X = np.ascontiguousarray(x0[ok0].T)        # [P, A]
+    Gt = np.ascontiguousarray(G[ok0].T)
+    f = f[ok0]
+    A = len(rows)
+    Sh = np.zeros((m, P, A))
+    Yh = np.zeros((m, P, A))
+    rho = np.zeros((m, A))
+    gamma = np.ones(A)
+    first = np.ones(A, dtype=bool)
+    best = float(np.min(f)) if A else np.inf
+    n_hist = 0
+    for it in range(maxiter):
+        if A == 0:
+            break
+        # two-loop recursion over the stored pairs, newest first
+        q = Gt.copy()
+        hist = [(it - 1 - j) % m for j in range(n_hist)]
+        alph = []
+        for k in hist:
+            a_k = rho[k] * (Sh[k] * q).sum(0)
+            q -= a_k * Yh[k]
+            alph.append(a_k)
+        q *= gamma
+        for k, a_k in zip(reversed(hist), reversed(alph)):
+            q += (a_k - rho[k] * (Yh[k] * q).sum(0)) * Sh[k]
+        d = -q
+        gd = (Gt * d).sum(0)
+        bad = ~(gd < 0)
+        if bad.any():                           # not a descent direction: steepest descent
+            d[:, bad] = -Gt[:, bad]
+            gd[bad] = -(Gt[:, bad] ** 2).sum(0)
+        t = np.ones(A)
+        if first.any():                         # no curvature yet: a unit-length first step
+            t[first] = 1.0 / np.maximum(np.sqrt((d[:, first] ** 2).sum(0)), 1.0)
+        Xn = X + t * d
+        fn, Gn = fg(Xn.T, rows)
+        Gn = Gn.T.copy()
+        nfev += A
+        ok = np.isfinite(fn) & (fn <= f + c1 * t * gd)
+        for _ in range(max_ls):
+            if ok.all():
+                break
+            w = np.flatnonzero(~ok)
+            # backtrack by quadratic interpolation, kept within [0.1, 0.5] of the last step
+            tq = -gd[w] * t[w] ** 2 / (2.0 * (fn[w] - f[w] - gd[w] * t[w]))
+            tq = np.where(np.isfinite(tq), tq, 0.1 * t[w])
+            t[w] = np.clip(tq, 0.1 * t[w], 0.5 * t[w])
+            Xw = X[:, w] + t[w] * d[:, w]
+            Xn[:, w] = Xw
+            fw, Gw = fg(Xw.T, rows[w])
+            nfev += len(w)
+            fn[w] = fw
+            Gn[:, w] = Gw.T
+            ok[w] = np.isfinite(fw) & (fw <= f[w] + c1 * t[w] * gd[w])
+        s = Xn - X
+        y = Gn - Gt
+        sy = (s * y).sum(0)
+        yy = (y * y).sum(0)
+        good = ok & (sy > 1e-10 * yy) & (sy > 1e-300) & np.isfinite(yy)
+        k = it % m
+        gm = good.astype(float)
+        np.multiply(s, gm, out=Sh[k])
+        np.multiply(y, gm, out=Yh[k])
+        rho[k] = np.where(good, 1.0 / np.where(good, sy, 1.0), 0.0)
+        gamma = np.where(good, sy / np.where(good, yy, 1.0), gamma)
+        first &= ~good
+        n_hist = min(n_hist + 1, m)
+        f_old = f
+        if ok.all():
+            X, f, Gt = Xn, fn, Gn
+        else:
+            X = np.where(ok, Xn, X)
+            f = np.where(ok, fn, f)
+            Gt = np.where(ok, Gn, Gt)
+        best = min(best, float(f.min()))
+        small_f = (f_old - f) <= ftol * np.maximum(np.maximum(np.abs(f_old), np.abs(f)), fscale)
+        small_g = np.abs(Gt).max(0) <= gtol
+        done = ~ok | small_f | small_g
+        code = np.where(ok, CONVERGED, LINESEARCH)
+        if abandon_after is not None and it + 1 >= abandon_after:
+            far = ~done & (f > abandon_ratio * best)
+            code = np.where(far, ABANDONED, code)
+            done |= far
+        nit[rows] += 1
+        if done.any():
+            r = rows[done]
+            out_x[r], out_f[r], out_g[r] = X[:, done].T, f[done], Gt[:, done].T
+            status[r] = code[done]
+            keep = ~done
+            rows, X, f, Gt = rows[keep], X[:, keep], f[keep], Gt[:, keep]
+            Sh, Yh, rho = Sh[:, :, keep], Yh[:, :, keep], rho[:, keep]
+            gamma, first = gamma[keep], first[keep]
+            A = len(rows)
+    if A:
+        out_x[rows], out_f[rows], out_g[rows] = X.T, f, Gt.T
+    return BatchResult(out_x, out_f, out_g, nit, status, nfev)
+
+
+def polish(obj: Objective, theta0: np.ndarray, group: int | None = None, maxiter: int = 2000):
+    """Refine one start with scipy's L-BFGS-B at tight tolerances (float64, analytic gradient)."""
+    groups = None if group is None else np.array([group])
+
+    def fun(th):
+        f, g = obj(th[None, :], groups)
+        if not np.isfinite(f[0]):
+            return np.inf, np.zeros_like(th)
+        return f[0], g[0]
+
+    return minimize(fun, np.asarray(theta0, float), jac=True, method="L-BFGS-B",
+                    options={"ftol": 1e-15, "gtol": 1e-12, "maxiter": maxiter, "maxls": 50})
