@@ -1,17 +1,95 @@
-"""flopscale inspect (not available yet: issue #4)."""
+"""flopscale inspect: compile every shipped kernel configuration for a target GPU, offline."""
 from __future__ import annotations
 
 import argparse
+import time
 
-from ._common import not_yet
+from ._common import UserError, print_json
 
 NAME = "inspect"
 HELP = "compile every shipped kernel configuration for a target GPU and report registers, spills, shared memory, wgmma"
+DESCRIPTION = (
+    "Compile every shipped Triton kernel configuration for a target GPU without needing one "
+    "(Triton's GPUTarget), and print one row per configuration: kernel, config, compiled or the "
+    "error, registers per thread, spills (bytes of stack+local memory per thread; > 0 means the "
+    "kernel spills), shared memory in bytes per program (and whether it fits the target's limit), "
+    "whether it runs on tensor cores and whether it uses Hopper warpgroup MMA (wgmma in PTX, "
+    "HGMMA/QGMMA in SASS via the cuobjdump shipped with Triton). Exit status 1 if a configuration "
+    "fails to compile, spills or does not fit in shared memory."
+)
+
+JSON_KEYS = ("kernel", "config", "compiled", "registers", "spills", "shared_bytes", "tensor_core", "wgmma")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
+    parser.add_argument("--target", default="sm90", help="target GPU architecture: sm80, sm86, sm89 or sm90 (default sm90)")
+    parser.add_argument("--kernel", default=None, metavar="TEXT", help="only configurations whose 'kernel config' contains TEXT, e.g. 'matmul_tma[bf16]' or 'b128'")
+    parser.add_argument("--json", action="store_true", help="print a JSON list of objects instead of a table")
+
+
+def _row(r) -> dict:
+    d = {k: getattr(r, k) for k in JSON_KEYS}
+    d["error"] = r.error
+    d["smem_limit"] = r.smem_limit
+    d["fits_smem"] = r.fits_smem
+    return d
+
+
+def _fmt(v, yes="yes", no="no") -> str:
+    if v is None:
+        return "-"
+    if isinstance(v, bool):
+        return yes if v else no
+    return str(v)
 
 
 def run(args: argparse.Namespace) -> int:
-    return not_yet(NAME, 4)
+    try:
+        from kernels import inspect as kinspect
+    except ImportError as exc:  # pragma: no cover - triton missing
+        raise UserError(f"cannot inspect kernels: {exc}") from None
+    try:
+        cap = kinspect.parse_target(args.target)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
+    t0 = time.perf_counter()
+    try:
+        results = kinspect.inspect(cap, kernel_filter=args.kernel)
+    except ImportError as exc:  # pragma: no cover - triton missing
+        raise UserError(f"cannot inspect kernels: {exc}") from None
+    elapsed = time.perf_counter() - t0
+    if args.kernel and not results:
+        raise UserError(f"no shipped kernel configuration matches {args.kernel!r}")
+    bad = [r for r in results if not r.compiled or (r.spills or 0) > 0 or r.fits_smem is False]
+
+    if args.json:
+        print_json([_row(r) for r in results])
+        return 1 if bad else 0
+
+    headers = ("kernel", "config", "status", "regs", "spills[B]", "smem[B]", "tensor core", "wgmma")
+    rows = []
+    for r in results:
+        if r.compiled:
+            status = "ok" if r.fits_smem is not False else "smem>limit"
+        else:
+            status = f"error: {r.error}"
+        rows.append((r.kernel, r.config, status, _fmt(r.registers), _fmt(r.spills), _fmt(r.shared_bytes),
+                     _fmt(r.tensor_core), _fmt(r.wgmma)))
+    widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
+    line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
+    print(line)
+    print("-" * len(line))
+    for row in rows:
+        print("  ".join(c.ljust(w) for c, w in zip(row, widths)))
+    limit = kinspect.SMEM_LIMIT.get(cap)
+    n_ok = sum(r.compiled for r in results)
+    n_wgmma = sum(bool(r.wgmma) for r in results)
+    print()
+    print(
+        f"sm_{cap}: {n_ok}/{len(results)} configurations compiled in {elapsed:.1f} s; "
+        f"{n_wgmma} use wgmma; shared-memory limit {limit} bytes per block; "
+        f"regs = registers per thread, spills = stack+local bytes per thread"
+    )
+    if bad:
+        print(f"{len(bad)} configuration(s) failed to compile, spill or exceed shared memory")
+    return 1 if bad else 0

@@ -1,0 +1,525 @@
+"""``kernels.matmul``: dense matmul as the ``flopscale::matmul`` custom op.
+
+    kernels.matmul(a, b, out_dtype=None)     # a [..., M, K] @ b [K, N] or b [..., K, N]
+    kernels.matmul_reference(a, b, out_dtype=None)
+
+* Any sizes >= 1 (ragged edges are masked), any strides (transposed and non-contiguous
+  inputs are read in place), batch dimensions broadcast as in ``torch.matmul``.
+* dtypes: fp16, bf16, fp32 (tf32 tensor cores only when ``torch.backends.cuda.matmul.allow_tf32``
+  is True, exactly like ``torch.matmul``), and fp8 e4m3 (``torch.float8_e4m3fn``) on GPUs of
+  compute capability 8.9 or newer.  Accumulation is always fp32.  The output has the input
+  dtype unless ``out_dtype`` (fp16, bf16 or fp32) says otherwise; fp8 inputs give bf16 by
+  default.
+* Autograd: the backward runs the same kernel (``grad @ b^T`` and ``a^T @ grad``), reading the
+  transposed operands in place.
+* Kernel choice: on sm_90+ with a Triton that has tensor descriptors, 2-D problems (batches of
+  ``a`` against a 2-D ``b`` are folded into M) whose operands meet TMA's alignment rule (unit
+  inner stride, other strides and base 16-byte aligned) run the persistent TMA kernel; all
+  others, and everything traced by ``torch.compile``, run the pointer kernel.  The tile configuration is tuned once per (kernel, dtype,
+  power-of-two bucket of M, N, K, batch) and remembered on disk in
+  ``$FLOPSCALE_CACHE_DIR`` (default ``~/.cache/flopscale``), file ``matmul-configs.json``;
+  ``FLOPSCALE_AUTOTUNE=0`` skips tuning (a size heuristic picks).  Under the Triton
+  interpreter exactly one configuration is used and nothing is tuned or written.
+
+Cost (``kernels.cost_of`` and ``FlopCounterMode`` agree): ``flops = executed_flops =
+2*batch*M*N*K`` FLOP, ``bytes`` = each operand read once (its own elements: a broadcast ``b``
+counts once) + the output written once, in bytes.
+"""
+from __future__ import annotations
+
+import json
+import math
+import os
+import tempfile
+import threading
+import warnings
+from pathlib import Path
+from typing import Any, Callable, Optional, Sequence
+
+import torch
+import triton
+from torch.library import triton_op, wrap_triton
+from torch.utils.flop_counter import register_flop_formula
+
+from . import matmul_kernels as mk
+from ._cost import Cost, register_cost
+from ._runtime import check_runnable, interpreter_on
+
+__all__ = ["matmul", "matmul_reference", "cache_dir"]
+
+OP = "flopscale::matmul"
+
+_FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+_FP8 = getattr(torch, "float8_e4m3fn", None)
+_INPUT_DTYPES = _FLOAT_DTYPES + ((_FP8,) if _FP8 is not None else ())
+_FAMILY = {torch.float16: "16", torch.bfloat16: "16", torch.float32: "32"}
+if _FP8 is not None:
+    _FAMILY[_FP8] = "8"
+
+
+# --------------------------------------------------------------------------- cost
+def _batch_shape(a_shape: Sequence[int], b_shape: Sequence[int]) -> tuple[int, ...]:
+    return tuple(torch.broadcast_shapes(tuple(a_shape[:-2]), tuple(b_shape[:-2])))
+
+
+def matmul_flops(a_shape: Sequence[int], b_shape: Sequence[int]) -> int:
+    """Model FLOP of ``a @ b``: ``2 * batch * M * N * K``."""
+    M, K = a_shape[-2], a_shape[-1]
+    N = b_shape[-1]
+    return 2 * math.prod(_batch_shape(a_shape, b_shape)) * M * N * K
+
+
+def _out_dtype_of(dtype: torch.dtype, out_dtype: Optional[torch.dtype]) -> torch.dtype:
+    if out_dtype is not None:
+        return out_dtype
+    return torch.bfloat16 if dtype == _FP8 else dtype
+
+
+def _itemsize(dtype: torch.dtype) -> int:
+    return torch.empty((), dtype=dtype).element_size()
+
+
+# --------------------------------------------------------------------------- validation
+def _validate(a: Any, b: Any, out_dtype: Any) -> None:
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        raise TypeError(f"matmul: a and b must be tensors, got {type(a).__name__} and {type(b).__name__}")
+    if a.dim() < 2 or b.dim() < 2:
+        raise ValueError(f"matmul: a must be [..., M, K] and b [K, N] or [..., K, N], got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    if a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul: inner dimensions differ: a {tuple(a.shape)} has K={a.shape[-1]}, b {tuple(b.shape)} has K={b.shape[-2]}")
+    try:
+        _batch_shape(a.shape, b.shape)
+    except RuntimeError:
+        raise ValueError(f"matmul: batch dimensions do not broadcast: a {tuple(a.shape)}, b {tuple(b.shape)}") from None
+    if a.dtype != b.dtype:
+        raise TypeError(f"matmul: a and b must have the same dtype, got {a.dtype} and {b.dtype}")
+    if a.dtype not in _INPUT_DTYPES:
+        names = ", ".join(str(d) for d in _INPUT_DTYPES)
+        raise TypeError(f"matmul: unsupported dtype {a.dtype}; supported: {names}")
+    if out_dtype is not None and out_dtype not in _FLOAT_DTYPES:
+        raise TypeError(f"matmul: out_dtype must be torch.float16, torch.bfloat16 or torch.float32, got {out_dtype}")
+    check_runnable(a, b, op="matmul")
+    if a.dtype == _FP8 and a.device.type == "cuda":
+        cap = torch.cuda.get_device_capability(a.device)
+        if cap < (8, 9):
+            raise ValueError(f"matmul: fp8 e4m3 needs compute capability 8.9 or newer, {a.device} has {cap[0]}.{cap[1]}")
+
+
+# --------------------------------------------------------------------------- configuration cache
+def cache_dir() -> Path:
+    """Where tuned configurations are remembered: ``$FLOPSCALE_CACHE_DIR``, else
+    ``$XDG_CACHE_HOME/flopscale``, else ``~/.cache/flopscale``."""
+    env = os.environ.get("FLOPSCALE_CACHE_DIR")
+    if env:
+        return Path(env)
+    xdg = os.environ.get("XDG_CACHE_HOME")
+    base = Path(xdg) if xdg else Path.home() / ".cache"
+    return base / "flopscale"
+
+
+class ConfigCache:
+    """Chosen configuration per tuning key, kept in memory and in a JSON file.
+
+    File format: ``{"<key>": "<config name>", ...}`` where the key names the device, the
+    Triton version, the kernel, the dtype and the shape bucket.  Writes are atomic
+    (temporary file + rename); an unreadable file is ignored.
+    """
+
+    def __init__(self, filename: str) -> None:
+        self.filename = filename
+        self._mem: dict[str, str] = {}
+        self._loaded_from: Path | None = None
+        self._lock = threading.Lock()
+
+    @property
+    def path(self) -> Path:
+        return cache_dir() / self.filename
+
+    def _load(self) -> None:
+        path = self.path
+        if self._loaded_from == path:
+            return
+        self._loaded_from = path
+        try:
+            data = json.loads(path.read_text())
+            if isinstance(data, dict):
+                for k, v in data.items():
+                    if isinstance(k, str) and isinstance(v, str):
+                        self._mem.setdefault(k, v)
+        except (OSError, ValueError):
+            pass
+
+    def get(self, key: str) -> str | None:
+        with self._lock:
+            self._load()
+            return self._mem.get(key)
+
+    def put(self, key: str, value: str) -> None:
+        with self._lock:
+            self._load()
+            self._mem[key] = value
+            path = self.path
+            try:
+                path.parent.mkdir(parents=True, exist_ok=True)
+                try:
+                    current = json.loads(path.read_text())
+                    if not isinstance(current, dict):
+                        current = {}
+                except (OSError, ValueError):
+                    current = {}
+                current[key] = value
+                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+                try:
+                    with os.fdopen(fd, "w") as fh:
+                        json.dump(current, fh, indent=1, sort_keys=True)
+                    os.replace(tmp, path)
+                finally:
+                    if os.path.exists(tmp):
+                        os.unlink(tmp)
+            except OSError as exc:
+                warnings.warn(f"flopscale: cannot write tuning cache {path}: {exc}", stacklevel=3)
+
+
+_CONFIG_CACHE = ConfigCache("matmul-configs.json")
+
+
+def _bucket(x: int) -> int:
+    """Power-of-two bucket of a dimension (>= 16)."""
+    return max(16, 1 << (max(int(x), 1) - 1).bit_length())
+
+
+def _tuning_allowed(*tensors: torch.Tensor) -> bool:
+    if os.environ.get("FLOPSCALE_AUTOTUNE", "1").strip().lower() in ("0", "false", "no", "off"):
+        return False
+    if torch.compiler.is_compiling():
+        return False
+    from torch._subclasses.fake_tensor import is_fake
+
+    if any(is_fake(t) for t in tensors) or any(t.device.type != "cuda" for t in tensors):
+        return False
+    if torch.cuda.is_current_stream_capturing():
+        return False
+    return True
+
+
+def _device_tag(device: torch.device) -> str:
+    props = torch.cuda.get_device_properties(device)
+    return f"{props.name}|sm{props.major}{props.minor}|triton{triton.__version__}"
+
+
+def choose_config(
+    kind: str,
+    candidates: Sequence[Any],
+    shape_key: str,
+    device: torch.device,
+    run: Callable[[Any], None],
+    tensors: Sequence[torch.Tensor],
+    cache: ConfigCache | None = None,
+    heuristic: Callable[[Sequence[Any]], Any] | None = None,
+) -> Any:
+    """Pick a configuration from ``candidates`` (objects with ``.name``): a remembered choice,
+    else (when tuning is allowed) the fastest by median time of ``run(config)``, remembered,
+    else ``heuristic(candidates)`` (default: the first)."""
+    if len(candidates) == 1:
+        return candidates[0]
+    cache = _CONFIG_CACHE if cache is None else cache
+    by_name = {c.name: c for c in candidates}
+    key = f"{_device_tag(device)}|{kind}|{shape_key}" if device.type == "cuda" else None
+    if key is not None:
+        hit = cache.get(key)
+        if hit in by_name:
+            return by_name[hit]
+    if key is None or not _tuning_allowed(*tensors):
+        return heuristic(candidates) if heuristic else candidates[0]
+    from triton.testing import do_bench
+
+    times = {}
+    for cfg in candidates:
+        try:
+            times[cfg.name] = do_bench(lambda: run(cfg), warmup=5, rep=25, return_mode="median")
+        except Exception:  # noqa: BLE001 - a config that fails to launch (e.g. out of shared memory) is skipped
+            times[cfg.name] = float("inf")
+    best = min(times, key=times.get)
+    if math.isinf(times[best]):
+        return heuristic(candidates) if heuristic else candidates[0]
+    cache.put(key, best)
+    return by_name[best]
+
+
+# --------------------------------------------------------------------------- launch helpers
+def ensure_tma_allocator(device: torch.device) -> None:
+    """TMA descriptors built on the device need a scratch allocator (set per thread: the
+    allocator lives in a ContextVar and autograd may run backward on another thread)."""
+
+    def alloc(size: int, alignment: int, stream: Optional[int]) -> torch.Tensor:
+        return torch.empty(size, dtype=torch.int8, device=device)
+
+    triton.set_allocator(alloc)
+
+
+_NUM_SMS: dict[int, int] = {}
+
+
+def _num_sms(device: torch.device) -> int:
+    if device.type != "cuda":
+        return 3  # interpreter: a few persistent programs so each loops over several tiles
+    idx = device.index if device.index is not None else torch.cuda.current_device()
+    if idx not in _NUM_SMS:
+        _NUM_SMS[idx] = torch.cuda.get_device_properties(idx).multi_processor_count
+    return _NUM_SMS[idx]
+
+
+def _tma_major(t: torch.Tensor) -> tuple[bool, int] | None:
+    """For a 2-D operand: (transposed?, leading stride) if TMA can read it, else None."""
+    es = t.element_size()
+    if (t.storage_offset() * es) % 16:
+        return None
+    r, c = t.shape
+    s0, s1 = t.stride()
+    if s1 == 1 and s0 >= c and (s0 * es) % 16 == 0:
+        return False, s0
+    if s0 == 1 and s1 >= r and (s1 * es) % 16 == 0:
+        return True, s1
+    return None
+
+
+def _tma_supported(device: torch.device) -> bool:
+    if not mk.HAS_TMA:
+        return False
+    if device.type == "cuda":
+        return torch.cuda.get_device_capability(device)[0] >= 9
+    return False  # interpreter: only when asked for explicitly (tests)
+
+
+def _is_fake(t: torch.Tensor) -> bool:
+    from torch._subclasses.fake_tensor import is_fake
+
+    return is_fake(t)
+
+
+def _input_precision(dtype: torch.dtype) -> str:
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+def _candidates(family: str, device: torch.device, M: int, N: int) -> tuple[mk.MatmulConfig, ...]:
+    if device.type != "cuda":
+        return (mk.INTERPRETER_CONFIG,)
+    configs = mk.configs_for(family, torch.cuda.get_device_capability(device)[0])
+    # drop tiles much larger than the problem (they only waste work); keep at least one
+    fit = tuple(c for c in configs if c.BLOCK_M <= max(64, _bucket(M)) and c.BLOCK_N <= max(64, _bucket(N)))
+    return fit or (min(configs, key=lambda c: c.BLOCK_M * c.BLOCK_N),)
+
+
+def _heuristic(candidates: Sequence[mk.MatmulConfig]) -> mk.MatmulConfig:
+    return candidates[0]
+
+
+def _launch_pointer(a3: torch.Tensor, b3: torch.Tensor, c3: torch.Tensor, cfg: mk.MatmulConfig, precision: str) -> None:
+    Bt, M, K = a3.shape
+    N = b3.shape[-1]
+    grid = (triton.cdiv(M, cfg.BLOCK_M) * triton.cdiv(N, cfg.BLOCK_N), Bt)
+    wrap_triton(mk.matmul_kernel)[grid](
+        a3, b3, c3, M, N, K,
+        a3.stride(0), a3.stride(1), a3.stride(2),
+        b3.stride(0), b3.stride(1), b3.stride(2),
+        c3.stride(0), c3.stride(1), c3.stride(2),
+        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=cfg.GROUP_M,
+        INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
+def _launch_tma(a2: torch.Tensor, b2: torch.Tensor, c2: torch.Tensor, cfg: mk.MatmulConfig, precision: str) -> None:
+    M, K = a2.shape
+    N = b2.shape[1]
+    a_t, sa = _tma_major(a2)  # type: ignore[misc]
+    b_t, sb = _tma_major(b2)  # type: ignore[misc]
+    ensure_tma_allocator(a2.device)
+    n_sms = _num_sms(a2.device)
+    tiles = triton.cdiv(M, cfg.BLOCK_M) * triton.cdiv(N, cfg.BLOCK_N)
+    grid = (max(1, min(n_sms, tiles)),)
+    wrap_triton(mk.matmul_tma_kernel)[grid](
+        a2, b2, c2, M, N, K, sa, sb, c2.stride(0),
+        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=cfg.GROUP_M,
+        NUM_SMS=n_sms, A_T=a_t, B_T=b_t, INPUT_PRECISION=precision,
+        num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+    )
+
+
+def no_launch(*tensors: torch.Tensor) -> bool:
+    """True when the op only has to produce the output's metadata: meta tensors, or fake
+    tensors (torch.compile / export tracing) under the Triton interpreter, whose kernels
+    ``wrap_triton`` cannot trace (on a GPU the launch is traced into the graph instead)."""
+    if any(t.device.type == "meta" for t in tensors):
+        return True
+    if interpreter_on():
+        from torch._subclasses.fake_tensor import is_fake
+
+        if not any(is_fake(t) for t in tensors):
+            return False
+        if torch._C._get_dispatch_mode(torch._C._TorchDispatchModeKey.FUNCTIONAL) is not None:
+            # AOT / torch.compile tracing would record a graph without the kernel
+            raise NotImplementedError(
+                "flopscale: torch.compile/export of these ops needs a CUDA GPU; kernels run by the "
+                "Triton interpreter cannot be traced"
+            )
+        return True
+    return False
+
+
+def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device) -> torch.Tensor:
+    """Allocation of every output (tests replace it to poison outputs with NaN)."""
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _plan(a: torch.Tensor, b: torch.Tensor) -> tuple[tuple[int, ...], torch.Tensor, torch.Tensor]:
+    """Batch shape and 3-D views ``a3 [Bt, M, K]``, ``b3 [Bt, K, N]`` (``Bt`` may be 1 with M
+    folded: a batch of ``a`` against a broadcast ``b`` becomes one tall 2-D problem)."""
+    batch = _batch_shape(a.shape, b.shape)
+    M, K = a.shape[-2:]
+    N = b.shape[-1]
+    b_bcast = all(s == 1 for s in b.shape[:-2]) or all(
+        st == 0 or sz == 1 for sz, st in zip(b.shape[:-2], b.stride()[:-2])
+    )
+    if b_bcast and len(batch) > 0:
+        a_full = a.expand(*batch, M, K)
+        try:
+            a2 = a_full.view(-1, K)  # fold batch into M without copying
+        except RuntimeError:
+            a2 = None
+        if a2 is not None and a2.shape[0] == math.prod(batch) * M:
+            b2 = b.reshape(K, N) if b.dim() == 2 else b.expand(*batch, K, N)[(0,) * len(batch)]
+            return batch, a2.unsqueeze(0), b2.unsqueeze(0)
+    a3 = a.expand(*batch, M, K).reshape(-1, M, K) if batch else a.unsqueeze(0)
+    b3 = b.expand(*batch, K, N).reshape(-1, K, N) if batch else b.unsqueeze(0)
+    return batch, a3, b3
+
+
+def _run(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype], path: str = "auto",
+         config: mk.MatmulConfig | None = None) -> torch.Tensor:
+    """The op body: plan, pick kernel and configuration, launch.  ``path`` in
+    {"auto", "tma", "pointer"}; ``config`` overrides the choice (tests)."""
+    odt = _out_dtype_of(a.dtype, out_dtype)
+    batch, a3, b3 = _plan(a, b)
+    Bt, M, K = a3.shape
+    N = b3.shape[-1]
+    c = _new_output((*batch, a.shape[-2], N), odt, a.device)
+    if c.numel() == 0:
+        return c
+    if K == 0:
+        return c.zero_()
+    if no_launch(a, b):
+        return c
+    c3 = c.view(Bt, M, N)
+    precision = _input_precision(a.dtype)
+    family = _FAMILY[a.dtype]
+
+    use_tma = False
+    # torch.compile traces (fake tensors) take the pointer kernel: a device-built TMA
+    # descriptor needs triton's per-thread scratch allocator, which compiled graphs
+    # (and their backward threads) do not set up
+    traced = _is_fake(a) or _is_fake(b)
+    if path == "tma" or (path == "auto" and not traced and _tma_supported(a.device)):
+        use_tma = Bt == 1 and _tma_major(a3[0]) is not None and _tma_major(b3[0]) is not None and _tma_major(c3[0]) is not None
+        if path == "tma" and not use_tma:
+            raise ValueError("matmul: operands do not meet TMA's layout rules (2-D, unit inner stride, 16-byte aligned strides)")
+    kind = "tma" if use_tma else "pointer"
+    candidates = (config,) if config is not None else _candidates(family, a.device, M, N)
+
+    def run(cfg: mk.MatmulConfig) -> None:
+        if use_tma:
+            _launch_tma(a3[0], b3[0], c3[0], cfg, precision)
+        else:
+            _launch_pointer(a3, b3, c3, cfg, precision)
+
+    shape_key = f"{a.dtype}|{_bucket(M)}x{_bucket(N)}x{_bucket(K)}|b{_bucket(Bt) if Bt > 1 else 1}|{precision}"
+    cfg = choose_config(f"matmul-{kind}", candidates, shape_key, a.device, run, (a3, b3), heuristic=_heuristic)
+    run(cfg)
+    return c
+
+
+# --------------------------------------------------------------------------- the op
+@triton_op(OP, mutates_args=())
+def _matmul_op(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    return _run(a, b, out_dtype)
+
+
+def _setup_context(ctx: Any, inputs: tuple, output: torch.Tensor) -> None:
+    a, b, out_dtype = inputs
+    ctx.a_shape, ctx.b_shape = a.shape, b.shape
+    ctx.a_dtype, ctx.b_dtype = a.dtype, b.dtype
+    saved_a = a if ctx.needs_input_grad[1] else None
+    saved_b = b if ctx.needs_input_grad[0] else None
+    ctx.save_for_backward(saved_a, saved_b)
+
+
+def _compute_dtype(grad: torch.Tensor, dtype: torch.dtype) -> torch.dtype:
+    return dtype if dtype in _FLOAT_DTYPES else grad.dtype
+
+
+def _backward(ctx: Any, grad: torch.Tensor) -> tuple:
+    a, b = ctx.saved_tensors
+    da = db = None
+    if ctx.needs_input_grad[0]:
+        dt = _compute_dtype(grad, ctx.a_dtype)
+        bt = b.to(dt).mT
+        da = torch.ops.flopscale.matmul(grad.to(dt), bt, dt)
+        da = da.sum_to_size(ctx.a_shape) if tuple(da.shape) != tuple(ctx.a_shape) else da
+    if ctx.needs_input_grad[1]:
+        dt = _compute_dtype(grad, ctx.b_dtype)
+        g = grad.to(dt)
+        at = a.to(dt)
+        K = ctx.a_shape[-1]
+        N = g.shape[-1]
+        if len(ctx.b_shape) == 2:
+            # sum over every batch: one tall product a_flat^T [K, B*M] @ g_flat [B*M, N]
+            a_full = at.expand(*g.shape[:-1], K)
+            db = torch.ops.flopscale.matmul(a_full.reshape(-1, K).mT, g.reshape(-1, N), dt)
+        else:
+            db = torch.ops.flopscale.matmul(at.mT, g, dt)
+            if tuple(db.shape) != tuple(ctx.b_shape):
+                db = db.sum_to_size(ctx.b_shape)
+    return da, db, None
+
+
+_matmul_op.register_autograd(_backward, setup_context=_setup_context)
+
+
+@register_flop_formula(torch.ops.flopscale.matmul)
+def _matmul_flop_formula(a_shape, b_shape, out_dtype=None, *args, out_shape=None, **kwargs) -> int:
+    return matmul_flops(a_shape, b_shape)
+
+
+@register_cost(OP)
+def matmul_cost(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype] = None) -> Cost:
+    """Model = executed FLOP ``2*batch*M*N*K``; bytes = a and b read once, output written once."""
+    flops = matmul_flops(a.shape, b.shape)
+    batch = _batch_shape(a.shape, b.shape)
+    M, N = a.shape[-2], b.shape[-1]
+    odt = _out_dtype_of(a.dtype, out_dtype)
+    nbytes = a.numel() * _itemsize(a.dtype) + b.numel() * _itemsize(b.dtype)
+    nbytes += math.prod(batch) * M * N * _itemsize(odt)
+    return Cost(flops=flops, executed_flops=flops, bytes=nbytes)
+
+
+# --------------------------------------------------------------------------- public API
+def matmul(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``a [..., M, K] @ b [K, N]`` (or ``b [..., K, N]``, batch dims broadcast) with fp32
+    accumulation; see the module docstring for dtypes, kernels and cost."""
+    _validate(a, b, out_dtype)
+    return torch.ops.flopscale.matmul(a, b, out_dtype)
+
+
+def matmul_reference(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """The same product computed by torch in float64, cast to the output dtype."""
+    _validate_ref(a, b, out_dtype)
+    odt = _out_dtype_of(a.dtype, out_dtype)
+    return torch.matmul(a.to(torch.float64), b.to(torch.float64)).to(odt)
+
+
+def _validate_ref(a: Any, b: Any, out_dtype: Any) -> None:
+    if not isinstance(a, torch.Tensor) or not isinstance(b, torch.Tensor):
+        raise TypeError("matmul_reference: a and b must be tensors")
+    if a.dim() < 2 or b.dim() < 2 or a.shape[-1] != b.shape[-2]:
+        raise ValueError(f"matmul_reference: shapes {tuple(a.shape)} and {tuple(b.shape)} do not multiply")

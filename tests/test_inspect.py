@@ -1,0 +1,184 @@
+"""Offline compilation of the shipped kernel configurations for sm_90 (no GPU needed):
+every one compiles, does not spill, fits in shared memory and uses wgmma.
+
+Compiling is ~1 s per configuration on a small CPU (~95 s for all 84 on 2 busy cores, a few
+seconds when Triton's on-disk cache is warm), so the default run compiles a representative
+subset (11 configurations: largest and smallest tiles, every mode, smallest and largest
+block, every dtype family) and the exhaustive check is marked ``slow``.  Results are cached for the session by
+kernels.inspect (under the interpreter the compilation runs in one child process per call).
+"""
+from __future__ import annotations
+
+import importlib
+import json
+import os
+
+import pytest
+
+from kernels import inspect as kinspect
+from profiler.cli import main
+
+SM90 = 90
+
+# "kernel config" substrings compiled in the default run (11 configurations)
+REPRESENTATIVE = (
+    "matmul[bf16] BM128_BN256",  # pointer kernel (the Hopper fallback for TMA-misaligned shapes), largest tile
+    "matmul_tma[bf16] BM128_BN256",  # the biggest shared-memory user (128x256x64, 3 stages)
+    "matmul_tma[bf16] BM64_BN128",  # smallest tile
+    "matmul_tma[fp32] BM128_BN128",  # tf32
+    "matmul_tma[fp8] BM128_BN256",
+    "blocksparse_sdd[bf16,b16]",  # grouped, transposed small-block path
+    "blocksparse_dsd[bf16,b16]",  # SWAP path
+    "blocksparse_dds^T[bf16,b16]",
+    "blocksparse_sdd[bf16,b128]",
+    "blocksparse_dsd^T[bf16,b128]",
+    "blocksparse_dds[fp32,b128]",
+)
+
+
+@pytest.fixture(scope="module")
+def all_specs():
+    return kinspect.collect_specs(SM90)
+
+
+@pytest.fixture(scope="module")
+def representative():
+    return {(r.kernel, r.config): r for r in kinspect.inspect("sm90", kernel_filter=REPRESENTATIVE)}
+
+
+def assert_healthy(r: kinspect.InspectResult) -> None:
+    where = f"{r.kernel} {r.config}"
+    assert r.compiled, f"{where}: {r.error}"
+    assert r.spills == 0, f"{where}: spills {r.spills} bytes/thread"
+    assert r.registers is not None and 0 < r.registers <= 255, where
+    assert r.shared_bytes is not None and r.shared_bytes <= kinspect.SMEM_LIMIT[SM90], where
+    assert r.fits_smem is True
+    if r.expects_tensor_core:  # every matmul-family spec does; other modules may ship non-wgmma kernels
+        assert r.tensor_core and r.wgmma, f"{where}: no wgmma"
+
+
+def test_modules_are_one_tuple_and_each_has_the_hook():
+    assert isinstance(kinspect.INSPECT_MODULES, tuple)
+    assert {"kernels.matmul_kernels", "kernels.blocksparse_kernels"} <= set(kinspect.INSPECT_MODULES)
+    assert len(set(kinspect.INSPECT_MODULES)) == len(kinspect.INSPECT_MODULES)
+    for name in kinspect.INSPECT_MODULES:
+        mod = importlib.import_module(name)
+        specs = mod.inspect_specs(SM90)
+        assert specs and all(isinstance(s, kinspect.KernelSpec) for s in specs)
+        for s in specs:  # every constexpr has a value and the signature names every argument
+            assert list(s.signature) == list(s.fn.arg_names)
+            assert {k for k, v in s.signature.items() if v == "constexpr"} == set(s.constexprs)
+
+
+def test_specs_cover_every_shipped_config(all_specs):
+    from kernels import blocksparse_kernels as bk
+    from kernels import matmul_kernels as mk
+
+    for dt, fam in (("bf16", "16"), ("fp16", "16"), ("fp32", "32"), ("fp8", "8")):
+        for kernel in (f"matmul[{dt}]", f"matmul_tma[{dt}]"):
+            got = [s.config for s in all_specs if s.kernel == kernel]
+            assert got == [c.name for c in mk.HOPPER_CONFIGS[fam]]
+    for dt, fam in (("bf16", "16"), ("fp16", "16"), ("fp32", "32")):
+        for block in (16, 32, 64, 128):
+            for variant in ("sdd", "dsd", "dsd^T", "dds", "dds^T"):
+                (s,) = [s for s in all_specs if s.kernel == f"blocksparse_{variant}[{dt},b{block}]"]
+                assert s.config == bk.config_for(variant[:3], block, fam).name
+
+
+def test_representative_hopper_configs_compile_without_spills_and_use_wgmma(representative, all_specs):
+    want = {(s.kernel, s.config) for s in all_specs if any(k in f"{s.kernel} {s.config}" for k in REPRESENTATIVE)}
+    assert set(representative) == want and len(want) == len(REPRESENTATIVE)
+    for r in representative.values():
+        assert r.expects_tensor_core
+        assert_healthy(r)
+
+
+def test_tma_kernel_really_uses_tma(representative):
+    for (kernel, _), r in representative.items():
+        assert r.extra["tma"] is kernel.startswith("matmul_tma"), kernel
+
+
+def _slow_selected(config) -> bool:
+    expr = config.getoption("-m") or ""
+    return os.environ.get("FLOPSCALE_RUN_SLOW") == "1" or ("slow" in expr and "not slow" not in expr)
+
+
+@pytest.mark.slow
+def test_every_shipped_hopper_config_compiles_without_spills_and_uses_wgmma(all_specs, request):
+    # ~90 s on 2 cores without a warm cache: runs with `-m slow` or FLOPSCALE_RUN_SLOW=1
+    if not _slow_selected(request.config):
+        pytest.skip("exhaustive compile of all shipped configs: select with -m slow or FLOPSCALE_RUN_SLOW=1")
+    results = kinspect.inspect("sm90")
+    assert [(r.kernel, r.config) for r in results] == [(s.kernel, s.config) for s in all_specs]
+    assert len(results) > 50
+    for r in results:
+        assert_healthy(r)
+
+
+TOY_MODULE = """
+import triton
+import triton.language as tl
+
+
+@triton.jit
+def toy_dot(a_ptr, c_ptr, BLOCK: tl.constexpr):
+    offs = tl.arange(0, BLOCK)
+    a = tl.load(a_ptr + offs[:, None] * BLOCK + offs[None, :])
+    tl.store(c_ptr + offs[:, None] * BLOCK + offs[None, :], tl.dot(a, a).to(tl.bfloat16))
+
+
+def inspect_specs(capability=90):
+    from kernels.inspect import KernelSpec
+
+    sig = {"a_ptr": "*bf16", "c_ptr": "*bf16", "BLOCK": "constexpr"}
+    return [
+        KernelSpec("toy_dot", f"BLOCK={b}", toy_dot, sig, {"BLOCK": b}, num_warps=4, num_stages=1,
+                   aligned=("a_ptr", "c_ptr"))
+        for b in (64, 8)  # tl.dot needs tiles of at least 16: BLOCK=8 must fail to compile
+    ]
+"""
+
+
+def test_a_module_added_through_the_hook_is_compiled_and_errors_are_reported(tmp_path, monkeypatch):
+    (tmp_path / "toy_kernels_for_inspect.py").write_text(TOY_MODULE)
+    monkeypatch.syspath_prepend(str(tmp_path))
+    good, bad = kinspect.inspect("sm90", modules=("toy_kernels_for_inspect",))
+    assert good.compiled and good.wgmma and good.spills == 0 and good.config == "BLOCK=64"
+    assert not bad.compiled and bad.error and bad.registers is None and bad.wgmma is None
+
+
+@pytest.mark.parametrize("text,cap", [("sm90", 90), ("sm_90", 90), ("90", 90), (80, 80), ("SM89", 89)])
+def test_parse_target(text, cap):
+    assert kinspect.parse_target(text) == cap
+
+
+@pytest.mark.parametrize("text", ["sm70", "hopper", "", "sm_100a"])
+def test_unknown_target_is_a_value_error(text):
+    with pytest.raises(ValueError, match="unknown target"):
+        kinspect.parse_target(text)
+
+
+# ---------------------------------------------------------------- CLI
+def test_cli_json_rows_have_the_documented_keys(capsys):
+    rc = main(["inspect", "--target", "sm90", "--kernel", "blocksparse_sdd[bf16,b16]", "--json"])
+    rows = json.loads(capsys.readouterr().out)
+    assert rc == 0 and len(rows) == 1
+    row = rows[0]
+    assert {"kernel", "config", "compiled", "registers", "spills", "shared_bytes", "tensor_core", "wgmma"} <= set(row)
+    assert row["kernel"] == "blocksparse_sdd[bf16,b16]" and row["compiled"] is True
+    assert row["spills"] == 0 and row["wgmma"] is True and isinstance(row["shared_bytes"], int)
+
+
+def test_cli_table_names_units(capsys):
+    rc = main(["inspect", "--kernel", "blocksparse_dsd[bf16,b16]"])
+    out = capsys.readouterr().out
+    assert rc == 0
+    assert "smem[B]" in out and "spills[B]" in out and "sm_90: 1/1 configurations compiled" in out
+    assert "blocksparse_dsd[bf16,b16]" in out
+
+
+@pytest.mark.parametrize("argv,match", [(["--target", "sm70"], "unknown target"), (["--kernel", "nope"], "no shipped kernel configuration")])
+def test_cli_bad_input_is_one_line_exit_2(argv, match, capsys):
+    assert main(["inspect", *argv]) == 2
+    err = capsys.readouterr().err
+    assert match in err and len(err.strip().splitlines()) == 1

@@ -1,0 +1,389 @@
+"""kernels.matmul against float64 torch: ragged sizes, batches, strides, gradients, both kernels,
+FLOP counting, costs, bad input, configuration cache.  GPU-marked: bf16/fp8 numerics, TMA use."""
+from __future__ import annotations
+
+import json
+import os
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import kernels
+from kernels import matmul_kernels as mk
+from kernels import matmul_layer as ml
+
+HAS_CUDA = torch.cuda.is_available()
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+def rel_err(out: torch.Tensor, ref: torch.Tensor) -> float:
+    out, ref = out.detach().double(), ref.detach().double()
+    assert not torch.isnan(out).any(), "NaN in output (unwritten element?)"
+    return float((out - ref).norm() / ref.norm().clamp_min(1e-300))
+
+
+@pytest.fixture(autouse=True)
+def poison_outputs(monkeypatch):
+    """Every output starts as NaN, so an element the kernel fails to write fails the test."""
+
+    def nan_output(shape, dtype, device):
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+
+    monkeypatch.setattr(ml, "_new_output", nan_output)
+
+
+def tolerance(dtype):
+    if dtype == torch.float32 and torch.backends.cuda.matmul.allow_tf32:
+        return 1e-3
+    return TOL[dtype]
+
+
+def rand(*shape, dtype=torch.float32, device="cpu"):
+    return torch.randn(*shape, dtype=torch.float32, device=device).to(dtype)
+
+
+# ---------------------------------------------------------------- numerics (pointer kernel)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (7, 33, 129), (129, 7, 33), (33, 129, 7), (64, 32, 96)])
+def test_matmul_matches_float64(M, N, K, dtype, device):
+    a, b = rand(M, K, dtype=dtype, device=device), rand(K, N, dtype=dtype, device=device)
+    out = kernels.matmul(a, b)
+    assert out.shape == (M, N) and out.dtype == dtype
+    assert rel_err(out, a.double() @ b.double()) < tolerance(dtype)
+
+
+@pytest.mark.parametrize(
+    "a_shape,b_shape",
+    [
+        ((2, 3, 33, 17), (17, 9)),  # 2-D b: batch folded into M
+        ((2, 3, 33, 17), (3, 17, 9)),  # b broadcast over the first batch dim
+        ((33, 17), (2, 17, 9)),  # a broadcast
+        ((2, 1, 7, 17), (1, 3, 17, 9)),  # both broadcast
+    ],
+)
+def test_batched_and_broadcast(a_shape, b_shape, device):
+    a, b = rand(*a_shape, device=device), rand(*b_shape, device=device)
+    out = kernels.matmul(a, b)
+    ref = torch.matmul(a.double(), b.double())
+    assert out.shape == ref.shape
+    assert rel_err(out, ref) < 1e-4
+
+
+def test_transposed_and_strided_inputs_are_read_in_place(device):
+    x = rand(2, 40, 33, device=device)  # a = x^T per batch: column-major [2, 33, 40]
+    a = x.mT
+    y = rand(80, 21, device=device)
+    b = y[::2]  # row stride 2*21
+    out = kernels.matmul(a, b)
+    assert rel_err(out, a.double() @ b.double()) < 1e-4
+    # both operands transposed, 2-D
+    a2, b2 = rand(9, 31, device=device).mT, rand(13, 9, device=device).mT
+    assert rel_err(kernels.matmul(a2, b2), a2.double() @ b2.double()) < 1e-4
+
+
+def test_out_dtype(device):
+    a, b = rand(7, 33, dtype=torch.float16, device=device), rand(33, 5, dtype=torch.float16, device=device)
+    out = kernels.matmul(a, b, out_dtype=torch.float32)
+    assert out.dtype == torch.float32
+    # fp32 output keeps what fp16 rounding would lose
+    assert rel_err(out, a.double() @ b.double()) < 1e-5
+
+
+def test_fp8_inputs_give_bf16_by_default_on_cpu_interpreter(device):
+    if device == "cuda" and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs sm_89+")
+    fp8 = torch.float8_e4m3fn
+    a, b = rand(33, 64, device=device).to(fp8), rand(64, 24, device=device).to(fp8)
+    out = kernels.matmul(a, b)
+    assert out.dtype == torch.bfloat16
+    assert rel_err(out, a.double() @ b.double()) < 1e-2
+
+
+# ---------------------------------------------------------------- the TMA kernel (under the interpreter too)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("a_t,b_t", [(False, False), (True, False), (False, True), (True, True)])
+def test_tma_kernel_all_operand_orders(dtype, a_t, b_t, device):
+    M, N, K = 104, 40, 56  # ragged against 32-wide tiles, but 16-byte aligned rows for fp16 and fp32
+    a = rand(K, M, dtype=dtype, device=device).mT if a_t else rand(M, K, dtype=dtype, device=device)
+    b = rand(N, K, dtype=dtype, device=device).mT if b_t else rand(K, N, dtype=dtype, device=device)
+    assert ml._tma_major(a) == (a_t, M if a_t else K)
+    out = ml._run(a, b, None, path="tma")  # 3 persistent programs loop over 8 tiles on the CPU
+    assert rel_err(out, a.double() @ b.double()) < tolerance(dtype)
+
+
+def test_tma_kernel_folds_batches_of_a(device):
+    a, b = rand(3, 5, 33, 24, device=device), rand(24, 8, device=device)
+    out = ml._run(a, b, None, path="tma")
+    assert rel_err(out, a.double() @ b.double()) < 1e-4
+
+
+@pytest.mark.parametrize(
+    "a_shape,b_shape,why",
+    [((33, 7), (7, 16), "K*4 bytes not a multiple of 16"), ((16, 8), (8, 7), "N*4 bytes"), ((2, 16, 8), (2, 8, 8), "batched b")],
+)
+def test_shapes_breaking_tma_alignment_take_the_pointer_kernel(a_shape, b_shape, why, device, monkeypatch):
+    a, b = rand(*a_shape, device=device), rand(*b_shape, device=device)
+    with pytest.raises(ValueError, match="TMA"):
+        ml._run(a, b, None, path="tma")
+    # "auto" on a TMA-capable device falls back to the pointer kernel for these shapes
+    monkeypatch.setattr(ml, "_tma_supported", lambda dev: True)
+    launched = []
+    real = ml._launch_pointer
+    monkeypatch.setattr(ml, "_launch_pointer", lambda *args: launched.append(1) or real(*args))
+    out = ml._run(a, b, None)
+    assert launched and rel_err(out, a.double() @ b.double()) < 1e-4
+
+
+def test_interpreter_uses_exactly_one_config():
+    assert ml._candidates("16", torch.device("cpu"), 4096, 4096) == (mk.INTERPRETER_CONFIG,)
+
+
+def test_tf32_follows_torch_setting():
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert ml._input_precision(torch.float32) == "ieee"
+        torch.backends.cuda.matmul.allow_tf32 = True
+        assert ml._input_precision(torch.float32) == "tf32"
+        assert ml._input_precision(torch.float16) == "tf32"  # ignored by Triton for 16-bit operands
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
+
+
+# ---------------------------------------------------------------- autograd
+@pytest.mark.parametrize(
+    "a_shape,b_shape",
+    [((7, 33), (33, 129)), ((2, 3, 17, 9), (9, 5)), ((2, 3, 17, 9), (3, 9, 5)), ((17, 9), (2, 9, 5))],
+)
+def test_gradients_match_float64(a_shape, b_shape, device):
+    a = rand(*a_shape, device=device).requires_grad_()
+    b = rand(*b_shape, device=device).requires_grad_()
+    out = kernels.matmul(a, b)
+    g = torch.randn_like(out)
+    da, db = torch.autograd.grad(out, (a, b), g)
+    a64 = a.detach().double().requires_grad_()
+    b64 = b.detach().double().requires_grad_()
+    ra, rb = torch.autograd.grad(torch.matmul(a64, b64), (a64, b64), g.double())
+    assert da.shape == a.shape and db.shape == b.shape
+    assert rel_err(da, ra) < 1e-4 and rel_err(db, rb) < 1e-4
+
+
+def test_gradient_of_transposed_fp16_input(device):
+    x = rand(33, 7, dtype=torch.float16, device=device).requires_grad_()
+    b = rand(33, 16, dtype=torch.float16, device=device).requires_grad_()
+    out = kernels.matmul(x.mT, b)
+    g = torch.randn_like(out)
+    dx, db = torch.autograd.grad(out, (x, b), g)
+    assert rel_err(dx, (g.double() @ b.double().mT).mT) < 1e-2
+    assert rel_err(db, x.double() @ g.double()) < 1e-2
+
+
+def test_op_schema_autograd_and_fake_tensor_registration():
+    a = rand(7, 33).requires_grad_()
+    b = rand(33, 9)
+    torch.library.opcheck(
+        torch.ops.flopscale.matmul.default,
+        (a, b, None),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the interpreter")
+def test_torch_compile_under_the_interpreter_fails_loudly_not_silently():
+    a, b = rand(8, 16), rand(16, 8)
+    f = torch.compile(lambda x, y: kernels.matmul(x, y), fullgraph=True, backend="aot_eager")
+    with pytest.raises(Exception, match="needs a CUDA GPU"):
+        f(a, b)
+
+
+# ---------------------------------------------------------------- FLOPs and cost
+def test_flop_counter_counts_our_op_by_our_formula(device):
+    M, N, K = 17, 9, 33
+    a = rand(2, M, K, device=device).requires_grad_()
+    b = rand(K, N, device=device).requires_grad_()
+    with FlopCounterMode(display=False) as fc:
+        out = kernels.matmul(a, b)
+        forward = fc.get_total_flops()
+        out.sum().backward()
+    counts = fc.get_flop_counts()["Global"]
+    assert list(map(str, counts)) == ["flopscale.matmul"]  # nothing else (no aten.mm fallback)
+    assert forward == 2 * 2 * M * N * K
+    assert fc.get_total_flops() == 3 * forward  # dA and dB are one matmul each
+    cost = kernels.cost_of("flopscale::matmul", a, b)
+    assert cost.flops == cost.executed_flops == forward
+    assert cost.bytes == (2 * M * K + K * N + 2 * M * N) * 4
+
+
+def test_cost_counts_output_dtype_and_broadcast_operand_once():
+    a = torch.empty(4, 8, 16, dtype=torch.float16, device="meta")
+    b = torch.empty(16, 32, dtype=torch.float16, device="meta")
+    cost = kernels.cost_of("flopscale::matmul", a, b, torch.float32)
+    assert cost.flops == 2 * 4 * 8 * 32 * 16
+    assert cost.bytes == 4 * 8 * 16 * 2 + 16 * 32 * 2 + 4 * 8 * 32 * 4
+
+
+# ---------------------------------------------------------------- bad input
+@pytest.mark.parametrize(
+    "a,b,kw,exc,match",
+    [
+        (torch.ones(3, 4), torch.ones(5, 2), {}, ValueError, "inner dimensions"),
+        (torch.ones(4), torch.ones(4, 2), {}, ValueError, "must be"),
+        (torch.ones(2, 3, 4), torch.ones(3, 4, 2), {}, ValueError, "broadcast"),
+        (torch.ones(3, 4), torch.ones(4, 2, dtype=torch.float16), {}, TypeError, "same dtype"),
+        (torch.ones(3, 4, dtype=torch.int32), torch.ones(4, 2, dtype=torch.int32), {}, TypeError, "unsupported dtype"),
+        (torch.ones(3, 4), torch.ones(4, 2), {"out_dtype": torch.int8}, TypeError, "out_dtype"),
+        ([[1.0]], torch.ones(1, 1), {}, TypeError, "tensors"),
+        (torch.ones(3, 4), torch.ones(4, 2, device="meta"), {}, ValueError, "different devices"),
+    ],
+)
+def test_bad_input_is_a_clear_error(a, b, kw, exc, match):
+    with pytest.raises(exc, match=match):
+        kernels.matmul(a, b, **kw)
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the CPU path without the interpreter")
+def test_cpu_tensor_without_interpreter_is_a_value_error(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    with pytest.raises(ValueError, match="interpreter"):
+        kernels.matmul(torch.ones(2, 2), torch.ones(2, 2))
+
+
+# ---------------------------------------------------------------- configuration cache
+def test_config_cache_round_trips_atomically(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOPSCALE_CACHE_DIR", str(tmp_path / "cache"))
+    cache = ml.ConfigCache("test-configs.json")
+    assert cache.get("k") is None
+    cache.put("k", "BM128_BN256_BK64_G8_w8_s3")
+    path = tmp_path / "cache" / "test-configs.json"
+    assert json.loads(path.read_text()) == {"k": "BM128_BN256_BK64_G8_w8_s3"}
+    assert [p.name for p in path.parent.iterdir()] == ["test-configs.json"]  # no temporary left
+    fresh = ml.ConfigCache("test-configs.json")  # a new process reads it back
+    assert fresh.get("k") == "BM128_BN256_BK64_G8_w8_s3"
+    path.write_text("{not json")
+    assert ml.ConfigCache("test-configs.json").get("k") is None  # corrupt file is ignored
+
+
+def test_tuning_picks_the_fastest_config_once_and_remembers_it(tmp_path, monkeypatch):
+    """The tuner's logic without a GPU: timings come from a stub of triton's do_bench."""
+    import triton.testing
+
+    monkeypatch.setenv("FLOPSCALE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(ml, "_CONFIG_CACHE", ml.ConfigCache("matmul-configs.json"))
+    monkeypatch.setattr(ml, "_device_tag", lambda dev: "Stub GPU|sm90|tritonX")
+    monkeypatch.setattr(ml, "_tuning_allowed", lambda *t: True)
+    cfgs = mk.HOPPER_CONFIGS["16"][:3]
+    speed = {cfgs[0].name: 3.0, cfgs[1].name: 1.0, cfgs[2].name: 2.0}  # ms
+    ran = []
+
+    def fake_bench(fn, **kw):
+        fn()
+        return speed[ran[-1]]
+
+    monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
+    run = lambda cfg: ran.append(cfg.name)  # noqa: E731
+    cuda = torch.device("cuda")
+    got = ml.choose_config("matmul-tma", cfgs, "k1", cuda, run, ())
+    assert got == cfgs[1] and sorted(ran) == sorted(speed)
+    saved = json.loads((tmp_path / "matmul-configs.json").read_text())
+    assert saved == {"Stub GPU|sm90|tritonX|matmul-tma|k1": cfgs[1].name}
+    # a new process (fresh cache object) reuses the choice without benchmarking
+    monkeypatch.setattr(ml, "_CONFIG_CACHE", ml.ConfigCache("matmul-configs.json"))
+    ran.clear()
+    assert ml.choose_config("matmul-tma", cfgs, "k1", cuda, run, ()) == cfgs[1] and ran == []
+    # tuning off: the heuristic picks, nothing is benchmarked or written
+    monkeypatch.setattr(ml, "_tuning_allowed", lambda *t: False)
+    assert ml.choose_config("matmul-tma", cfgs, "k2", cuda, run, (), heuristic=lambda c: c[2]) == cfgs[2]
+    assert ran == [] and len(json.loads((tmp_path / "matmul-configs.json").read_text())) == 1
+
+
+def test_tuning_is_off_when_asked_and_for_cpu_tensors(monkeypatch):
+    monkeypatch.setenv("FLOPSCALE_AUTOTUNE", "0")
+    assert ml._tuning_allowed(torch.ones(1)) is False
+    monkeypatch.setenv("FLOPSCALE_AUTOTUNE", "1")
+    assert ml._tuning_allowed(torch.ones(1)) is False  # not a CUDA tensor
+
+
+def test_shape_buckets():
+    assert [ml._bucket(x) for x in (1, 16, 17, 1000, 1024, 1025)] == [16, 16, 32, 1024, 1024, 2048]
+
+
+def test_shipped_configs_are_well_formed():
+    for table in (mk.HOPPER_CONFIGS, mk.AMPERE_CONFIGS):
+        for family, cfgs in table.items():
+            names = [c.name for c in cfgs]
+            assert len(set(names)) == len(names) and 1 <= len(cfgs) <= 4
+            for c in cfgs:
+                assert c.BLOCK_M >= 64 and c.BLOCK_N >= 64 and c.BLOCK_K >= 32
+
+
+# ---------------------------------------------------------------- GPU
+@pytest.mark.gpu
+@pytest.mark.parametrize("M,N,K", [(1, 1, 1), (127, 255, 129), (1024, 1024, 1024), (4096, 11008, 4096)])
+def test_bf16_on_gpu(M, N, K):
+    a, b = rand(M, K, dtype=torch.bfloat16, device="cuda"), rand(K, N, dtype=torch.bfloat16, device="cuda")
+    assert rel_err(kernels.matmul(a, b), a.double() @ b.double()) < 1e-2
+
+
+@pytest.mark.gpu
+def test_fp8_on_gpu():
+    if torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs sm_89+")
+    fp8 = torch.float8_e4m3fn
+    a = rand(512, 256, device="cuda").to(fp8)
+    b = rand(320, 256, device="cuda").to(fp8).mT  # K-major B, as fp8 MMA wants
+    for out_dtype in (None, torch.float16, torch.float32):
+        out = kernels.matmul(a, b, out_dtype=out_dtype)
+        assert out.dtype == (out_dtype or torch.bfloat16)
+        assert rel_err(out, a.double() @ b.double()) < 1e-2
+
+
+@pytest.mark.gpu
+def test_fp8_needs_sm89():
+    if torch.cuda.get_device_capability() >= (8, 9):
+        pytest.skip("this GPU has fp8")
+    a = torch.ones(16, 16, device="cuda").to(torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="8.9"):
+        kernels.matmul(a, a)
+
+
+@pytest.mark.gpu
+def test_hopper_takes_the_tma_kernel_and_remembers_the_config(tmp_path, monkeypatch):
+    if torch.cuda.get_device_capability()[0] < 9 or not mk.HAS_TMA:
+        pytest.skip("needs sm_90+ and a Triton with tensor descriptors")
+    monkeypatch.setenv("FLOPSCALE_CACHE_DIR", str(tmp_path))
+    monkeypatch.setattr(ml, "_CONFIG_CACHE", ml.ConfigCache("matmul-configs.json"))
+    launched = []
+    real = ml._launch_tma
+    monkeypatch.setattr(ml, "_launch_tma", lambda *args: launched.append(args[3].name) or real(*args))
+    a, b = rand(1000, 512, dtype=torch.bfloat16, device="cuda"), rand(512, 768, dtype=torch.bfloat16, device="cuda")
+    out = ml._run(a, b, None)
+    assert launched and rel_err(out, a.double() @ b.double()) < 1e-2
+    saved = json.loads((tmp_path / "matmul-configs.json").read_text())
+    assert list(saved.values()) == [launched[-1]]
+
+
+@pytest.mark.gpu
+def test_torch_compile_on_gpu():
+    a = rand(3, 100, 64, dtype=torch.float16, device="cuda").requires_grad_()
+    b = rand(64, 72, dtype=torch.float16, device="cuda").requires_grad_()
+    f = torch.compile(lambda x, y: kernels.matmul(x, y).float().sum(), fullgraph=True)
+    f(a, b).backward()
+    g = torch.ones(3, 100, 72, dtype=torch.float64, device="cuda")
+    assert rel_err(a.grad, g @ b.double().mT) < 1e-2
+    assert rel_err(b.grad, (a.double().mT @ g).sum(0)) < 1e-2
+
+
+@pytest.mark.gpu
+def test_tf32_used_only_when_allowed():
+    a, b = rand(512, 512, device="cuda"), rand(512, 512, device="cuda")
+    ref = a.double() @ b.double()
+    old = torch.backends.cuda.matmul.allow_tf32
+    try:
+        torch.backends.cuda.matmul.allow_tf32 = False
+        assert rel_err(kernels.matmul(a, b), ref) < 1e-5  # true fp32
+        torch.backends.cuda.matmul.allow_tf32 = True
+        err = rel_err(kernels.matmul(a, b), ref)
+        assert 1e-5 < err < 1e-3  # tf32 rounding is visible
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = old
