@@ -1,0 +1,504 @@
+"""Triton kernels for fused attention (FlashAttention-2 style): forward, backward, configs.
+
+Triton-only module: the autograd wrapper, the custom ops, the pure-torch reference and
+the declared costs live in :mod:`kernels.attention_layer`.
+
+Layout of the tensors (strides are passed, so inputs need not be contiguous):
+
+* ``q``  ``[B, H, S_q, D]``; ``k``, ``v`` ``[B, H_kv, S_k, D]``; query head ``h`` reads
+  key/value head ``h // (H // H_kv)`` (grouped-query attention without copying k/v).
+* ``o``  ``[B, H, S_q, D]`` in the input dtype; ``lse`` ``[B, H, S_q]`` float32, the natural
+  log-sum-exp of each row of scaled scores (``-inf`` for a row that sees no key).
+
+Conventions shared with :mod:`kernels.blocksparse_attention_kernels`:
+
+* Scores ``s = (q . k) * sm_scale``; the softmax runs in float32 with ``exp2`` on
+  ``s * log2(e)``; the row maximum and row sum are carried online, so no ``S_q x S_k``
+  matrix is ever materialised.
+* Causal masks are *top-left aligned*, like ``torch.nn.functional.scaled_dot_product_attention
+  (is_causal=True)``: query ``i`` sees keys ``j <= i`` whatever ``S_q`` and ``S_k`` are.
+* A row that sees no key gets output zeros and ``lse = -inf`` (never NaN); the backward
+  treats such a row as contributing nothing.
+* Head dims that are not a power of two (or below 16) run on a tile padded to
+  ``BLOCK_D = max(16, next_pow2(D))`` with masked loads; nothing is copied.
+
+Backward: one kernel per key block (``BLOCK_N`` keys, all query heads of its key/value head),
+walking the query blocks in steps of ``BLOCK_M``; it recomputes ``P`` from the saved
+``lse`` (one ``Q K^T``), accumulates ``dV = P^T dO``, ``dP = dO V^T``, ``dK = dS^T Q`` in
+registers and adds ``dQ = dS K`` into a float32 buffer with atomic adds.  That is five
+matmuls per (query, key) tile: the ``2x`` forward of the model count plus a ``0.5x``
+forward recompute (the convention of ``../shared/DESIGN.md``).  The float32 atomic adds
+make ``dQ`` non-deterministic in its last bits (as in FlashAttention-2).
+"""
+from __future__ import annotations
+
+import functools
+from dataclasses import dataclass
+from typing import Any
+
+import triton
+import triton.language as tl
+
+__all__ = [
+    "AttnConfig",
+    "LOG2E",
+    "fwd_config",
+    "bwd_config",
+    "block_d",
+    "SHIPPED_HEAD_DIMS",
+    "inspect_specs",
+]
+
+LOG2E = 1.4426950408889634
+LN2 = 0.6931471805599453
+
+
+# --------------------------------------------------------------------------------------
+# shared per-tile steps (also used by the block-sparse kernels)
+# --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _dim_mask(offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Mask of the head-dim lanes that exist: a constant all-true mask when not padded."""
+    if HEAD_DIM == BLOCK_D:
+        m = tl.full([BLOCK_D], 1, tl.int1)
+    else:
+        m = offs_d < HEAD_DIM
+    return m
+
+
+@triton.jit
+def _fwd_step(acc, l_i, m_i, q, k_base, v_base, k_offs, v_offs, offs_m, offs_n, d_mask, S_k, qk_scale,
+              MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One key tile of the online softmax.
+
+    ``MASKED`` tiles mask keys ``>= S_k`` and (``CAUSAL``) keys after the query; the others
+    are known to be fully visible and in bounds.  ``m_i`` is in log2 units of scaled scores.
+    """
+    if MASKED:
+        kv_mask = (offs_n[:, None] < S_k) & d_mask[None, :]
+    else:
+        kv_mask = d_mask[None, :]
+    k = tl.load(k_base + k_offs, mask=kv_mask, other=0.0)
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    if MASKED:
+        valid = offs_n[None, :] < S_k
+        if CAUSAL:
+            valid = valid & (offs_m[:, None] >= offs_n[None, :])
+        qk = tl.where(valid, qk, float("-inf"))
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        # a row with nothing visible so far keeps m = -inf: subtract 0 instead (p = 0, no NaN)
+        m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
+    else:
+        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_sub = m_new
+    p = tl.math.exp2(qk - m_sub[:, None])
+    alpha = tl.math.exp2(m_i - m_sub)
+    l_i = l_i * alpha + tl.sum(p, 1)
+    acc = acc * alpha[:, None]
+    v = tl.load(v_base + v_offs, mask=kv_mask, other=0.0)
+    acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
+    return acc, l_i, m_new
+
+
+@triton.jit
+def _fwd_store(acc, l_i, m_i, o_ptrs, lse_ptrs, m_mask, d_mask):
+    """Normalise and store one query block; rows with no visible key give 0 and lse=-inf."""
+    empty = l_i == 0.0
+    l_safe = tl.where(empty, 1.0, l_i)
+    o = acc / l_safe[:, None]
+    lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
+    tl.store(o_ptrs, o.to(o_ptrs.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
+    tl.store(lse_ptrs, lse, mask=m_mask)
+
+
+@triton.jit
+def _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, q_offs, do_offs, dq_offs, lse_ptrs, delta_ptrs,
+              offs_m, offs_n, d_mask, S_q, qk_scale, sm_scale,
+              MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One (key block, query tile) step of the backward.
+
+    Rows ``>= S_q`` load ``lse = +inf`` so their recomputed probabilities are 0; keys
+    ``>= S_k`` were loaded as zeros, so they add nothing to ``dQ`` (and their ``dK``/``dV``
+    rows are never stored).  ``MASKED`` applies the causal mask (query ``i`` sees ``j <= i``).
+    """
+    m_mask = offs_m < S_q
+    q = tl.load(q_base + q_offs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    lse = tl.load(lse_ptrs, mask=m_mask, other=float("inf"))
+    # rows that saw no key (lse = -inf) contribute nothing
+    lse = tl.where(lse == float("-inf"), float("inf"), lse)
+    qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
+    pT = tl.math.exp2(qkT * qk_scale - lse[None, :] * 1.4426950408889634)
+    if MASKED:
+        pT = tl.where(offs_m[None, :] >= offs_n[:, None], pT, 0.0)
+    do = tl.load(do_base + do_offs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+    delta = tl.load(delta_ptrs, mask=m_mask, other=0.0)
+    dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+    dsT = (pT * (dpT - delta[None, :])).to(q.dtype)
+    dk = tl.dot(dsT, q, dk, input_precision=DOT_PRECISION)
+    dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PRECISION) * sm_scale
+    tl.atomic_add(dq_base + dq_offs, dq, mask=m_mask[:, None] & d_mask[None, :], sem="relaxed")
+    return dk, dv
+
+
+@triton.jit
+def _bwd_preprocess_kernel(
+    O, DO, DELTA, DLSE,
+    s_ob, s_oh, s_om, s_od,
+    s_dob, s_doh, s_dom, s_dod,
+    H, S_q,
+    HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK_M: tl.constexpr, HAS_DLSE: tl.constexpr,
+):
+    """delta[b, h, i] = sum_d o * do  (minus dlse when the log-sum-exp has a gradient)."""
+    pid_m = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = (pid_bh % H).to(tl.int64)
+    rows = tl.arange(0, BLOCK_M)
+    start_m = tl.cast(pid_m * BLOCK_M, tl.int64)
+    offs_m = pid_m * BLOCK_M + rows
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = _dim_mask(offs_d, HEAD_DIM, BLOCK_D)
+    m_mask = offs_m < S_q
+    mask = m_mask[:, None] & d_mask[None, :]
+    o = tl.load(O + b * s_ob + h * s_oh + start_m * s_om + rows[:, None] * s_om + offs_d[None, :] * s_od,
+                mask=mask, other=0.0)
+    do = tl.load(DO + b * s_dob + h * s_doh + start_m * s_dom + rows[:, None] * s_dom + offs_d[None, :] * s_dod,
+                 mask=mask, other=0.0)
+    delta = tl.sum(o.to(tl.float32) * do.to(tl.float32), 1)
+    row = pid_bh.to(tl.int64) * S_q + offs_m
+    if HAS_DLSE:
+        delta -= tl.load(DLSE + row, mask=m_mask, other=0.0)
+    tl.store(DELTA + row, delta, mask=m_mask)
+
+
+# --------------------------------------------------------------------------------------
+# dense kernels
+# --------------------------------------------------------------------------------------
+
+
+@triton.jit
+def _attn_fwd_kernel(
+    Q, K, V, O, LSE,
+    s_qb, s_qh, s_qm, s_qd,
+    s_kb, s_kh, s_kn, s_kd,
+    s_vb, s_vh, s_vn, s_vd,
+    s_ob, s_oh, s_om, s_od,
+    H, S_q, S_k, qk_scale,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Grid ``(cdiv(S_q, BLOCK_M), B*H)``.  Causal: key tiles past the block's last query
+    are never visited (loop bound); only the tiles that straddle the diagonal are masked."""
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        # longest rows first: better tail balance
+        pid_m = tl.cdiv(S_q, BLOCK_M) - 1 - pid_m
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    hk = (h // GROUP).to(tl.int64)
+    h = h.to(tl.int64)
+    start_m = pid_m * BLOCK_M
+    row0 = tl.cast(start_m, tl.int64)  # 64-bit row offsets: long sequences in [B, S, H, D] storage
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = start_m + rows
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = _dim_mask(offs_d, HEAD_DIM, BLOCK_D)
+    m_mask = offs_m < S_q
+
+    q = tl.load(Q + b * s_qb + h * s_qh + row0 * s_qm + rows[:, None] * s_qm + offs_d[None, :] * s_qd,
+                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    # scalar bases + 32-bit offset tiles: the loop carries no 64-bit pointer tiles
+    k_base = K + b * s_kb + hk * s_kh
+    v_base = V + b * s_vb + hk * s_vh
+    k_offs = offs_n[:, None] * s_kn + offs_d[None, :] * s_kd
+    v_offs = offs_n[:, None] * s_vn + offs_d[None, :] * s_vd
+
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+
+    if CAUSAL:
+        hi = tl.minimum(S_k, start_m + BLOCK_M)
+        mid = (tl.minimum(start_m, hi) // BLOCK_N) * BLOCK_N
+    else:
+        hi = S_k
+        mid = (S_k // BLOCK_N) * BLOCK_N
+    # fully visible, in-bounds key tiles: no masking
+    for start_n in range(0, mid, BLOCK_N):
+        n0 = tl.cast(start_n, tl.int64)
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + n0 * s_kn, v_base + n0 * s_vn, k_offs, v_offs,
+                                  offs_m, start_n + offs_n, d_mask, S_k, qk_scale,
+                                  False, CAUSAL, DOT_PRECISION)
+    # the diagonal band (causal) and the ragged last tile: masked
+    for start_n in range(mid, hi, BLOCK_N):
+        n0 = tl.cast(start_n, tl.int64)
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + n0 * s_kn, v_base + n0 * s_vn, k_offs, v_offs,
+                                  offs_m, start_n + offs_n, d_mask, S_k, qk_scale,
+                                  True, CAUSAL, DOT_PRECISION)
+
+    o_ptrs = O + b * s_ob + h * s_oh + row0 * s_om + rows[:, None] * s_om + offs_d[None, :] * s_od
+    lse_ptrs = LSE + pid_bh.to(tl.int64) * S_q + offs_m
+    _fwd_store(acc, l_i, m_i, o_ptrs, lse_ptrs, m_mask, d_mask)
+
+
+@triton.jit
+def _attn_bwd_kernel(
+    Q, K, V, DO, DQ, DK, DV, LSE, DELTA,
+    s_qb, s_qh, s_qm, s_qd,
+    s_kb, s_kh, s_kn, s_kd,
+    s_vb, s_vh, s_vn, s_vd,
+    s_dob, s_doh, s_dom, s_dod,
+    s_dqb, s_dqh, s_dqm, s_dqd,
+    s_dkb, s_dkh, s_dkn, s_dkd,
+    s_dvb, s_dvh, s_dvn, s_dvd,
+    H, H_kv, S_q, S_k, sm_scale, qk_scale,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Grid ``(cdiv(S_k, BLOCK_N), B*H_kv)``: one key block of one key/value head, summing
+    over the ``GROUP`` query heads that share it (no atomics on dK/dV).  Needs
+    ``BLOCK_N % BLOCK_M == 0`` so the causal diagonal band starts on a query tile."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H_kv).to(tl.int64)
+    hk = pid_bh % H_kv
+    start_n = pid_n * BLOCK_N
+    col0 = tl.cast(start_n, tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    offs_n = start_n + cols
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = _dim_mask(offs_d, HEAD_DIM, BLOCK_D)
+    n_mask = offs_n < S_k
+    kv_mask = n_mask[:, None] & d_mask[None, :]
+    hk64 = hk.to(tl.int64)
+    k = tl.load(K + b * s_kb + hk64 * s_kh + col0 * s_kn + cols[:, None] * s_kn + offs_d[None, :] * s_kd,
+                mask=kv_mask, other=0.0)
+    v = tl.load(V + b * s_vb + hk64 * s_vh + col0 * s_vn + cols[:, None] * s_vn + offs_d[None, :] * s_vd,
+                mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    q_offs = offs_m[:, None] * s_qm + offs_d[None, :] * s_qd
+    do_offs = offs_m[:, None] * s_dom + offs_d[None, :] * s_dod
+    dq_offs = offs_m[:, None] * s_dqm + offs_d[None, :] * s_dqd
+
+    for g in range(GROUP):
+        h = (hk * GROUP + g).to(tl.int64)
+        q_base = Q + b * s_qb + h * s_qh
+        do_base = DO + b * s_dob + h * s_doh
+        dq_base = DQ + b * s_dqb + h * s_dqh
+        row0 = (b * H + h) * S_q
+        lse_ptrs = LSE + row0 + offs_m
+        delta_ptrs = DELTA + row0 + offs_m
+        # causal: queries before start_n see none of these keys, so the walk starts there (loop
+        # bound); one loop with the mask applied (an elementwise select per score) keeps a
+        # single copy of the step, which the register budget needs
+        lo = start_n if CAUSAL else 0
+        for start_m in range(lo, S_q, BLOCK_M):
+            m0 = tl.cast(start_m, tl.int64)
+            dk, dv = _bwd_step(dk, dv, k, v, q_base + m0 * s_qm, do_base + m0 * s_dom,
+                               dq_base + m0 * s_dqm, q_offs, do_offs, dq_offs,
+                               lse_ptrs + start_m, delta_ptrs + start_m,
+                               start_m + offs_m, offs_n, d_mask, S_q, qk_scale, sm_scale,
+                               CAUSAL, DOT_PRECISION)
+
+    dk = dk * sm_scale
+    tl.store(DK + b * s_dkb + hk64 * s_dkh + col0 * s_dkn + cols[:, None] * s_dkn + offs_d[None, :] * s_dkd,
+             dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + b * s_dvb + hk64 * s_dvh + col0 * s_dvn + cols[:, None] * s_dvn + offs_d[None, :] * s_dvd,
+             dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+# --------------------------------------------------------------------------------------
+# configurations
+# --------------------------------------------------------------------------------------
+
+
+@dataclass(frozen=True)
+class AttnConfig:
+    """Tile sizes and launch parameters of one attention kernel.
+
+    Forward: ``block_m`` queries per program, ``block_n`` keys per step.
+    Backward: ``block_n`` keys per program, ``block_m`` queries per step.
+    """
+
+    block_m: int
+    block_n: int
+    num_warps: int
+    num_stages: int
+
+    def label(self) -> str:
+        return f"BM{self.block_m}_BN{self.block_n}_w{self.num_warps}_s{self.num_stages}"
+
+
+def block_d(head_dim: int) -> int:
+    """The head-dim tile: ``max(16, next_pow2(D))``; equal to ``D`` for 16, 32, 64, 128, 256."""
+    return max(16, triton.next_power_of_2(int(head_dim)))
+
+
+# Tile sizes depend only on the padded head dim (and the interpreter), never on the GPU,
+# so the executed-FLOP count of a launch is a function of its shapes.  Stages (and so
+# shared memory) are then fitted to the device.  Chosen for Hopper (sm_90) and checked
+# offline with ``flopscale inspect`` (compiles, no spills, fits shared memory, wgmma).
+_FWD_TILES = {  # block_d -> (block_m, block_n, num_warps, num_stages)
+    16: (128, 64, 4, 3),
+    32: (128, 64, 4, 3),
+    64: (128, 64, 4, 3),
+    128: (128, 64, 8, 3),
+    256: (128, 32, 8, 2),
+}
+_BWD_TILES = {  # block_d -> (block_n keys/program, block_m queries/step, num_warps, num_stages)
+    16: (128, 64, 8, 2),
+    32: (128, 64, 8, 2),
+    64: (128, 64, 8, 2),
+    128: (128, 32, 8, 2),
+    256: (32, 32, 8, 2),  # dK/dV accumulators of 256 columns: mma.sync tiles, no wgmma
+}
+# float32 inputs on a GPU (IEEE fp32 runs on FMA units, TF32 when torch allows it): small
+# tiles for every head dim, since FMA dot products hold both operands in registers.
+_FWD_TILES_FP32 = (32, 32, 4, 2)
+_BWD_TILES_FP32 = (16, 16, 4, 2)
+# Under the Triton interpreter: one small config (tests exercise several tiles per row),
+# in the same order as the tables above.
+_INTERP_FWD = (32, 16, 4, 1)  # block_m, block_n
+_INTERP_BWD = (32, 16, 4, 1)  # block_n, block_m
+
+_SMEM_BUDGET = {90: 220_000, 80: 160_000, 87: 160_000}  # bytes a block may use, by sm
+_SMEM_DEFAULT = 96_000
+
+
+@functools.lru_cache(maxsize=None)
+def _smem_budget(capability: tuple[int, int] | None) -> int:
+    if capability is None:
+        return _SMEM_BUDGET[90]
+    major, minor = capability
+    sm = 10 * major + minor
+    if sm in _SMEM_BUDGET:
+        return _SMEM_BUDGET[sm]
+    if major >= 9:
+        return _SMEM_BUDGET[90]
+    return _SMEM_DEFAULT
+
+
+def _fit_stages(stages: int, fixed: int, per_stage: int, budget: int) -> int:
+    while stages > 1 and fixed + stages * per_stage > budget:
+        stages -= 1
+    return stages
+
+
+def fwd_config(head_dim: int, elem_bytes: int = 2, interpret: bool = False,
+               capability: tuple[int, int] | None = None) -> AttnConfig:
+    """Forward tiles for head dim ``head_dim`` and ``elem_bytes``-byte inputs (``capability``
+    None: Hopper)."""
+    bd = block_d(head_dim)
+    if interpret:
+        bm, bn, warps, stages = _INTERP_FWD
+    else:
+        bm, bn, warps, stages = _FWD_TILES_FP32 if elem_bytes == 4 else _FWD_TILES[bd]
+    assert bm % bn == 0, "forward tiles need BLOCK_M % BLOCK_N == 0"
+    # q resident, k and v tiles per stage
+    stages = _fit_stages(stages, bm * bd * elem_bytes, 2 * bn * bd * elem_bytes, _smem_budget(capability))
+    return AttnConfig(bm, bn, warps, stages)
+
+
+def bwd_config(head_dim: int, elem_bytes: int = 2, interpret: bool = False,
+               capability: tuple[int, int] | None = None) -> AttnConfig:
+    """Backward tiles for head dim ``head_dim`` and ``elem_bytes``-byte inputs (``capability``
+    None: Hopper)."""
+    bd = block_d(head_dim)
+    if interpret:
+        bn, bm, warps, stages = _INTERP_BWD
+    else:
+        bn, bm, warps, stages = _BWD_TILES_FP32 if elem_bytes == 4 else _BWD_TILES[bd]
+    assert bn % bm == 0, "backward tiles need BLOCK_N % BLOCK_M == 0"
+    # k, v resident; q and dO tiles per stage; dS transposed through shared memory
+    fixed = 2 * bn * bd * elem_bytes + bn * bm * elem_bytes
+    stages = _fit_stages(stages, fixed, 2 * bm * bd * elem_bytes, _smem_budget(capability))
+    return AttnConfig(bm, bn, warps, stages)
+
+
+# --------------------------------------------------------------------------------------
+# shipped configurations, for ``flopscale inspect``
+# --------------------------------------------------------------------------------------
+
+#: head dims with their own shipped tiles (others run on the tile of ``block_d(D)``)
+SHIPPED_HEAD_DIMS = (16, 32, 64, 128, 256)
+
+
+def _spec_signature(fn, ptr_types: dict[str, str], floats: tuple[str, ...], consts: dict[str, Any]):
+    """Signature of ``fn``: pointers as given, last-dim strides constexpr 1, floats fp32,
+    every other runtime argument i32; returns (signature, constexprs, aligned)."""
+    signature: dict[str, str] = {}
+    aligned: list[str] = []
+    consts = dict(consts)
+    for name in fn.arg_names:
+        if name in ptr_types:
+            signature[name] = ptr_types[name]
+            aligned.append(name)
+        elif name in consts:
+            signature[name] = "constexpr"
+        elif name.startswith("s_") and name.endswith("d"):
+            signature[name] = "constexpr"  # unit inner stride: Triton specialises 1
+            consts[name] = 1
+        elif name.startswith("s_"):
+            signature[name] = "i32"
+            aligned.append(name)  # rows of >= 16 elements: strides divisible by 16
+        elif name in floats:
+            signature[name] = "fp32"
+        else:
+            signature[name] = "i32"  # sequence lengths, head counts: not assumed aligned
+    return signature, consts, tuple(aligned)
+
+
+def inspect_specs(capability: int = 90) -> list:
+    """Every shipped configuration of the dense attention kernels as
+    ``kernels.inspect.KernelSpec`` objects (bf16, each shipped head dim, causal and not,
+    forward, backward and the backward's ``delta`` pre-pass), specialised as a typical launch
+    is (16-byte aligned pointers and row strides, unit inner strides), with the stages fitted
+    to the shared memory of ``sm_<capability>``."""
+    from .inspect import KernelSpec  # local: keeps this module importable without the inspector
+
+    cap = (capability // 10, capability % 10)
+    dt = "*bf16"
+    specs = []
+    for d in SHIPPED_HEAD_DIMS:
+        bd = block_d(d)
+        for causal in (False, True):
+            mode = "causal" if causal else "full"
+            cfg = fwd_config(d, 2, False, cap)
+            consts = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK_M": cfg.block_m,
+                      "BLOCK_N": cfg.block_n, "CAUSAL": causal, "DOT_PRECISION": "tf32"}
+            sig, consts, aligned = _spec_signature(
+                _attn_fwd_kernel, {"Q": dt, "K": dt, "V": dt, "O": dt, "LSE": "*fp32"}, ("qk_scale",), consts)
+            specs.append(KernelSpec(
+                kernel="attention_fwd[bf16]", config=f"D{d}_{mode}_{cfg.label()}", fn=_attn_fwd_kernel,
+                signature=sig, constexprs=consts, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+                tensor_core=True, aligned=aligned))
+            cfg = bwd_config(d, 2, False, cap)
+            consts = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK_M": cfg.block_m,
+                      "BLOCK_N": cfg.block_n, "CAUSAL": causal, "DOT_PRECISION": "tf32"}
+            sig, consts, aligned = _spec_signature(
+                _attn_bwd_kernel,
+                {"Q": dt, "K": dt, "V": dt, "DO": dt, "DQ": "*fp32", "DK": dt, "DV": dt, "LSE": "*fp32",
+                 "DELTA": "*fp32"},
+                ("sm_scale", "qk_scale"), consts)
+            # D=256: 32-key tiles (the dK/dV accumulators of 256 columns do not fit otherwise)
+            # run on mma.sync, not wgmma: marked so that no wgmma is expected of them
+            wgmma = cfg.block_n >= 64
+            specs.append(KernelSpec(
+                kernel="attention_bwd[bf16]",
+                config=f"D{d}_{mode}_{cfg.label()}" + ("" if wgmma else "_mma.sync"),
+                fn=_attn_bwd_kernel, signature=sig, constexprs=consts, num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages, tensor_core=wgmma, aligned=aligned))
+    consts = {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": 64, "HAS_DLSE": False}
+    sig, consts, aligned = _spec_signature(
+        _bwd_preprocess_kernel, {"O": dt, "DO": dt, "DELTA": "*fp32", "DLSE": "*fp32"}, (), consts)
+    specs.append(KernelSpec(
+        kernel="attention_bwd_delta[bf16]", config="D128_BM64_w4", fn=_bwd_preprocess_kernel, signature=sig,
+        constexprs=consts, num_warps=4, num_stages=1, tensor_core=False, aligned=aligned))
+    return specs

@@ -1,0 +1,486 @@
+"""Fused attention: ``kernels.attention`` (custom ops, autograd, reference, declared costs).
+
+``attention(q, k, v, causal=False, sm_scale=None)`` computes
+``softmax(q k^T * sm_scale + mask) v`` with a FlashAttention-2-style Triton kernel:
+
+* ``q`` ``[B, H, S_q, D]``, ``k`` and ``v`` ``[B, H_kv, S_k, D]`` with ``H % H_kv == 0``:
+  query head ``h`` uses key/value head ``h // (H // H_kv)`` (grouped-query / multi-query
+  attention, no copy of ``k``/``v``).  Inputs may be non-contiguous.
+* dtypes float16, bfloat16, float32 (all three tensors alike); the output has the input
+  dtype; the softmax runs in float32.  float32 matmuls use IEEE fp32 unless
+  ``torch.backends.cuda.matmul.allow_tf32`` is set (then TF32).
+* head dims ``1 <= D <= 256``: 16, 32, 64, 128 and 256 run on exact tiles, any other ``D``
+  on a tile padded to the next power of two (masked loads, no copy).  ``D > 256`` raises.
+* any ``S_q, S_k >= 1``; ``sm_scale`` defaults to ``1/sqrt(D)``.
+* ``causal=True`` is **top-left aligned**, exactly like
+  ``torch.nn.functional.scaled_dot_product_attention(is_causal=True)``: query ``i`` sees keys
+  ``j <= i``, also when ``S_q != S_k`` (so with ``S_q > S_k`` the queries ``i >= S_k`` see every
+  key; with ``S_q < S_k`` the keys ``j >= S_q`` are seen by no query and get zero gradients).
+  Every query row therefore sees at least key 0.  A row that sees no key at all (possible
+  only in block-sparse attention) is defined as output 0, ``lse = -inf`` and zero gradient:
+  never NaN.
+
+Custom ops (namespace ``flopscale``), visible to ``torch.compile`` and FlopCounterMode:
+
+* ``flopscale::attention_fwd(q, k, v, causal, sm_scale) -> (o, lse)``, ``lse`` float32
+  ``[B, H, S_q]`` natural log-sum-exp of the scaled scores of each row.  Autograd is
+  registered on it (gradients of ``o`` and of ``lse``).
+* ``flopscale::attention_bwd(do, q, k, v, o, lse, dlse, causal, sm_scale) -> (dq, dk, dv)``.
+
+Costs (``kernels.cost_of``; FlopCounterMode reports the same *model* count):
+
+* Forward, ``P`` = unmasked (query, key) pairs: ``S_q*S_k`` dense, ``sum_i min(i+1, S_k)``
+  causal (``S(S+1)/2`` when ``S_q = S_k = S``).  Model FLOPs ``4*B*H*D*P``
+  (``detail["scores"] = 2BHDP`` for ``QK^T``, ``detail["pv"] = 2BHDP`` for ``PV``).
+  Executed FLOPs add the computed-then-masked scores of the tiles that straddle the causal
+  diagonal, at the kernel's tile size (``detail["masked"]``); ragged-edge padding is not
+  counted.
+* Backward: model FLOPs ``8*B*H*D*P`` (2x forward: ``dQ``/``dK`` in ``detail["scores"]``,
+  ``dP``/``dV`` in ``detail["pv"]``).  Executed adds the recompute of ``QK^T`` (0.5x
+  forward, ``detail["recompute"]``) and the masked diagonal work at the backward's tile size
+  (``detail["masked"]``); without ``causal`` the executed backward is exactly 2.5x the
+  forward.  Always ``scores + pv == flops`` and ``sum(detail.values()) == executed_flops``.
+* Tile sizes are fixed per (head dim, 2- or 4-byte dtype, interpreter or GPU) -- no
+  run-time autotuning -- so the executed count is a function of the shapes alone
+  (:func:`kernels.attention_kernels.fwd_config` / ``bwd_config``).
+* ``nonmatmul_flops``: the softmax work, counted per *computed* score: forward 5 (scale,
+  running max, subtract, exp, row sum) plus ``D`` per row per key tile (rescaling the
+  accumulator) plus ``D`` per row (final normalisation); backward 5 per score (scale and
+  subtract lse, exp, ``dP - delta``, times ``P``) plus ``D`` per row per tile (scaling
+  ``dQ``) plus ``2*D`` per row (``delta = rowsum(dO * O)``).  An estimate, documented as such.
+* ``bytes``: compulsory traffic: forward reads q, k, v once and writes o and lse; backward
+  reads dO, q, k, v, o, lse (and dlse) and writes dq, dk, dv.
+
+FlopCounterMode copies torch's formula registry when it is *constructed*: import this module
+(or call ``kernels.load_all()``) before creating the mode, or the ops count as 0 FLOP.
+"""
+import functools
+import math
+from typing import Optional
+
+import torch
+import triton
+from torch.library import triton_op, wrap_triton
+from torch.utils.flop_counter import register_flop_formula
+
+from . import attention_kernels as _ak
+from ._cost import Cost, register_cost
+from ._runtime import check_runnable, interpreter_on
+
+__all__ = [
+    "attention",
+    "attention_reference",
+    "attention_fwd",
+    "attention_bwd",
+    "causal_pairs",
+    "SUPPORTED_DTYPES",
+    "MAX_HEAD_DIM",
+]
+
+SUPPORTED_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
+MAX_HEAD_DIM = 256
+
+
+# --------------------------------------------------------------------------------------
+# input checks
+# --------------------------------------------------------------------------------------
+
+
+def check_qkv(q, k, v, causal, sm_scale, op: str) -> float:
+    """Validate ``q, k, v`` (shapes, dtypes, devices, head dims); return the softmax scale."""
+    for name, t in (("q", q), ("k", k), ("v", v)):
+        if not isinstance(t, torch.Tensor):
+            raise TypeError(f"{op}: {name} must be a torch.Tensor, got {type(t).__name__}")
+        if t.dim() != 4:
+            raise ValueError(f"{op}: {name} must be 4-D [B, heads, seq, head_dim], got shape {tuple(t.shape)}")
+    if not (q.dtype == k.dtype == v.dtype):
+        raise TypeError(f"{op}: q, k, v must share a dtype, got {q.dtype}, {k.dtype}, {v.dtype}")
+    if q.dtype not in SUPPORTED_DTYPES:
+        raise TypeError(f"{op}: dtype {q.dtype} is not supported (float16, bfloat16, float32)")
+    B, H, S_q, D = q.shape
+    Bk, H_kv, S_k, Dk = k.shape
+    if tuple(v.shape) != tuple(k.shape):
+        raise ValueError(f"{op}: k and v must have the same shape, got {tuple(k.shape)} and {tuple(v.shape)}")
+    if Bk != B:
+        raise ValueError(f"{op}: batch sizes differ: q has {B}, k/v have {Bk}")
+    if Dk != D:
+        raise ValueError(f"{op}: head dims differ: q has D={D}, k/v have D={Dk}")
+    if min(B, H, H_kv) < 1:
+        raise ValueError(f"{op}: batch and head counts must be >= 1, got q {tuple(q.shape)}, k {tuple(k.shape)}")
+    if S_q < 1 or S_k < 1:
+        raise ValueError(f"{op}: sequence lengths must be >= 1, got S_q={S_q}, S_k={S_k}")
+    if H % H_kv != 0:
+        raise ValueError(f"{op}: query heads H={H} must be a multiple of key/value heads H_kv={H_kv}")
+    if not 1 <= D <= MAX_HEAD_DIM:
+        raise ValueError(
+            f"{op}: head dim D={D} is not supported: 1 <= D <= {MAX_HEAD_DIM} "
+            "(16, 32, 64, 128, 256 run unpadded)"
+        )
+    if not isinstance(causal, bool):
+        raise TypeError(f"{op}: causal must be a bool, got {type(causal).__name__}")
+    if sm_scale is None:
+        sm_scale = 1.0 / math.sqrt(D)
+    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)) or not math.isfinite(sm_scale):
+        raise ValueError(f"{op}: sm_scale must be a finite number, got {sm_scale!r}")
+    check_runnable(q, k, v, op=op)
+    return float(sm_scale)
+
+
+def dot_precision(dtype: torch.dtype) -> str:
+    """``tl.dot`` input precision: fp32 follows torch's TF32 switch; 16-bit ignores it."""
+    if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
+        return "ieee"
+    return "tf32"
+
+
+@functools.lru_cache(maxsize=None)
+def _capability(index: int) -> tuple[int, int]:
+    return torch.cuda.get_device_capability(index)
+
+
+def device_capability(device: torch.device) -> Optional[tuple[int, int]]:
+    """(major, minor) of a CUDA device; None elsewhere (configs then assume Hopper)."""
+    if device.type != "cuda" or not torch.cuda.is_available():
+        return None
+    index = device.index if device.index is not None else torch.cuda.current_device()
+    return _capability(index)
+
+
+def _configs(head_dim: int, dtype: torch.dtype, device: Optional[torch.device]):
+    interp = interpreter_on()
+    cap = device_capability(device) if device is not None else None
+    es = esize(dtype)
+    return (_ak.fwd_config(head_dim, es, interp, cap), _ak.bwd_config(head_dim, es, interp, cap))
+
+
+#: Tests set this to fill kernel outputs with NaN before launch, so unwritten elements show.
+POISON_OUTPUTS = False
+
+
+def new_output(shape, dtype: torch.dtype, device) -> torch.Tensor:
+    """Allocate a kernel output (NaN-filled when :data:`POISON_OUTPUTS` is set)."""
+    if POISON_OUTPUTS:
+        return torch.full(shape, float("nan"), dtype=dtype, device=device)
+    return torch.empty(shape, dtype=dtype, device=device)
+
+
+def _strides(t: torch.Tensor) -> tuple[int, ...]:
+    return tuple(t.stride())
+
+
+def _tracing_under_interpreter(args) -> bool:
+    """True when the Triton interpreter would be handed fake/meta tensors (shape propagation by
+    FakeTensorMode): the launch is skipped, the outputs only need their shapes.
+
+    ``wrap_triton`` cannot record interpreted kernels in a graph, so tracing for
+    ``torch.compile`` (functionalised tensors) under the interpreter raises instead of building
+    a graph without the kernel."""
+    if not interpreter_on():
+        return False
+    from torch._subclasses.fake_tensor import is_fake
+    from torch._subclasses.functional_tensor import FunctionalTensor
+
+    if any(isinstance(a, FunctionalTensor) for a in args):
+        raise RuntimeError(
+            "flopscale kernels cannot be traced by torch.compile under the Triton interpreter "
+            "(TRITON_INTERPRET=1); call them eagerly, or compile on a CUDA device"
+        )
+    return any(isinstance(a, torch.Tensor) and (a.device.type == "meta" or is_fake(a)) for a in args)
+
+
+def launch(kernel, grid, cfg, *args, **consts):
+    """Launch a kernel with ``cfg``; on a shared-memory overflow retry with fewer stages."""
+    if _tracing_under_interpreter(args):
+        return
+    stages = cfg.num_stages
+    while True:
+        try:
+            wrap_triton(kernel)[grid](*args, **consts, num_warps=cfg.num_warps, num_stages=stages)
+            return
+        except triton.runtime.errors.OutOfResources:
+            if stages <= 1:
+                raise
+            stages -= 1
+
+
+# --------------------------------------------------------------------------------------
+# custom ops
+# --------------------------------------------------------------------------------------
+
+
+@triton_op("flopscale::attention_fwd", mutates_args=())
+def attention_fwd(
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, sm_scale: float
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward of fused attention: ``(o [B,H,S_q,D] input dtype, lse [B,H,S_q] float32)``."""
+    B, H, S_q, D = q.shape
+    H_kv, S_k = k.shape[1], k.shape[2]
+    o = new_output((B, H, S_q, D), q.dtype, q.device)
+    lse = new_output((B, H, S_q), torch.float32, q.device)
+    cfg, _ = _configs(D, q.dtype, q.device)
+    grid = (triton.cdiv(S_q, cfg.block_m), B * H)
+    launch(
+        _ak._attn_fwd_kernel, grid, cfg,
+        q, k, v, o, lse,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(o),
+        H, S_q, S_k, sm_scale * _ak.LOG2E,
+        GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
+    )
+    return o, lse
+
+
+def bwd_delta(o: torch.Tensor, do: torch.Tensor, dlse: Optional[torch.Tensor]) -> torch.Tensor:
+    """``delta = rowsum(o * do) - dlse``, float32 ``[B, H, S_q]``."""
+    B, H, S_q, D = o.shape
+    delta = new_output((B, H, S_q), torch.float32, o.device)
+    has_dlse = dlse is not None
+    dlse_t = dlse.to(torch.float32).contiguous() if has_dlse else delta
+    bm = 64 if not interpreter_on() else 32
+    grid = (triton.cdiv(S_q, bm), B * H)
+    launch(
+        _ak._bwd_preprocess_kernel, grid, _ak.AttnConfig(bm, bm, 4, 1),
+        o, do, delta, dlse_t, *_strides(o), *_strides(do), H, S_q,
+        HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=bm, HAS_DLSE=has_dlse,
+    )
+    return delta
+
+
+@triton_op("flopscale::attention_bwd", mutates_args=())
+def attention_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    dlse: Optional[torch.Tensor],
+    causal: bool,
+    sm_scale: float,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of fused attention: ``(dq, dk, dv)`` in the input dtype."""
+    B, H, S_q, D = q.shape
+    H_kv, S_k = k.shape[1], k.shape[2]
+    _, cfg = _configs(D, q.dtype, q.device)
+    lse = lse.contiguous()  # the kernels index it as [B*H, S_q] rows
+    delta = bwd_delta(o, do, dlse)
+    dq32 = torch.zeros((B, H, S_q, D), dtype=torch.float32, device=q.device)
+    dk = new_output((B, H_kv, S_k, D), q.dtype, q.device)
+    dv = new_output((B, H_kv, S_k, D), q.dtype, q.device)
+    grid = (triton.cdiv(S_k, cfg.block_n), B * H_kv)
+    launch(
+        _ak._attn_bwd_kernel, grid, cfg,
+        q, k, v, do, dq32, dk, dv, lse, delta,
+        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq32), *_strides(dk), *_strides(dv),
+        H, H_kv, S_q, S_k, sm_scale, sm_scale * _ak.LOG2E,
+        GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+        CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
+    )
+    dq = dq32 if q.dtype == torch.float32 else dq32.to(q.dtype)
+    return dq, dk, dv
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, causal, sm_scale = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse)
+    ctx.causal = causal
+    ctx.sm_scale = sm_scale
+
+
+def _backward(ctx, do, dlse):
+    q, k, v, o, lse = ctx.saved_tensors
+    if do is None:
+        do = torch.zeros_like(o)
+    dq, dk, dv = torch.ops.flopscale.attention_bwd(do, q, k, v, o, lse, dlse, ctx.causal, ctx.sm_scale)
+    return dq, dk, dv, None, None
+
+
+attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------
+
+
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+              sm_scale: Optional[float] = None) -> torch.Tensor:
+    """Fused attention ``softmax(q k^T * sm_scale + mask) v`` (see the module docstring).
+
+    q ``[B, H, S_q, D]``, k/v ``[B, H_kv, S_k, D]`` (``H % H_kv == 0``); returns
+    ``[B, H, S_q, D]`` in the input dtype.  ``causal`` is top-left aligned like
+    ``scaled_dot_product_attention(is_causal=True)``.  Differentiable in q, k, v.
+    """
+    scale = check_qkv(q, k, v, causal, sm_scale, op="kernels.attention")
+    o, _ = torch.ops.flopscale.attention_fwd(q, k, v, causal, scale)
+    return o
+
+
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+                        sm_scale: Optional[float] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
+    """Pure-torch ``softmax(q k^T * sm_scale + mask) v``, materialising the scores.
+
+    Computes in float64 for float64 inputs, float32 otherwise, and returns the input dtype.
+    ``mask`` (optional) is a bool tensor broadcastable to ``[B, H, S_q, S_k]`` (True: visible),
+    combined with ``causal`` (top-left aligned).  Rows with no visible key give zeros.
+    """
+    B, H, S_q, D = q.shape
+    H_kv, S_k = k.shape[1], k.shape[2]
+    scale = 1.0 / math.sqrt(D) if sm_scale is None else sm_scale
+    ct = torch.float64 if q.dtype == torch.float64 else torch.float32
+    group = H // H_kv
+    kk = k.to(ct).repeat_interleave(group, dim=1)
+    vv = v.to(ct).repeat_interleave(group, dim=1)
+    s = torch.matmul(q.to(ct), kk.transpose(-1, -2)) * scale
+    visible = torch.ones(S_q, S_k, dtype=torch.bool, device=q.device)
+    if causal:
+        visible = torch.ones(S_q, S_k, dtype=torch.bool, device=q.device).tril(diagonal=0)
+    visible = visible.expand(B, H, S_q, S_k)
+    if mask is not None:
+        visible = visible & mask.to(q.device)
+    s = s.masked_fill(~visible, float("-inf"))
+    p = torch.softmax(s, dim=-1)
+    p = torch.nan_to_num(p, nan=0.0)  # rows with no visible key -> 0
+    return torch.matmul(p, vv).to(q.dtype)
+
+
+# --------------------------------------------------------------------------------------
+# costs
+# --------------------------------------------------------------------------------------
+
+
+def causal_pairs(S_q: int, S_k: int) -> int:
+    """Unmasked (query, key) pairs of a top-left-aligned causal mask: ``sum_i min(i+1, S_k)``."""
+    if S_q <= S_k:
+        return S_q * (S_q + 1) // 2
+    return S_k * (S_k + 1) // 2 + (S_q - S_k) * S_k
+
+
+def pairs(S_q: int, S_k: int, causal: bool) -> int:
+    return causal_pairs(S_q, S_k) if causal else S_q * S_k
+
+
+@functools.lru_cache(maxsize=4096)
+def fwd_work(S_q: int, S_k: int, causal: bool, block_m: int, block_n: int) -> tuple[int, int]:
+    """(computed scores, row-tile visits) of the forward kernel, per (batch, head).
+
+    Causal: query block ``m`` computes keys ``[0, min(S_k, (m+1)*block_m))`` (the band is masked,
+    not skipped).  Padding of ragged tiles is not counted.
+    """
+    if not causal:
+        return S_q * S_k, S_q * triton.cdiv(S_k, block_n)
+    scores = tiles = 0
+    for m in range(triton.cdiv(S_q, block_m)):
+        rows = min(block_m, S_q - m * block_m)
+        hi = min(S_k, (m + 1) * block_m)
+        scores += rows * hi
+        tiles += rows * triton.cdiv(hi, block_n)
+    return scores, tiles
+
+
+@functools.lru_cache(maxsize=4096)
+def bwd_work(S_q: int, S_k: int, causal: bool, block_m: int, block_n: int) -> tuple[int, int]:
+    """(computed scores, row-tile visits) of the backward kernel, per (batch, query head).
+
+    Causal: key block ``n`` visits queries ``[n*block_n, S_q)``."""
+    if not causal:
+        return S_q * S_k, S_q * triton.cdiv(S_k, block_n)
+    scores = tiles = 0
+    for n in range(triton.cdiv(S_k, block_n)):
+        cols = min(block_n, S_k - n * block_n)
+        rows = max(0, S_q - n * block_n)
+        scores += cols * rows
+        tiles += rows
+    return scores, tiles
+
+
+def _shape(x) -> tuple[int, ...]:
+    return tuple(x.shape) if isinstance(x, torch.Tensor) else tuple(x)
+
+
+@functools.lru_cache(maxsize=None)
+def esize(dtype: torch.dtype) -> int:
+    """Bytes per element of ``dtype``."""
+    return torch.empty((), dtype=dtype).element_size()
+
+
+def fwd_cost_from_work(B: int, D: int, es: int, q_rows: int, kv_rows: int,
+                       model_pairs: int, computed: int, tiles: int) -> Cost:
+    """Forward cost from per-batch-element totals over heads.
+
+    ``q_rows``: query rows (``H*S_q``); ``kv_rows``: key rows read (``H_kv*S_k`` dense);
+    ``model_pairs``: unmasked (query, key) pairs; ``computed``: scores the kernel computes;
+    ``tiles``: (query row, key tile) visits.  Units: FLOP and bytes.
+    """
+    unit = 2 * B * D  # FLOP per (query, key) pair per matmul
+    model = 2 * unit * model_pairs
+    executed = 2 * unit * computed
+    nonmatmul = B * (5 * computed + D * tiles + D * q_rows)
+    nbytes = B * (2 * q_rows * D * es + 2 * kv_rows * D * es + 4 * q_rows)
+    detail = {"scores": unit * model_pairs, "pv": unit * model_pairs, "masked": executed - model}
+    return Cost(model, executed, nbytes, nonmatmul, detail)
+
+
+def bwd_cost_from_work(B: int, D: int, es: int, q_rows: int, kv_rows: int,
+                       model_pairs: int, computed: int, tiles: int, has_dlse: bool) -> Cost:
+    """Backward cost (same arguments as :func:`fwd_cost_from_work`): model 2x forward;
+    executed adds one ``QK^T`` recompute over the computed scores."""
+    unit = 2 * B * D
+    model = 4 * unit * model_pairs
+    recompute = unit * computed
+    executed = 5 * unit * computed
+    nonmatmul = B * (5 * computed + D * tiles + 2 * D * q_rows)
+    # read dO, q, o, lse (+dlse), k, v; write dq, dk, dv
+    nbytes = B * (4 * q_rows * D * es + 4 * kv_rows * D * es + 4 * q_rows * (2 if has_dlse else 1))
+    detail = {
+        "scores": 2 * unit * model_pairs,
+        "pv": 2 * unit * model_pairs,
+        "recompute": recompute,
+        "masked": executed - model - recompute,
+    }
+    return Cost(model, executed, nbytes, nonmatmul, detail)
+
+
+def _fwd_cost(q_shape, k_shape, dtype, causal, device=None) -> Cost:
+    B, H, S_q, D = q_shape
+    H_kv, S_k = k_shape[1], k_shape[2]
+    cfg, _ = _configs(D, dtype, device)
+    computed, tiles = fwd_work(S_q, S_k, bool(causal), cfg.block_m, cfg.block_n)
+    return fwd_cost_from_work(B, D, esize(dtype), H * S_q, H_kv * S_k, H * pairs(S_q, S_k, bool(causal)),
+                              H * computed, H * tiles)
+
+
+def _bwd_cost(q_shape, k_shape, dtype, causal, has_dlse, device=None) -> Cost:
+    B, H, S_q, D = q_shape
+    H_kv, S_k = k_shape[1], k_shape[2]
+    _, cfg = _configs(D, dtype, device)
+    computed, tiles = bwd_work(S_q, S_k, bool(causal), cfg.block_m, cfg.block_n)
+    return bwd_cost_from_work(B, D, esize(dtype), H * S_q, H_kv * S_k, H * pairs(S_q, S_k, bool(causal)),
+                              H * computed, H * tiles, has_dlse)
+
+
+@register_cost("flopscale::attention_fwd")
+def attention_fwd_cost(q, k, v, causal=False, sm_scale=None) -> Cost:
+    """Declared cost of one ``flopscale::attention_fwd`` launch (see the module docstring)."""
+    return _fwd_cost(_shape(q), _shape(k), q.dtype, causal, getattr(q, "device", None))
+
+
+@register_cost("flopscale::attention_bwd")
+def attention_bwd_cost(do, q, k, v, o, lse, dlse=None, causal=False, sm_scale=None) -> Cost:
+    """Declared cost of one ``flopscale::attention_bwd`` launch (see the module docstring)."""
+    return _bwd_cost(_shape(q), _shape(k), q.dtype, causal, dlse is not None, getattr(q, "device", None))
+
+
+@register_flop_formula(torch.ops.flopscale.attention_fwd)
+def _attention_fwd_flop(q_shape, k_shape, v_shape, causal=False, sm_scale=None, *args, out_shape=None,
+                        **kwargs) -> int:
+    B, H, S_q, D = q_shape
+    return 4 * B * H * D * pairs(S_q, k_shape[2], bool(causal))
+
+
+@register_flop_formula(torch.ops.flopscale.attention_bwd)
+def _attention_bwd_flop(do_shape, q_shape, k_shape, v_shape, o_shape=None, lse_shape=None, dlse_shape=None,
+                        causal=False, sm_scale=None, *args, out_shape=None, **kwargs) -> int:
+    B, H, S_q, D = q_shape
+    return 8 * B * H * D * pairs(S_q, k_shape[2], bool(causal))

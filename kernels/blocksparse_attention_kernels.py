@@ -1,0 +1,255 @@
+"""Triton kernels for block-sparse attention: forward, backward, configs.
+
+Triton-only module: the custom ops, autograd, reference and costs live in
+:mod:`kernels.blocksparse_attention_layer`.  The per-tile steps (online softmax, backward
+recompute, the ``delta`` pre-pass) are those of :mod:`kernels.attention_kernels`, so the
+numerics and the conventions match the dense kernel: top-left causal alignment, rows with
+no visible key give 0 and ``lse = -inf``, scores are scaled and exponentiated in float32.
+
+The layout arrives as block-CSR (forward: the key blocks of each query block-row) and
+block-CSC (backward: the query blocks of each key block-column) index tensors over
+``(layout head, block-row, block-column)``; a layout shared by all heads has one layout
+head.  Only the listed blocks are visited: no program touches an empty block.  Column indices
+are ascending within a row (and row indices within a column), which the kernels rely on:
+with ``causal`` the effective layout holds no block above the diagonal, so the diagonal
+block is the *last* entry of its row, and the ragged last key block is the last entry of
+its row: the forward masks only that entry.  The backward applies the causal select to
+every block it visits (one copy of its step keeps it within the register budget).
+
+Tiles: forward programs own one query block (``BLOCK_M = block``) and walk each key block
+in sub-tiles of ``BLOCK_N``; backward programs own ``BLOCK_N`` keys of one key block and walk
+each query block in sub-tiles of ``BLOCK_M``.  Every element of a visited block is computed
+(the executed count: ``kernels.blocksparse_attention_layer``).
+"""
+from __future__ import annotations
+
+from typing import Any
+
+import triton
+import triton.language as tl
+
+from .attention_kernels import (
+    AttnConfig,
+    _bwd_step,
+    _dim_mask,
+    _fwd_step,
+    _fwd_store,
+    _spec_signature,
+    block_d,
+    bwd_config as _dense_bwd_config,
+    fwd_config as _dense_fwd_config,
+)
+
+__all__ = ["bs_fwd_config", "bs_bwd_config", "inspect_specs", "SHIPPED"]
+
+
+@triton.jit
+def _bsattn_fwd_kernel(
+    Q, K, V, O, LSE, ROW_PTR, COL_IDX,
+    s_qb, s_qh, s_qm, s_qd,
+    s_kb, s_kh, s_kn, s_kd,
+    s_vb, s_vh, s_vn, s_vd,
+    s_ob, s_oh, s_om, s_od,
+    H, S_q, S_k, R, LH, qk_scale,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Grid ``(R, B*H)``: query block-row ``r`` of head ``h`` visits the key blocks listed in
+    ``COL_IDX[ROW_PTR[g] : ROW_PTR[g+1]]``, ``g = (h % LH) * R + r``."""
+    r = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    hk = (h // GROUP).to(tl.int64)
+    g = (h % LH) * R + r
+    h = h.to(tl.int64)
+    start = tl.load(ROW_PTR + g)
+    end = tl.load(ROW_PTR + g + 1)
+
+    row0 = tl.cast(r * BLOCK, tl.int64)
+    rows = tl.arange(0, BLOCK)
+    offs_m = r * BLOCK + rows
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = _dim_mask(offs_d, HEAD_DIM, BLOCK_D)
+    m_mask = offs_m < S_q
+    q = tl.load(Q + b * s_qb + h * s_qh + row0 * s_qm + rows[:, None] * s_qm + offs_d[None, :] * s_qd,
+                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    # scalar bases + 32-bit offset tiles: the loop carries no 64-bit pointer tiles
+    k_base = K + b * s_kb + hk * s_kh
+    v_base = V + b * s_vb + hk * s_vh
+    k_offs = offs_n[:, None] * s_kn + offs_d[None, :] * s_kd
+    v_offs = offs_n[:, None] * s_vn + offs_d[None, :] * s_vd
+
+    m_i = tl.full([BLOCK], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK], tl.float32)
+    acc = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    # all blocks but the last of the row: fully visible and in bounds
+    for idx in range(start, end - 1):
+        c = tl.load(COL_IDX + idx)
+        for sub in tl.static_range(0, BLOCK, BLOCK_N):
+            start_n = c * BLOCK + sub
+            n0 = tl.cast(start_n, tl.int64)
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + n0 * s_kn, v_base + n0 * s_vn, k_offs, v_offs,
+                                      offs_m, start_n + offs_n, d_mask, S_k, qk_scale,
+                                      False, CAUSAL, DOT_PRECISION)
+    # the last block: possibly the causal diagonal and/or the ragged last key block
+    if end > start:
+        c = tl.load(COL_IDX + end - 1)
+        for sub in tl.static_range(0, BLOCK, BLOCK_N):
+            start_n = c * BLOCK + sub
+            n0 = tl.cast(start_n, tl.int64)
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + n0 * s_kn, v_base + n0 * s_vn, k_offs, v_offs,
+                                      offs_m, start_n + offs_n, d_mask, S_k, qk_scale,
+                                      True, CAUSAL, DOT_PRECISION)
+
+    o_ptrs = O + b * s_ob + h * s_oh + row0 * s_om + rows[:, None] * s_om + offs_d[None, :] * s_od
+    lse_ptrs = LSE + pid_bh.to(tl.int64) * S_q + offs_m
+    _fwd_store(acc, l_i, m_i, o_ptrs, lse_ptrs, m_mask, d_mask)
+
+
+@triton.jit
+def _bsattn_bwd_kernel(
+    Q, K, V, DO, DQ, DK, DV, LSE, DELTA, COL_PTR, ROW_IDX,
+    s_qb, s_qh, s_qm, s_qd,
+    s_kb, s_kh, s_kn, s_kd,
+    s_vb, s_vh, s_vn, s_vd,
+    s_dob, s_doh, s_dom, s_dod,
+    s_dqb, s_dqh, s_dqm, s_dqd,
+    s_dkb, s_dkh, s_dkn, s_dkd,
+    s_dvb, s_dvh, s_dvn, s_dvd,
+    H, H_kv, S_q, S_k, C, LH, sm_scale, qk_scale,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Grid ``(C * BLOCK // BLOCK_N, B*H_kv)``: ``BLOCK_N`` keys of key block ``c`` of one
+    key/value head; for each query head sharing it, the query blocks listed in
+    ``ROW_IDX[COL_PTR[g] : COL_PTR[g+1]]``, ``g = (h % LH) * C + c``.  dK, dV in registers;
+    dQ by float32 atomic adds."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    SUB: tl.constexpr = BLOCK // BLOCK_N
+    c = pid_n // SUB
+    b = (pid_bh // H_kv).to(tl.int64)
+    hk = pid_bh % H_kv
+    hk64 = hk.to(tl.int64)
+    col0 = tl.cast(pid_n * BLOCK_N, tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    offs_n = pid_n * BLOCK_N + cols
+    offs_m = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = _dim_mask(offs_d, HEAD_DIM, BLOCK_D)
+    kv_mask = (offs_n < S_k)[:, None] & d_mask[None, :]
+    k = tl.load(K + b * s_kb + hk64 * s_kh + col0 * s_kn + cols[:, None] * s_kn + offs_d[None, :] * s_kd,
+                mask=kv_mask, other=0.0)
+    v = tl.load(V + b * s_vb + hk64 * s_vh + col0 * s_vn + cols[:, None] * s_vn + offs_d[None, :] * s_vd,
+                mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    q_offs = offs_m[:, None] * s_qm + offs_d[None, :] * s_qd
+    do_offs = offs_m[:, None] * s_dom + offs_d[None, :] * s_dod
+    dq_offs = offs_m[:, None] * s_dqm + offs_d[None, :] * s_dqd
+
+    for gi in range(GROUP):
+        h = hk * GROUP + gi
+        g = (h % LH) * C + c
+        h = h.to(tl.int64)
+        start = tl.load(COL_PTR + g)
+        end = tl.load(COL_PTR + g + 1)
+        q_base = Q + b * s_qb + h * s_qh
+        do_base = DO + b * s_dob + h * s_doh
+        dq_base = DQ + b * s_dqb + h * s_dqh
+        row0 = (b * H + h) * S_q
+        lse_ptrs = LSE + row0 + offs_m
+        delta_ptrs = DELTA + row0 + offs_m
+        # one loop over the column's query blocks (a single copy of the step fits the register
+        # budget); with causal the element mask is applied to every block (a select per
+        # score): the effective layout holds no block above the diagonal
+        for idx in range(start, end):
+            r = tl.load(ROW_IDX + idx)
+            for sub in range(0, BLOCK, BLOCK_M):
+                start_m = r * BLOCK + sub
+                m0 = tl.cast(start_m, tl.int64)
+                dk, dv = _bwd_step(dk, dv, k, v, q_base + m0 * s_qm, do_base + m0 * s_dom,
+                                   dq_base + m0 * s_dqm, q_offs, do_offs, dq_offs,
+                                   lse_ptrs + start_m, delta_ptrs + start_m,
+                                   start_m + offs_m, offs_n, d_mask, S_q, qk_scale, sm_scale,
+                                   CAUSAL, DOT_PRECISION)
+
+    dk = dk * sm_scale
+    tl.store(DK + b * s_dkb + hk64 * s_dkh + col0 * s_dkn + cols[:, None] * s_dkn + offs_d[None, :] * s_dkd,
+             dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + b * s_dvb + hk64 * s_dvh + col0 * s_dvn + cols[:, None] * s_dvn + offs_d[None, :] * s_dvd,
+             dv.to(DV.dtype.element_ty), mask=kv_mask)
+
+
+# --------------------------------------------------------------------------------------
+# configurations
+# --------------------------------------------------------------------------------------
+
+
+def bs_fwd_config(block: int, head_dim: int, elem_bytes: int = 2, interpret: bool = False,
+                  capability: tuple[int, int] | None = None) -> AttnConfig:
+    """Forward: ``block_m = block`` queries per program, key sub-tiles of ``block_n``."""
+    dense = _dense_fwd_config(head_dim, elem_bytes, interpret, capability)
+    bn = min(block, dense.block_n)
+    # 128-row tiles, or a 64 x 256 accumulator: two warpgroups (one spills on sm_90)
+    warps = 8 if block >= 128 or block * block_d(head_dim) >= 64 * 256 else 4
+    return AttnConfig(block, bn, warps, dense.num_stages)
+
+
+def bs_bwd_config(block: int, head_dim: int, elem_bytes: int = 2, interpret: bool = False,
+                  capability: tuple[int, int] | None = None) -> AttnConfig:
+    """Backward: ``block_n`` keys per program (a slice of one key block), query sub-tiles of
+    ``block_m``."""
+    dense = _dense_bwd_config(head_dim, elem_bytes, interpret, capability)
+    bn = min(block, dense.block_n)
+    # 128 keys per program: 32-query steps (64 spill on sm_90 with the index-driven loops)
+    bm = min(block, dense.block_m, 32 if bn >= 128 and not interpret else block)
+    warps = 8 if bn >= 64 or block_d(head_dim) >= 128 else 4
+    return AttnConfig(bm, bn, warps, dense.num_stages)
+
+
+# --------------------------------------------------------------------------------------
+# shipped configurations, for ``flopscale inspect``
+# --------------------------------------------------------------------------------------
+
+#: (block, head_dim) pairs whose configurations ``flopscale inspect`` compiles
+SHIPPED = tuple((blk, d) for blk in (16, 32, 64, 128) for d in (64, 128))
+
+
+def inspect_specs(capability: int = 90) -> list:
+    """Every shipped block-sparse attention configuration as ``kernels.inspect.KernelSpec``
+    objects (bf16, causal, blocks 16-128, head dims 64 and 128), specialised as a typical
+    launch is.  Tiles under 64 rows use ``mma.sync``: no wgmma is expected of them."""
+    from .inspect import KernelSpec  # local: keeps this module importable without the inspector
+
+    cap = (capability // 10, capability % 10)
+    dt = "*bf16"
+    specs = []
+    for blk, d in SHIPPED:
+        bd = block_d(d)
+        cfg = bs_fwd_config(blk, d, 2, False, cap)
+        consts: dict[str, Any] = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK": blk, "BLOCK_N": cfg.block_n,
+                                  "CAUSAL": True, "DOT_PRECISION": "tf32"}
+        sig, consts, aligned = _spec_signature(
+            _bsattn_fwd_kernel,
+            {"Q": dt, "K": dt, "V": dt, "O": dt, "LSE": "*fp32", "ROW_PTR": "*i32", "COL_IDX": "*i32"},
+            ("qk_scale",), consts)
+        specs.append(KernelSpec(
+            kernel="blocksparse_attention_fwd[bf16]", config=f"block{blk}_D{d}_{cfg.label()}",
+            fn=_bsattn_fwd_kernel, signature=sig, constexprs=consts, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages, tensor_core=blk >= 64, aligned=aligned))
+        cfg = bs_bwd_config(blk, d, 2, False, cap)
+        consts = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK": blk, "BLOCK_M": cfg.block_m,
+                  "BLOCK_N": cfg.block_n, "CAUSAL": True, "DOT_PRECISION": "tf32"}
+        sig, consts, aligned = _spec_signature(
+            _bsattn_bwd_kernel,
+            {"Q": dt, "K": dt, "V": dt, "DO": dt, "DQ": "*fp32", "DK": dt, "DV": dt, "LSE": "*fp32",
+             "DELTA": "*fp32", "COL_PTR": "*i32", "ROW_IDX": "*i32"},
+            ("sm_scale", "qk_scale"), consts)
+        specs.append(KernelSpec(
+            kernel="blocksparse_attention_bwd[bf16]", config=f"block{blk}_D{d}_{cfg.label()}",
+            fn=_bsattn_bwd_kernel, signature=sig, constexprs=consts, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages, tensor_core=cfg.block_n >= 64, aligned=aligned))
+    return specs

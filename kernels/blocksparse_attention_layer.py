@@ -1,0 +1,336 @@
+"""Block-sparse attention: ``kernels.blocksparse_attention`` (custom ops, autograd, reference, costs).
+
+``blocksparse_attention(q, k, v, layout, causal=False, sm_scale=None)`` is
+:func:`kernels.attention` restricted to the (query block, key block) pairs of a
+:class:`kernels.BlockLayout`:
+
+* ``q`` ``[B, H, S_q, D]``, ``k``/``v`` ``[B, H_kv, S_k, D]`` exactly as for
+  :func:`kernels.attention` (dtypes, head dims, grouped-query heads, ``sm_scale``).
+* ``layout``: ``[H_l, R, C]`` blocks of ``layout.block`` (16, 32, 64 or 128) elements with
+  ``R = ceil(S_q / block)`` and ``C = ceil(S_k / block)`` (the last block-row/column may be
+  ragged), and ``H_l = 1`` (one layout shared by all query heads) or ``H_l = H`` (one per
+  query head).  Anything else raises ``ValueError``.
+* Only the layout's non-zero blocks are visited; time and FLOPs scale with its ``nnz``.
+* ``causal=True`` additionally applies the top-left-aligned element mask (query ``i`` sees key
+  ``j <= i``): blocks above the block diagonal are dropped (never visited), the diagonal
+  blocks are masked element by element.
+* A query row that sees no key (its layout row is empty, or causal removes all of it) gives
+  output 0, ``lse = -inf`` and zero gradient: never NaN.
+
+Custom ops (namespace ``flopscale``):
+
+* ``flopscale::blocksparse_attention_fwd(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block,
+  causal, sm_scale, pairs, computed_pairs, kv_rows) -> (o, lse)``: the index tensors are the
+  block-CSR (used by the forward) and block-CSC (used by the backward) of the *effective*
+  layout (causal blocks above the diagonal removed); the three ints describe it for the cost
+  model, per batch element, summed over query heads: ``pairs`` unmasked (query, key) pairs,
+  ``computed_pairs`` scores computed (every in-bounds element of every visited block),
+  ``kv_rows`` key rows read (over key/value heads).
+* ``flopscale::blocksparse_attention_bwd(do, q, k, v, o, lse, dlse, col_ptr, row_idx, block,
+  causal, sm_scale, pairs, computed_pairs, kv_rows) -> (dq, dk, dv)``.
+
+Costs follow :mod:`kernels.attention_layer`: model FLOPs ``4*B*D*pairs`` forward and
+``8*B*D*pairs`` backward (FlopCounterMode reports the same), executed FLOPs count every score of
+every visited block (masked diagonal elements included) plus the backward's ``QK^T`` recompute;
+bytes read q, the touched key/value rows, and write o and lse (backward: dO, q, o, lse, k, v
+read; dq, dk, dv written).  Non-matmul FLOPs use ``computed_pairs / BLOCK_N`` as the number of
+(row, key tile) visits.
+"""
+import functools
+from typing import NamedTuple, Optional
+
+import torch
+import triton
+from torch.library import triton_op
+from torch.utils.flop_counter import register_flop_formula
+
+from . import attention_kernels as _ak
+from . import blocksparse_attention_kernels as _bk
+from ._cost import Cost, register_cost
+from ._runtime import interpreter_on
+from .attention_layer import (
+    attention_reference,
+    bwd_cost_from_work,
+    causal_pairs,
+    bwd_delta,
+    check_qkv,
+    device_capability,
+    dot_precision,
+    esize,
+    fwd_cost_from_work,
+    launch,
+    new_output,
+)
+from .layout import BlockLayout
+
+__all__ = [
+    "blocksparse_attention",
+    "blocksparse_attention_reference",
+    "blocksparse_attention_fwd",
+    "blocksparse_attention_bwd",
+    "LayoutPlan",
+    "layout_plan",
+]
+
+
+# --------------------------------------------------------------------------------------
+# layout -> indices and pair counts
+# --------------------------------------------------------------------------------------
+
+
+class LayoutPlan(NamedTuple):
+    """Effective layout of one call and the numbers its cost needs (per batch element)."""
+
+    layout: BlockLayout  # effective layout (causal: blocks above the diagonal removed)
+    pairs: int  # unmasked (query, key) pairs, summed over the H query heads
+    computed_pairs: int  # scores computed: in-bounds elements of visited blocks, over heads
+    kv_rows: int  # key rows read, summed over the H_kv key/value heads
+
+
+def check_layout(layout, H: int, S_q: int, S_k: int, op: str) -> None:
+    if not isinstance(layout, BlockLayout):
+        raise TypeError(f"{op}: layout must be a kernels.BlockLayout, got {type(layout).__name__}")
+    blk = layout.block
+    R, C = triton.cdiv(S_q, blk), triton.cdiv(S_k, blk)
+    if layout.rows != R or layout.cols != C:
+        raise ValueError(
+            f"{op}: layout of {layout.rows}x{layout.cols} blocks of {blk} does not fit the sequence: "
+            f"S_q={S_q}, S_k={S_k} need {R}x{C} blocks (ceil(S/{blk}))"
+        )
+    if layout.heads not in (1, H):
+        raise ValueError(f"{op}: layout has {layout.heads} heads; it must have 1 (shared) or H={H}")
+
+
+@functools.lru_cache(maxsize=128)
+def _plan_cached(layout: BlockLayout, causal: bool, H: int, H_kv: int, S_q: int, S_k: int) -> LayoutPlan:
+    blk = layout.block
+    LH, R, C = layout.shape
+    mask = layout.mask
+    if causal:
+        mask = mask & torch.ones(R, C, dtype=torch.bool).tril(diagonal=0)
+        eff = BlockLayout(mask, blk)
+    else:
+        eff = layout
+    rows = torch.clamp(S_q - torch.arange(R, dtype=torch.int64) * blk, max=blk)
+    cols = torch.clamp(S_k - torch.arange(C, dtype=torch.int64) * blk, max=blk)
+    m = mask.to(torch.int64)
+    computed = (m * rows[:, None] * cols[None, :]).sum(dim=(1, 2))  # [LH]
+    masked = torch.zeros(LH, dtype=torch.int64)
+    if causal:
+        # diagonal block r: rows_r x cols_r scores computed, top-left causal pairs visible
+        for r in range(min(R, C)):
+            nr, nc = int(rows[r]), int(cols[r])
+            masked += m[:, r, r] * (nr * nc - causal_pairs(nr, nc))
+    per_head = computed - masked
+    touched = m.amax(dim=1) * cols[None, :]  # [LH, C]: key rows of columns with any block
+    group = H // H_kv
+    if LH == 1:
+        n_pairs = H * int(per_head[0])
+        n_computed = H * int(computed[0])
+        kv_rows = H_kv * int(touched[0].sum())
+    else:
+        n_pairs = int(per_head.sum())
+        n_computed = int(computed.sum())
+        kv_touched = m.reshape(H_kv, group, R, C).amax(dim=(1, 2))  # [H_kv, C]
+        kv_rows = int((kv_touched * cols[None, :]).sum())
+    return LayoutPlan(eff, n_pairs, n_computed, kv_rows)
+
+
+def layout_plan(layout: BlockLayout, causal: bool, H: int, H_kv: int, S_q: int, S_k: int) -> LayoutPlan:
+    """The effective layout and pair counts of a call (cached per layout and shapes)."""
+    check_layout(layout, H, S_q, S_k, op="kernels.blocksparse_attention")
+    return _plan_cached(layout, bool(causal), int(H), int(H_kv), int(S_q), int(S_k))
+
+
+# --------------------------------------------------------------------------------------
+# custom ops
+# --------------------------------------------------------------------------------------
+
+
+def _configs(block: int, head_dim: int, dtype: torch.dtype, device: Optional[torch.device]):
+    interp = interpreter_on()
+    cap = device_capability(device) if device is not None else None
+    es = esize(dtype)
+    return (_bk.bs_fwd_config(block, head_dim, es, interp, cap), _bk.bs_bwd_config(block, head_dim, es, interp, cap))
+
+
+@triton_op("flopscale::blocksparse_attention_fwd", mutates_args=())
+def blocksparse_attention_fwd(
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    row_ptr: torch.Tensor,
+    col_idx: torch.Tensor,
+    col_ptr: torch.Tensor,
+    row_idx: torch.Tensor,
+    block: int,
+    causal: bool,
+    sm_scale: float,
+    pairs: int,
+    computed_pairs: int,
+    kv_rows: int,
+) -> tuple[torch.Tensor, torch.Tensor]:
+    """Forward of block-sparse attention: ``(o, lse)`` as ``flopscale::attention_fwd``."""
+    B, H, S_q, D = q.shape
+    H_kv, S_k = k.shape[1], k.shape[2]
+    R = triton.cdiv(S_q, block)
+    LH = (row_ptr.shape[0] - 1) // R
+    o = new_output((B, H, S_q, D), q.dtype, q.device)
+    lse = new_output((B, H, S_q), torch.float32, q.device)
+    cfg, _ = _configs(block, D, q.dtype, q.device)
+    launch(
+        _bk._bsattn_fwd_kernel, (R, B * H), cfg,
+        q, k, v, o, lse, row_ptr, col_idx,
+        *q.stride(), *k.stride(), *v.stride(), *o.stride(),
+        H, S_q, S_k, R, LH, sm_scale * _ak.LOG2E,
+        GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK=block, BLOCK_N=cfg.block_n,
+        CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
+    )
+    return o, lse
+
+
+@triton_op("flopscale::blocksparse_attention_bwd", mutates_args=())
+def blocksparse_attention_bwd(
+    do: torch.Tensor,
+    q: torch.Tensor,
+    k: torch.Tensor,
+    v: torch.Tensor,
+    o: torch.Tensor,
+    lse: torch.Tensor,
+    dlse: Optional[torch.Tensor],
+    col_ptr: torch.Tensor,
+    row_idx: torch.Tensor,
+    block: int,
+    causal: bool,
+    sm_scale: float,
+    pairs: int,
+    computed_pairs: int,
+    kv_rows: int,
+) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
+    """Backward of block-sparse attention: ``(dq, dk, dv)`` in the input dtype."""
+    B, H, S_q, D = q.shape
+    H_kv, S_k = k.shape[1], k.shape[2]
+    C = triton.cdiv(S_k, block)
+    LH = (col_ptr.shape[0] - 1) // C
+    _, cfg = _configs(block, D, q.dtype, q.device)
+    lse = lse.contiguous()  # the kernels index it as [B*H, S_q] rows
+    delta = bwd_delta(o, do, dlse)
+    dq32 = torch.zeros((B, H, S_q, D), dtype=torch.float32, device=q.device)
+    dk = new_output((B, H_kv, S_k, D), q.dtype, q.device)
+    dv = new_output((B, H_kv, S_k, D), q.dtype, q.device)
+    launch(
+        _bk._bsattn_bwd_kernel, (C * (block // cfg.block_n), B * H_kv), cfg,
+        q, k, v, do, dq32, dk, dv, lse, delta, col_ptr, row_idx,
+        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq32.stride(), *dk.stride(), *dv.stride(),
+        H, H_kv, S_q, S_k, C, LH, sm_scale, sm_scale * _ak.LOG2E,
+        GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK=block, BLOCK_M=cfg.block_m,
+        BLOCK_N=cfg.block_n, CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
+    )
+    dq = dq32 if q.dtype == torch.float32 else dq32.to(q.dtype)
+    return dq, dk, dv
+
+
+def _setup_context(ctx, inputs, output):
+    q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, causal, sm_scale, n_pairs, computed, kv_rows = inputs
+    o, lse = output
+    ctx.save_for_backward(q, k, v, o, lse, col_ptr, row_idx)
+    ctx.args = (block, causal, sm_scale, n_pairs, computed, kv_rows)
+
+
+def _backward(ctx, do, dlse):
+    q, k, v, o, lse, col_ptr, row_idx = ctx.saved_tensors
+    if do is None:
+        do = torch.zeros_like(o)
+    dq, dk, dv = torch.ops.flopscale.blocksparse_attention_bwd(do, q, k, v, o, lse, dlse, col_ptr, row_idx,
+                                                               *ctx.args)
+    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
+
+
+blocksparse_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
+
+
+# --------------------------------------------------------------------------------------
+# public API
+# --------------------------------------------------------------------------------------
+
+
+def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout,
+                          causal: bool = False, sm_scale: Optional[float] = None) -> torch.Tensor:
+    """Attention over the non-zero blocks of ``layout`` (see the module docstring).
+
+    Returns ``[B, H, S_q, D]`` in the input dtype; rows that see no key are 0.  Differentiable
+    in q, k, v.
+    """
+    op = "kernels.blocksparse_attention"
+    scale = check_qkv(q, k, v, causal, sm_scale, op=op)
+    B, H, S_q, _ = q.shape
+    H_kv, S_k = k.shape[1], k.shape[2]
+    plan = layout_plan(layout, causal, H, H_kv, S_q, S_k)
+    row_ptr, col_idx = plan.layout.csr(q.device)
+    col_ptr, row_idx, _ = plan.layout.csc(q.device)
+    o, _ = torch.ops.flopscale.blocksparse_attention_fwd(
+        q, k, v, row_ptr, col_idx, col_ptr, row_idx, layout.block, causal, scale,
+        plan.pairs, plan.computed_pairs, plan.kv_rows,
+    )
+    return o
+
+
+def blocksparse_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout,
+                                    causal: bool = False, sm_scale: Optional[float] = None) -> torch.Tensor:
+    """Dense masked reference: ``softmax(q k^T * sm_scale + mask) v`` with the layout expanded to
+    elements (and the top-left causal mask); rows with no visible key give zeros."""
+    H, S_q, S_k = q.shape[1], q.shape[2], k.shape[2]
+    mask = layout.element_mask(S_q, S_k).to(q.device)  # [H_l, S_q, S_k]
+    if mask.shape[0] != 1:
+        mask = mask[:H]
+    return attention_reference(q, k, v, causal=causal, sm_scale=sm_scale, mask=mask[None])
+
+
+# --------------------------------------------------------------------------------------
+# costs
+# --------------------------------------------------------------------------------------
+
+
+def _fwd_cost(q, k, block, pairs, computed_pairs, kv_rows) -> Cost:
+    B, H, S_q, D = q.shape
+    cfg, _ = _configs(int(block), D, q.dtype, getattr(q, "device", None))
+    tiles = computed_pairs // cfg.block_n
+    return fwd_cost_from_work(B, D, esize(q.dtype), H * S_q, kv_rows, pairs, computed_pairs, tiles)
+
+
+@register_cost("flopscale::blocksparse_attention_fwd")
+def blocksparse_attention_fwd_cost(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, causal, sm_scale,
+                                   pairs, computed_pairs, kv_rows) -> Cost:
+    """Declared cost of one ``flopscale::blocksparse_attention_fwd`` launch (module docstring)."""
+    c = _fwd_cost(q, k, block, pairs, computed_pairs, kv_rows)
+    index_bytes = 4 * (row_ptr.numel() + col_idx.numel())
+    return Cost(c.flops, c.executed_flops, c.bytes + index_bytes, c.nonmatmul_flops, c.detail)
+
+
+@register_cost("flopscale::blocksparse_attention_bwd")
+def blocksparse_attention_bwd_cost(do, q, k, v, o, lse, dlse, col_ptr, row_idx, block, causal, sm_scale,
+                                   pairs, computed_pairs, kv_rows) -> Cost:
+    """Declared cost of one ``flopscale::blocksparse_attention_bwd`` launch (module docstring)."""
+    B, H, S_q, D = q.shape
+    _, cfg = _configs(int(block), D, q.dtype, getattr(q, "device", None))
+    tiles = computed_pairs // cfg.block_n
+    c = bwd_cost_from_work(B, D, esize(q.dtype), H * S_q, kv_rows, pairs, computed_pairs, tiles,
+                           dlse is not None)
+    index_bytes = 4 * (col_ptr.numel() + row_idx.numel())
+    return Cost(c.flops, c.executed_flops, c.bytes + index_bytes, c.nonmatmul_flops, c.detail)
+
+
+@register_flop_formula(torch.ops.flopscale.blocksparse_attention_fwd)
+def _bs_fwd_flop(q_shape, k_shape, v_shape, row_ptr_shape, col_idx_shape, col_ptr_shape, row_idx_shape,
+                 block, causal, sm_scale, pairs, computed_pairs, kv_rows, *args, out_shape=None, **kwargs) -> int:
+    B, H, S_q, D = q_shape
+    return 4 * B * D * int(pairs)
+
+
+@register_flop_formula(torch.ops.flopscale.blocksparse_attention_bwd)
+def _bs_bwd_flop(do_shape, q_shape, k_shape, v_shape, o_shape, lse_shape, dlse_shape, col_ptr_shape,
+                 row_idx_shape, block, causal, sm_scale, pairs, computed_pairs, kv_rows, *args, out_shape=None,
+                 **kwargs) -> int:
+    B, H, S_q, D = q_shape
+    return 8 * B * D * int(pairs)
+

@@ -1,0 +1,329 @@
+"""kernels.attention: fused attention against a float64 reference, costs, bad input.
+
+Under the Triton interpreter (no GPU) the kernels run on the CPU with one small tile
+configuration (32 x 16), so the ragged lengths below cross several tiles and the causal
+diagonal band.  Kernel outputs are NaN-poisoned before every launch (``POISON_OUTPUTS``),
+so an element the kernel forgets to write fails the comparison.
+"""
+from __future__ import annotations
+
+import math
+
+import pytest
+import torch
+import torch.nn.functional as F
+from torch.utils.flop_counter import FlopCounterMode
+
+import kernels
+from kernels import attention_layer as al  # registers the ops before any FlopCounterMode exists
+from kernels.attention_layer import attention_reference
+
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    monkeypatch.setattr(al, "POISON_OUTPUTS", True)
+
+
+def rel_err(x: torch.Tensor, ref: torch.Tensor) -> float:
+    x = x.detach().double().cpu()
+    ref = ref.detach().double().cpu()
+    assert not torch.isnan(x).any(), "NaN in kernel output"
+    denom = ref.norm().item()
+    return (x - ref).norm().item() / (denom if denom > 0 else 1.0)
+
+
+def make_qkv(B, H, H_kv, S_q, S_k, D, dtype, device, gen):
+    q = torch.randn(B, H, S_q, D, generator=gen).to(dtype).to(device)
+    k = torch.randn(B, H_kv, S_k, D, generator=gen).to(dtype).to(device)
+    v = torch.randn(B, H_kv, S_k, D, generator=gen).to(dtype).to(device)
+    return [t.requires_grad_() for t in (q, k, v)]
+
+
+def check_fwd_bwd(q, k, v, causal, sm_scale=None, tol=None, gen=None):
+    """Kernel forward and q/k/v gradients against the float64 reference on the same inputs."""
+    tol = TOL[q.dtype] if tol is None else tol
+    o = kernels.attention(q, k, v, causal=causal, sm_scale=sm_scale)
+    assert o.shape == q.shape and o.dtype == q.dtype
+    do = torch.randn(o.shape, generator=gen).to(o.dtype).to(o.device)
+    o.backward(do)
+    q64, k64, v64 = (t.detach().double().cpu().requires_grad_() for t in (q, k, v))
+    ref = attention_reference(q64, k64, v64, causal=causal, sm_scale=sm_scale)
+    ref.backward(do.double().cpu())
+    errs = {
+        "o": rel_err(o, ref),
+        "dq": rel_err(q.grad, q64.grad),
+        "dk": rel_err(k.grad, k64.grad),
+        "dv": rel_err(v.grad, v64.grad),
+    }
+    bad = {name: e for name, e in errs.items() if not e < tol}
+    assert not bad, f"relative errors above {tol}: {bad} (all: {errs})"
+    return errs
+
+
+# (B, H, H_kv, S_q, S_k, D, causal, dtype): ragged lengths 1, 7, 37, 100, 130, S_q != S_k both
+# ways, grouped-query (H_kv < H) and multi-query (H_kv = 1) heads
+CASES = [
+    (1, 2, 2, 1, 1, 16, False, torch.float32),
+    (1, 2, 1, 7, 7, 16, True, torch.float32),
+    (2, 2, 1, 37, 37, 32, True, torch.float16),
+    (1, 4, 2, 100, 37, 16, True, torch.float32),
+    (1, 2, 2, 37, 130, 16, True, torch.float16),
+    (1, 3, 1, 130, 100, 16, False, torch.float32),
+    (2, 2, 1, 100, 100, 32, False, torch.float16),
+    (1, 2, 1, 130, 130, 16, True, torch.float32),
+    (1, 2, 2, 1, 37, 16, True, torch.float32),
+    (1, 2, 2, 37, 1, 16, True, torch.float16),
+]
+
+
+@pytest.mark.parametrize("B,H,H_kv,S_q,S_k,D,causal,dtype", CASES)
+def test_matches_float64_reference(B, H, H_kv, S_q, S_k, D, causal, dtype, device):
+    gen = torch.Generator().manual_seed(hash((B, H, H_kv, S_q, S_k, D, causal)) % 2**31)
+    q, k, v = make_qkv(B, H, H_kv, S_q, S_k, D, dtype, device, gen)
+    check_fwd_bwd(q, k, v, causal, gen=gen)
+
+
+@pytest.mark.parametrize("D", [64, 128, 256])
+def test_large_head_dims(D, device):
+    gen = torch.Generator().manual_seed(D)
+    q, k, v = make_qkv(1, 2, 1, 19, 23, D, torch.float32, device, gen)
+    check_fwd_bwd(q, k, v, causal=True, gen=gen)
+
+
+@pytest.mark.parametrize("D", [8, 24, 80])
+def test_padded_head_dims(D, device):
+    """Head dims that are not a power of two (or < 16) run on a padded, masked tile."""
+    gen = torch.Generator().manual_seed(100 + D)
+    q, k, v = make_qkv(1, 2, 2, 21, 33, D, torch.float16, device, gen)
+    check_fwd_bwd(q, k, v, causal=True, gen=gen)
+
+
+def test_custom_scale_and_non_contiguous_inputs(device):
+    """[B, S, H, D] storage viewed as [B, H, S, D], k/v slices of a packed kv tensor, and a
+    stride-0 output gradient (from ``.sum()``)."""
+    gen = torch.Generator().manual_seed(7)
+    B, H, H_kv, S, D = 2, 4, 2, 37, 16
+    q = torch.randn(B, S, H, D, generator=gen).to(device).transpose(1, 2).requires_grad_()
+    kv = torch.randn(B, S, 2, H_kv, D, generator=gen).to(device)
+    k = kv[:, :, 0].transpose(1, 2).detach().requires_grad_()
+    k_view = kv[:, :, 0].transpose(1, 2)
+    assert not q.is_contiguous() and not k_view.is_contiguous()
+    v = kv[:, :, 1].transpose(1, 2)
+    out = kernels.attention(q, k_view, v, causal=True, sm_scale=0.3)
+    ref = attention_reference(q.double(), k_view.double(), v.double(), causal=True, sm_scale=0.3)
+    assert rel_err(out, ref) < 1e-4
+    # gradients with a stride-0 dO
+    kernels.attention(q, k, v, causal=False, sm_scale=0.3).sum().backward()
+    q64, k64 = q.detach().double().requires_grad_(), k.detach().double().requires_grad_()
+    attention_reference(q64, k64, v.double(), causal=False, sm_scale=0.3).sum().backward()
+    assert rel_err(q.grad, q64.grad) < 1e-4
+    assert rel_err(k.grad, k64.grad) < 1e-4
+
+
+@pytest.mark.parametrize("S_q,S_k", [(7, 37), (37, 7), (20, 20)])
+def test_causal_alignment_matches_sdpa(S_q, S_k, device):
+    """causal=True is SDPA's is_causal=True: top-left aligned, query i sees keys j <= i."""
+    gen = torch.Generator().manual_seed(S_q * 1000 + S_k)
+    q = torch.randn(1, 4, S_q, 16, generator=gen, dtype=torch.float64)
+    k = torch.randn(1, 2, S_k, 16, generator=gen, dtype=torch.float64)
+    v = torch.randn(1, 2, S_k, 16, generator=gen, dtype=torch.float64)
+    sdpa = F.scaled_dot_product_attention(
+        q, k.repeat_interleave(2, dim=1), v.repeat_interleave(2, dim=1), is_causal=True
+    )
+    # the reference agrees with SDPA ...
+    assert torch.allclose(attention_reference(q, k, v, causal=True), sdpa, atol=1e-10)
+    # ... and the kernel agrees with SDPA
+    out = kernels.attention(q.float().to(device), k.float().to(device), v.float().to(device), causal=True)
+    assert rel_err(out, sdpa) < 1e-4
+    if S_q > S_k:
+        # the last queries see every key: same as non-causal there
+        full = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
+        assert rel_err(out[:, :, S_k:], full[:, :, S_k:]) < 1e-4
+
+
+def test_lse_output_and_its_gradient(device):
+    """attention_fwd returns the natural log-sum-exp of each row; a loss using it backpropagates."""
+    gen = torch.Generator().manual_seed(11)
+    q, k, v = make_qkv(1, 2, 1, 37, 45, 16, torch.float32, device, gen)
+    o, lse = torch.ops.flopscale.attention_fwd(q, k, v, True, 0.25)
+    s = torch.matmul(q.double(), k.double().repeat_interleave(2, 1).transpose(-1, -2)) * 0.25
+    s = s.masked_fill(~torch.ones(37, 45, dtype=torch.bool).tril(), float("-inf"))
+    ref_lse = torch.logsumexp(s, dim=-1)
+    assert rel_err(lse, ref_lse) < 1e-5
+    w = torch.randn(lse.shape, generator=gen)
+    (o.sum() + (lse * w).sum()).backward()
+    q64, k64, v64 = (t.detach().double().requires_grad_() for t in (q, k, v))
+    s = torch.matmul(q64, k64.repeat_interleave(2, 1).transpose(-1, -2)) * 0.25
+    s = s.masked_fill(~torch.ones(37, 45, dtype=torch.bool).tril(), float("-inf"))
+    ref = torch.matmul(torch.softmax(s, -1), v64.repeat_interleave(2, 1))
+    (ref.sum() + (torch.logsumexp(s, -1) * w.double()).sum()).backward()
+    for got, want in ((q.grad, q64.grad), (k.grad, k64.grad), (v.grad, v64.grad)):
+        assert rel_err(got, want) < 1e-4
+
+
+def test_opcheck_schema_autograd_fake(device):
+    gen = torch.Generator().manual_seed(3)
+    q, k, v = make_qkv(1, 2, 1, 20, 20, 16, torch.float32, device, gen)
+    res = torch.library.opcheck(
+        torch.ops.flopscale.attention_fwd.default, (q, k, v, True, 0.25),
+        test_utils=("test_schema", "test_autograd_registration", "test_faketensor"),
+    )
+    assert set(res.values()) == {"SUCCESS"}
+
+
+def test_fake_tensors_propagate_shapes_and_count_flops(device):
+    """Under FakeTensorMode nothing runs, shapes propagate and FlopCounterMode still counts:
+    how a model's attention FLOPs can be counted without computing them."""
+    from torch._subclasses.fake_tensor import FakeTensorMode
+
+    with FakeTensorMode():
+        q = torch.empty(2, 8, 1024, 64, device=device)
+        k = torch.empty(2, 2, 1024, 64, device=device)
+        with FlopCounterMode(display=False) as fc:
+            o = kernels.attention(q, k, k, causal=True)
+    assert o.shape == q.shape
+    assert fc.get_total_flops() == 4 * 2 * 8 * 64 * (1024 * 1025 // 2)
+
+
+# --------------------------------------------------------------------------- costs
+
+
+def brute_pairs(S_q: int, S_k: int, causal: bool) -> int:
+    mask = torch.ones(S_q, S_k, dtype=torch.bool)
+    return int((mask.tril() if causal else mask).sum())
+
+
+@pytest.mark.parametrize("S_q,S_k", [(1, 1), (7, 7), (37, 130), (130, 37), (100, 100)])
+def test_pair_counts(S_q, S_k):
+    assert al.causal_pairs(S_q, S_k) == brute_pairs(S_q, S_k, True)
+    if S_q == S_k:
+        assert al.causal_pairs(S_q, S_k) == S_q * (S_q + 1) // 2
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_flop_counter_counts_model_flops(causal, device):
+    B, H, H_kv, S, D = 2, 4, 2, 37, 16
+    gen = torch.Generator().manual_seed(5)
+    q, k, v = make_qkv(B, H, H_kv, S, S, D, torch.float32, device, gen)
+    P = S * (S + 1) // 2 if causal else S * S
+    with FlopCounterMode(display=False) as fc:
+        o = kernels.attention(q, k, v, causal=causal)
+    assert fc.get_total_flops() == 4 * B * H * D * P
+    with FlopCounterMode(display=False) as fc:
+        o.sum().backward()
+    assert fc.get_total_flops() == 2 * 4 * B * H * D * P
+    # the declared cost agrees with FlopCounterMode
+    cost = kernels.cost_of("flopscale::attention_fwd", q, k, v, causal, 0.25)
+    assert cost.flops == 4 * B * H * D * P
+
+
+def brute_fwd_computed(S_q, S_k, causal, bm, bn):
+    """Scores the forward computes: per query tile, every key tile up to the loop bound."""
+    total = 0
+    for m0 in range(0, S_q, bm):
+        rows = min(bm, S_q - m0)
+        hi = min(S_k, m0 + bm) if causal else S_k
+        total += rows * sum(min(bn, hi - n0) for n0 in range(0, hi, bn))
+    return total
+
+
+def brute_bwd_computed(S_q, S_k, causal, bm, bn):
+    total = 0
+    for n0 in range(0, S_k, bn):
+        cols = min(bn, S_k - n0)
+        lo = n0 if causal else 0
+        total += cols * sum(min(bm, S_q - m0) for m0 in range(lo, S_q, bm))
+    return total
+
+
+@pytest.mark.parametrize("S_q,S_k,causal", [(37, 37, True), (100, 37, True), (37, 130, True), (37, 100, False)])
+@pytest.mark.parametrize("interpret", [True, False])
+def test_declared_cost(S_q, S_k, causal, interpret, monkeypatch):
+    """Model FLOPs 4BHDP; executed = model + masked diagonal work (fwd) and + 0.5x recompute
+    (bwd); the detail parts add up; bytes are the compulsory traffic.  Checked for the
+    interpreter's tiles and for the GPU's (Hopper) tiles."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if interpret else "0")
+    B, H, H_kv, D = 2, 4, 2, 64
+    q = torch.empty(B, H, S_q, D, dtype=torch.bfloat16, device="meta")
+    k = torch.empty(B, H_kv, S_k, D, dtype=torch.bfloat16, device="meta")
+    lse = torch.empty(B, H, S_q, dtype=torch.float32, device="meta")
+    P = brute_pairs(S_q, S_k, causal)
+    fcfg, bcfg = al._configs(D, torch.bfloat16, None)
+    fwd = kernels.cost_of("flopscale::attention_fwd", q, k, k, causal, 0.125)
+    bwd = kernels.cost_of("flopscale::attention_bwd", q, q, k, k, q, lse, None, causal, 0.125)
+    unit = 2 * B * H * D
+    assert fwd.flops == 2 * unit * P
+    assert bwd.flops == 4 * unit * P
+    assert fwd.executed_flops == 2 * unit * brute_fwd_computed(S_q, S_k, causal, fcfg.block_m, fcfg.block_n)
+    computed_b = brute_bwd_computed(S_q, S_k, causal, bcfg.block_m, bcfg.block_n)
+    assert bwd.executed_flops == 5 * unit * computed_b
+    assert bwd.detail["recompute"] == unit * computed_b
+    for c in (fwd, bwd):
+        assert c.detail["scores"] == c.detail["pv"] and c.detail["scores"] + c.detail["pv"] == c.flops
+        assert sum(c.detail.values()) == c.executed_flops
+        assert c.executed_flops >= c.flops and c.nonmatmul_flops > 0
+    if not causal:
+        assert bwd.executed_flops == 2.5 * fwd.executed_flops == 2.5 * fwd.flops
+    es = 2
+    assert fwd.bytes == B * (2 * H * S_q * D * es + 2 * H_kv * S_k * D * es + 4 * H * S_q)
+    assert bwd.bytes == B * (4 * H * S_q * D * es + 4 * H_kv * S_k * D * es + 4 * H * S_q)
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def _t(*shape, dtype=torch.float32):
+    return torch.zeros(*shape, dtype=dtype)
+
+
+@pytest.mark.parametrize(
+    "q,k,v,kwargs,exc,words",
+    [
+        (_t(1, 2, 8, 16), _t(1, 2, 8, 32), _t(1, 2, 8, 32), {}, ValueError, "head dims differ"),
+        (_t(1, 3, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), {}, ValueError, "multiple of key/value heads"),
+        (_t(1, 2, 8, 320), _t(1, 2, 8, 320), _t(1, 2, 8, 320), {}, ValueError, "head dim D=320 is not supported"),
+        (_t(1, 2, 8, 16), _t(1, 2, 9, 16), _t(1, 2, 8, 16), {}, ValueError, "same shape"),
+        (_t(2, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), {}, ValueError, "batch sizes differ"),
+        (_t(1, 2, 0, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), {}, ValueError, "sequence lengths"),
+        (_t(2, 8, 16), _t(2, 8, 16), _t(2, 8, 16), {}, ValueError, "4-D"),
+        (_t(1, 2, 8, 16), _t(1, 2, 8, 16, dtype=torch.float16), _t(1, 2, 8, 16), {}, TypeError, "share a dtype"),
+        (_t(1, 2, 8, 16, dtype=torch.float64),) * 3 + ({}, TypeError, "not supported"),
+        (_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), {"sm_scale": float("nan")}, ValueError, "sm_scale"),
+        (_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), {"causal": 1}, TypeError, "causal must be a bool"),
+    ],
+)
+def test_bad_input_raises_clear_error(q, k, v, kwargs, exc, words):
+    with pytest.raises(exc, match=words):
+        kernels.attention(q, k, v, **kwargs)
+
+
+def test_cpu_tensors_without_interpreter_raise(monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    x = torch.zeros(1, 1, 4, 16)
+    with pytest.raises(ValueError, match="CUDA device"):
+        kernels.attention(x, x, x)
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("S_q,S_k,D", [(1, 1, 64), (130, 130, 64), (1000, 1000, 128), (333, 1024, 128), (257, 77, 256)])
+def test_bf16_on_gpu(S_q, S_k, D, causal):
+    gen = torch.Generator().manual_seed(S_q + D)
+    q, k, v = make_qkv(2, 8, 2, S_q, S_k, D, torch.bfloat16, "cuda", gen)
+    check_fwd_bwd(q, k, v, causal, gen=gen)
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float32])
+def test_fp16_fp32_on_gpu_against_sdpa(dtype):
+    gen = torch.Generator().manual_seed(1)
+    q, k, v = make_qkv(2, 8, 8, 777, 777, 128, dtype, "cuda", gen)
+    out = kernels.attention(q, k, v, causal=True)
+    ref = F.scaled_dot_product_attention(q.double(), k.double(), v.double(), is_causal=True)
+    assert rel_err(out, ref) < (1e-4 if dtype == torch.float32 else 1e-2)
+    assert math.isfinite(out.float().sum().item())

@@ -1,0 +1,141 @@
+"""Shipped attention configurations compile for Hopper (sm_90) without a GPU.
+
+Each configuration is compiled with ``triton.compile(ASTSource(...), target=GPUTarget("cuda",
+90, 32))`` through ``kernels.inspect`` and must: compile, not spill (cuobjdump STACK/LOCAL 0),
+fit the 227 KiB of shared memory a block may use, and use ``wgmma`` where its spec says it is
+a Hopper tensor-core kernel.  Compiling needs Triton's real JIT, not the interpreter that
+``conftest.py`` switches on, so it runs in a subprocess without ``TRITON_INTERPRET``.
+
+By default a representative subset is compiled (the dense forward at head dims 64 and 128,
+the backward at 128 and 256, block-sparse blocks 64 and 128 at head dim 128); set
+``FLOPSCALE_INSPECT_ALL=1`` to compile every shipped configuration (about a minute more).
+"""
+from __future__ import annotations
+
+import json
+import os
+import subprocess
+import sys
+from pathlib import Path
+
+import pytest
+
+ROOT = Path(__file__).resolve().parents[1]
+MODULES = ("kernels.attention_kernels", "kernels.blocksparse_attention_kernels")
+
+SUBSET = {
+    "kernels.attention_kernels": [
+        ("attention_fwd[bf16]", "D64_causal"),
+        ("attention_fwd[bf16]", "D128_causal"),
+        ("attention_bwd[bf16]", "D128_causal"),
+        ("attention_bwd[bf16]", "D256_full"),
+    ],
+    "kernels.blocksparse_attention_kernels": [
+        ("blocksparse_attention_fwd[bf16]", "block64_D128"),
+        ("blocksparse_attention_bwd[bf16]", "block128_D128"),
+    ],
+}
+
+_SCRIPT = r"""
+import json, sys, importlib
+from kernels import inspect as ki
+want = json.loads(sys.argv[1])
+out = []
+for mod, picks in want.items():
+    for spec in importlib.import_module(mod).inspect_specs(90):
+        if picks is not None and not any(spec.kernel == k and spec.config.startswith(c) for k, c in picks):
+            continue
+        r = ki.compile_spec(spec, 90)
+        out.append(r.to_dict())
+print(json.dumps(out, default=str))
+"""
+
+
+def _toolchain_missing() -> str | None:
+    try:
+        import triton  # noqa: F401
+    except ImportError:
+        return "triton is not installed"
+    bin_dir = Path(sys.modules["triton"].__file__).parent / "backends" / "nvidia" / "bin"
+    if not (bin_dir / "cuobjdump").exists():
+        return "the triton wheel ships no NVIDIA toolchain (cuobjdump) here"
+    return None
+
+
+def compile_in_subprocess(want: dict) -> list[dict]:
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    env["TRITON_DEFAULT_FP_FUSION"] = env.get("TRITON_DEFAULT_FP_FUSION", "1")
+    proc = subprocess.run(
+        [sys.executable, "-c", _SCRIPT, json.dumps(want)],
+        cwd=ROOT, env=env, capture_output=True, text=True, timeout=900,
+    )
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    return json.loads(proc.stdout.strip().splitlines()[-1])
+
+
+def check_results(results: list[dict]) -> None:
+    problems = []
+    for r in results:
+        name = f"{r['kernel']} {r['config']}"
+        if not r["compiled"]:
+            problems.append(f"{name}: did not compile: {r['error']}")
+            continue
+        if r["spills"] is None or r["spills"] > 0:
+            problems.append(f"{name}: spills {r['spills']} bytes/thread")
+        if not r["fits_smem"]:
+            problems.append(f"{name}: shared memory {r['shared_bytes']} > {r['smem_limit']}")
+        if r["expects_tensor_core"] and not r["tensor_core"]:
+            problems.append(f"{name}: no tensor-core instructions")
+        if r["expects_tensor_core"] and not r["wgmma"]:
+            problems.append(f"{name}: no wgmma on sm_90")
+    assert not problems, "\n".join(problems)
+
+
+def test_specs_cover_every_shipped_config():
+    """The inspect hooks list exactly the tiles the layers launch on a Hopper GPU."""
+    pytest.importorskip("triton")
+    from kernels import attention_kernels as ak
+    from kernels import blocksparse_attention_kernels as bk
+
+    dense = ak.inspect_specs(90)
+    for d in ak.SHIPPED_HEAD_DIMS:
+        for causal in (False, True):
+            mode = "causal" if causal else "full"
+            f = [s for s in dense if s.kernel.startswith("attention_fwd") and s.config.startswith(f"D{d}_{mode}_")]
+            b = [s for s in dense if s.kernel.startswith("attention_bwd[") and s.config.startswith(f"D{d}_{mode}_")]
+            assert len(f) == len(b) == 1
+            fc, bc = ak.fwd_config(d, 2, False, (9, 0)), ak.bwd_config(d, 2, False, (9, 0))
+            assert (f[0].constexprs["BLOCK_M"], f[0].constexprs["BLOCK_N"], f[0].num_warps, f[0].num_stages) == (
+                fc.block_m, fc.block_n, fc.num_warps, fc.num_stages)
+            assert (b[0].constexprs["BLOCK_M"], b[0].constexprs["BLOCK_N"], b[0].num_warps, b[0].num_stages) == (
+                bc.block_m, bc.block_n, bc.num_warps, bc.num_stages)
+            assert f[0].constexprs["CAUSAL"] is causal
+    for spec in dense + bk.inspect_specs(90):
+        assert set(spec.signature) == set(spec.fn.arg_names), spec.config
+        for name, ty in spec.signature.items():
+            assert (ty == "constexpr") == (name in spec.constexprs), (spec.config, name)
+    sparse = bk.inspect_specs(90)
+    assert len(sparse) == 2 * len(bk.SHIPPED)
+    for blk, d in bk.SHIPPED:
+        fc = bk.bs_fwd_config(blk, d, 2, False, (9, 0))
+        match = [s for s in sparse if s.config == f"block{blk}_D{d}_{fc.label()}"]
+        assert len(match) == 1
+        # tiles of >= 64 rows are Hopper tensor-core kernels: wgmma expected
+        assert match[0].tensor_core == (blk >= 64)
+
+
+def test_hopper_configs_compile_without_spills_and_use_wgmma():
+    reason = _toolchain_missing()
+    if reason:
+        pytest.skip(reason)
+    everything = os.environ.get("FLOPSCALE_INSPECT_ALL", "") not in ("", "0")
+    want = {m: None for m in MODULES} if everything else {m: SUBSET[m] for m in MODULES}
+    results = compile_in_subprocess(want)
+    expected = None if everything else sum(len(v) for v in SUBSET.values())
+    if expected is not None:
+        assert len(results) == expected, [f"{r['kernel']} {r['config']}" for r in results]
+    check_results(results)
+    # the D=256 backward is the one dense config that runs mma.sync (no wgmma expected)
+    for r in results:
+        if r["kernel"].startswith("attention_bwd") and r["config"].startswith("D256"):
+            assert not r["expects_tensor_core"] and r["tensor_core"]

@@ -1,0 +1,217 @@
+"""kernels.blocksparse_attention against the dense masked float64 reference, costs, bad input.
+
+Outputs are NaN-poisoned before every launch (``POISON_OUTPUTS``), so unwritten elements
+fail.  Sizes stay small: the kernels run under the Triton interpreter without a GPU.
+"""
+from __future__ import annotations
+
+import pytest
+import torch
+from torch.utils.flop_counter import FlopCounterMode
+
+import kernels
+from kernels import BlockLayout
+from kernels import attention_layer as al
+from kernels import blocksparse_attention_layer as bl  # registers the ops before FlopCounterMode
+from kernels.blocksparse_attention_layer import blocksparse_attention_reference
+
+TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
+
+
+@pytest.fixture(autouse=True)
+def poison(monkeypatch):
+    monkeypatch.setattr(al, "POISON_OUTPUTS", True)
+
+
+def rel_err(x, ref):
+    x, ref = x.detach().double().cpu(), ref.detach().double().cpu()
+    assert not torch.isnan(x).any(), "NaN in kernel output"
+    denom = ref.norm().item()
+    return (x - ref).norm().item() / (denom if denom > 0 else 1.0)
+
+
+def cdiv(a, b):
+    return -(-a // b)
+
+
+def make_layout(kind, H_l, S_q, S_k, block, gen):
+    R, C = cdiv(S_q, block), cdiv(S_k, block)
+    if kind == "local":
+        assert R == C
+        return BlockLayout.local(H_l, R, 2, block)
+    if kind == "strided":
+        assert R == C
+        return BlockLayout.strided(H_l, R, 2, block)
+    if kind == "random":
+        return BlockLayout(torch.rand(H_l, R, C, generator=gen) < 0.4, block)
+    if kind == "dense":
+        return BlockLayout.dense(H_l, R, C, block)
+    raise AssertionError(kind)
+
+
+def check(q, k, v, layout, causal, gen):
+    tol = TOL[q.dtype]
+    o = kernels.blocksparse_attention(q, k, v, layout, causal=causal)
+    assert o.shape == q.shape and o.dtype == q.dtype
+    do = torch.randn(o.shape, generator=gen).to(o.dtype).to(o.device)
+    o.backward(do)
+    q64, k64, v64 = (t.detach().double().cpu().requires_grad_() for t in (q, k, v))
+    ref = blocksparse_attention_reference(q64, k64, v64, layout, causal=causal)
+    ref.backward(do.double().cpu())
+    errs = {"o": rel_err(o, ref), "dq": rel_err(q.grad, q64.grad), "dk": rel_err(k.grad, k64.grad),
+            "dv": rel_err(v.grad, v64.grad)}
+    assert all(e < tol for e in errs.values()), errs
+
+
+def qkv(B, H, H_kv, S_q, S_k, D, dtype, device, gen):
+    out = []
+    for h, s in ((H, S_q), (H_kv, S_k), (H_kv, S_k)):
+        out.append(torch.randn(B, h, s, D, generator=gen).to(dtype).to(device).requires_grad_())
+    return out
+
+
+# (kind, layout heads, B, H, H_kv, S_q, S_k, D, block, causal, dtype)
+CASES = [
+    ("local", 1, 1, 2, 1, 100, 100, 16, 16, True, torch.float32),
+    ("strided", 1, 1, 2, 2, 130, 130, 16, 32, True, torch.float16),
+    ("random", 1, 2, 2, 1, 37, 100, 32, 16, False, torch.float32),
+    ("random", 4, 1, 4, 2, 100, 37, 16, 16, True, torch.float16),  # per-head layout, GQA, S_q > S_k
+    ("random", 2, 1, 2, 2, 130, 130, 16, 32, False, torch.float16),
+    ("local", 2, 1, 2, 1, 7, 7, 16, 16, False, torch.float32),
+]
+
+
+@pytest.mark.parametrize("kind,H_l,B,H,H_kv,S_q,S_k,D,block,causal,dtype", CASES)
+def test_matches_dense_masked_reference(kind, H_l, B, H, H_kv, S_q, S_k, D, block, causal, dtype, device):
+    gen = torch.Generator().manual_seed(hash((kind, H_l, S_q, S_k, block, causal)) % 2**31)
+    layout = make_layout(kind, H_l, S_q, S_k, block, gen)
+    q, k, v = qkv(B, H, H_kv, S_q, S_k, D, dtype, device, gen)
+    check(q, k, v, layout, causal, gen)
+
+
+@pytest.mark.parametrize("causal", [False, True])
+def test_dense_layout_equals_dense_attention(causal, device):
+    gen = torch.Generator().manual_seed(21)
+    q, k, v = qkv(1, 2, 1, 45, 45, 16, torch.float32, device, gen)
+    layout = BlockLayout.dense(1, 3, 3, 16)
+    a = kernels.blocksparse_attention(q, k, v, layout, causal=causal)
+    b = kernels.attention(q, k, v, causal=causal)
+    assert rel_err(a, b) < 1e-5
+
+
+def test_empty_rows_give_zeros_not_nan(device):
+    """Rows whose layout row is empty, and rows whose only blocks lie above the diagonal
+    (removed by causal), output 0 with zero gradient; the other rows match the reference."""
+    gen = torch.Generator().manual_seed(8)
+    mask = torch.tensor([[[0, 0, 0], [1, 1, 0], [0, 0, 1]], [[0, 1, 1], [1, 0, 0], [1, 1, 1]]], dtype=torch.bool)
+    layout = BlockLayout(mask, 16)
+    q, k, v = qkv(1, 2, 2, 40, 40, 16, torch.float32, device, gen)
+    o = kernels.blocksparse_attention(q, k, v, layout, causal=True)
+    assert not torch.isnan(o).any()
+    assert (o[0, 0, :16] == 0).all()  # head 0: block-row 0 empty
+    assert (o[0, 1, :16] == 0).all()  # head 1: block-row 0 has only blocks above the diagonal
+    o.sum().backward()
+    assert (q.grad[0, 0, :16] == 0).all() and (q.grad[0, 1, :16] == 0).all()
+    assert not any(torch.isnan(t.grad).any() for t in (q, k, v))
+    q.grad = k.grad = v.grad = None
+    check(q, k, v, layout, True, gen)
+    # an entirely empty layout: all zeros
+    o = kernels.blocksparse_attention(q, k, v, BlockLayout(torch.zeros(1, 3, 3), 16))
+    assert (o == 0).all()
+
+
+# --------------------------------------------------------------------------- costs
+
+
+def brute(layout, H, S_q, S_k, causal):
+    """(unmasked pairs, computed scores) per batch element over H heads, by enumeration."""
+    em = layout.element_mask(S_q, S_k)
+    blocks = em.clone()
+    if causal:
+        em = em & torch.ones(S_q, S_k, dtype=torch.bool).tril()
+        blk = layout.block
+        R, C = layout.rows, layout.cols
+        keep = torch.ones(R, C, dtype=torch.bool).tril()
+        blocks = BlockLayout(layout.mask & keep, blk).element_mask(S_q, S_k)
+    scale = H if layout.heads == 1 else 1
+    return scale * int(em.sum()), scale * int(blocks.sum())
+
+
+@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("H_l", [1, 4])
+def test_pairs_flop_counter_and_declared_cost(causal, H_l, device):
+    B, H, H_kv, S_q, S_k, D, block = 2, 4, 2, 100, 90, 16, 16
+    gen = torch.Generator().manual_seed(31 + H_l)
+    layout = make_layout("random", H_l, S_q, S_k, block, gen)
+    P, computed = brute(layout, H, S_q, S_k, causal)
+    plan = bl.layout_plan(layout, causal, H, H_kv, S_q, S_k)
+    assert (plan.pairs, plan.computed_pairs) == (P, computed)
+    q, k, v = qkv(B, H, H_kv, S_q, S_k, D, torch.float32, device, gen)
+    with FlopCounterMode(display=False) as fc:
+        o = kernels.blocksparse_attention(q, k, v, layout, causal=causal)
+    assert fc.get_total_flops() == 4 * B * D * P
+    with FlopCounterMode(display=False) as fc:
+        o.sum().backward()
+    assert fc.get_total_flops() == 8 * B * D * P
+    row_ptr, col_idx = plan.layout.csr(device)
+    col_ptr, row_idx, _ = plan.layout.csc(device)
+    args = (layout.block, causal, 0.25, plan.pairs, plan.computed_pairs, plan.kv_rows)
+    fwd = kernels.cost_of("flopscale::blocksparse_attention_fwd", q, k, v, row_ptr, col_idx, col_ptr, row_idx, *args)
+    lse = torch.empty(B, H, S_q)
+    bwd = kernels.cost_of("flopscale::blocksparse_attention_bwd", o, q, k, v, o, lse, None, col_ptr, row_idx, *args)
+    assert fwd.flops == 4 * B * D * P and bwd.flops == 8 * B * D * P
+    assert fwd.executed_flops == 4 * B * D * computed
+    assert bwd.executed_flops == 10 * B * D * computed and bwd.detail["recompute"] == 2 * B * D * computed
+    for c in (fwd, bwd):
+        assert c.detail["scores"] + c.detail["pv"] == c.flops
+        assert sum(c.detail.values()) == c.executed_flops
+    # key rows read: key blocks that some visible block touches
+    eff = plan.layout.mask
+    kv_blocks = eff.amax(1) if H_l == 1 else eff.reshape(H_kv, H // H_kv, *eff.shape[1:]).amax((1, 2))
+    cols = torch.clamp(S_k - torch.arange(layout.cols) * block, max=block)
+    kv_rows = int((kv_blocks.long() * cols).sum()) * (H_kv if H_l == 1 else 1)
+    assert plan.kv_rows == kv_rows
+
+
+def test_costs_scale_with_nnz():
+    """Half the blocks: half the model and executed FLOPs (non-causal, full blocks)."""
+    full = BlockLayout.dense(1, 4, 4, 32)
+    mask = torch.zeros(1, 4, 4, dtype=torch.bool)
+    mask[0, :, :2] = True
+    half = BlockLayout(mask, 32)
+    a = bl.layout_plan(full, False, 2, 2, 128, 128)
+    b = bl.layout_plan(half, False, 2, 2, 128, 128)
+    assert a.pairs == 2 * 128 * 128 and b.pairs * 2 == a.pairs and b.computed_pairs * 2 == a.computed_pairs
+    assert b.kv_rows * 2 == a.kv_rows
+
+
+# --------------------------------------------------------------------------- bad input
+
+
+def test_bad_layouts_raise_clear_errors():
+    x = torch.zeros(1, 2, 40, 16)
+    with pytest.raises(ValueError, match="does not fit the sequence"):
+        kernels.blocksparse_attention(x, x, x, BlockLayout.dense(1, 2, 2, 16))
+    with pytest.raises(ValueError, match="does not fit the sequence"):
+        kernels.blocksparse_attention(x, x, x, BlockLayout.dense(1, 3, 4, 16))
+    with pytest.raises(ValueError, match="heads"):
+        kernels.blocksparse_attention(x, x, x, BlockLayout.dense(3, 3, 3, 16))
+    with pytest.raises(TypeError, match="BlockLayout"):
+        kernels.blocksparse_attention(x, x, x, torch.ones(1, 3, 3))
+    with pytest.raises(ValueError, match="head dims differ"):
+        kernels.blocksparse_attention(x, torch.zeros(1, 2, 40, 32), torch.zeros(1, 2, 40, 32),
+                                      BlockLayout.dense(1, 3, 3, 16))
+
+
+# --------------------------------------------------------------------------- GPU
+
+
+@pytest.mark.gpu
+@pytest.mark.parametrize("block", [16, 32, 64, 128])
+@pytest.mark.parametrize("causal", [False, True])
+def test_bf16_on_gpu(block, causal):
+    gen = torch.Generator().manual_seed(block)
+    S, D = 1000, 128
+    layout = make_layout("random", 1, S, S, block, gen)
+    q, k, v = qkv(2, 8, 2, S, S, D, torch.bfloat16, "cuda", gen)
+    check(q, k, v, layout, causal, gen)
