@@ -194,15 +194,16 @@ TABLE_COLS = (
 
 def format_row(row: dict, widths: dict[str, int] | None = None) -> str:
     widths = widths or {}
-    return "  ".join(f"{fmt(row.get(k), spec):<{widths.get(k, 10)}}" for k, _, spec in TABLE_COLS)
+    cells = "  ".join(f"{fmt(row.get(k), spec):<{widths.get(k, 10)}}" for k, _, spec in TABLE_COLS)
+    return f"{cells}  {row.get('note') or ''}".rstrip()
 
 
 def header_line(widths: dict[str, int] | None = None) -> str:
     widths = widths or {}
-    return "  ".join(f"{title:<{widths.get(k, 10)}}" for k, title, _ in TABLE_COLS)
+    return "  ".join(f"{title:<{widths.get(k, 10)}}" for k, title, _ in TABLE_COLS) + "  note"
 
 
-WIDTHS = {"op": 12, "shape": 22, "dtype": 5, "pass": 4, "provider": 18, "status": 7,
+WIDTHS = {"op": 18, "shape": 22, "dtype": 5, "pass": 11, "provider": 29, "status": 7,
           "median_ms": 9, "tflops": 8, "pct_ceiling": 6, "gbps": 8, "speedup": 7, "rel_err": 8}
 
 

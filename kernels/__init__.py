@@ -1,7 +1,7 @@
 """flopscale kernels: Triton kernels with autograd wrappers, pure-torch references
 and declared costs.
 
-Public names (loaded lazily so that ``import kernels`` stays cheap):
+Public names:
 
     kernels.matmul(a, b)
     kernels.attention(q, k, v, causal=False, sm_scale=None)
@@ -58,3 +58,8 @@ def load_all() -> list[str]:
     for mod in _OP_MODULES:
         importlib.import_module(f"{__name__}.{mod}")
     return registered_ops()
+
+
+# Register every op now: FlopCounterMode copies the FLOP-formula table when it is created,
+# so an op first imported inside a FlopCounterMode block would otherwise count as zero.
+load_all()

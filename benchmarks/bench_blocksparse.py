@@ -1,0 +1,155 @@
+"""Block-sparse matmul (dsd) and block-sparse attention against their dense counterparts.
+
+The baseline (first provider) is the dense kernel on the same shape, so ``speedup`` beside
+the density answers "what does sparsity buy": the target is time <= 1.3*d x dense at
+density d >= 0.1, i.e. speedup >= 1/(1.3 d).  torch's own sparse paths (BSR matmul,
+SDPA with a boolean mask) run beside them where available.
+
+Model FLOP: dense 2*M*N*K (matmul) / 4*B*H*D*S*S (attention); block-sparse 2*nnz*block^2*N
+and 4*B*H*D*P with P = nnz*block^2 (pairs in the layout's blocks).
+"""
+from __future__ import annotations
+
+import math
+from typing import Iterator
+
+import torch
+import torch.nn.functional as F
+
+from .harness import DTYPES, Context, measure, skipped
+
+SUITE = "blocksparse"
+DENSITIES = (0.05, 0.1, 0.25, 0.5)
+DENSITIES_QUICK = (0.1, 0.25, 0.5)
+
+
+def _random_layout(h: int, r: int, density: float, block: int, seed: int = 0):
+    """Random blocks plus the diagonal, so no row is empty (torch's masked SDPA gives NaN there)."""
+    import kernels
+
+    lay = kernels.BlockLayout.random(h, r, r, density=density, seed=seed, block=block)
+    mask = lay.mask | torch.eye(r, dtype=torch.bool).expand(h, r, r)
+    return kernels.BlockLayout(mask, block)
+
+
+def _target_note(density: float) -> str:
+    return f"density {density:.3f}; target speedup >= {1 / (1.3 * density):.2f}x dense" if density >= 0.1 else \
+        f"density {density:.3f}"
+
+
+def rows(ctx: Context) -> Iterator[dict]:
+    if not ctx.on_gpu:
+        yield from _interpreter_pass(ctx)
+        for d in (DENSITIES_QUICK if ctx.quick else DENSITIES):
+            yield from skipped(dict(suite=SUITE, op="bsmm-dsd", shape="4096x4096x4096 b64", dtype="bf16",
+                                    **{"pass": "fwd"}, note=f"density {d}"),
+                               "no CUDA device", ("kernels.matmul (dense)", "kernels.blocksparse_matmul"))
+        return
+    yield from _matmul_rows(ctx, 4096, 64, "bf16")
+    yield from _attention_rows(ctx, b=4, h=16, s=4096, d=64, block=64, dtype="bf16")
+
+
+def _matmul_rows(ctx: Context, n: int, block: int, dtype: str, dev: str = "cuda") -> Iterator[dict]:
+    import kernels
+
+    dt = DTYPES[dtype]
+    r = n // block
+    b = torch.randn(1, 1, n, n, device=dev, dtype=dt)
+    for density in (DENSITIES_QUICK if ctx.quick else DENSITIES):
+        lay = _random_layout(1, r, density, block)
+        a_dense = torch.randn(1, 1, n, n, device=dev, dtype=dt) * lay.element_mask().to(dev, dt)
+        a_sparse = _to_sparse(a_dense, lay)
+        nnz = lay.nnz
+        esize = b.element_size()
+        base = dict(suite=SUITE, op="bsmm-dsd", shape=f"{n}x{n}x{n} b{block}", **{"pass": "fwd"},
+                    note=_target_note(lay.density))
+        provs = [("kernels.matmul (dense)", lambda: kernels.matmul(a_dense[0, 0], b[0, 0])),
+                 ("kernels.blocksparse_matmul", lambda: kernels.blocksparse_matmul(a_sparse, b, lay, "dsd")[0, 0])]
+        try:
+            a_bsr = a_dense[0, 0].to_sparse_bsr((block, block))
+            provs.append(("torch BSR matmul", lambda: a_bsr @ b[0, 0]))
+        except Exception:
+            pass
+        rows_ = list(measure(ctx, base=base, dtype=dtype, flops=2.0 * nnz * block * block * n,
+                             nbytes=(nnz * block * block + 2 * n * n) * esize, providers=provs,
+                             reference=lambda: a_dense[0, 0].double() @ b[0, 0].double()))
+        # the dense baseline does the full work: report its rate on its own FLOPs
+        for row in rows_:
+            if row["provider"].endswith("(dense)") and row.get("median_ms"):
+                row["tflops"] = 2.0 * n ** 3 / (row["median_ms"] / 1e3) / 1e12
+                row["flops"] = 2.0 * n ** 3
+            yield row
+        torch.cuda.empty_cache()
+
+
+def _to_sparse(x: torch.Tensor, lay) -> torch.Tensor:
+    from kernels.blocksparse_layer import dense_to_sparse
+
+    return dense_to_sparse(x, lay)
+
+
+def _attention_rows(ctx: Context, b, h, s, d, block, dtype, dev="cuda") -> Iterator[dict]:
+    import kernels
+
+    dt = DTYPES[dtype]
+    r = s // block
+    q, k, v = (torch.randn(b, h, s, d, device=dev, dtype=dt) for _ in range(3))
+    layouts = []
+    for density in (DENSITIES_QUICK if ctx.quick else DENSITIES):
+        layouts.append((f"random {density}", _random_layout(1, r, density, block)))
+    layouts.append(("local 8", kernels.BlockLayout.local(1, r, 8, block=block, causal=False)))
+    layouts.append(("strided 8", kernels.BlockLayout.strided(1, r, 8, block=block, causal=False)))
+    for name, lay in layouts:
+        pairs = lay.nnz * block * block
+        emask = lay.element_mask().to(dev)  # [1, S, S]
+        base = dict(suite=SUITE, op=f"bsattn {name}", shape=f"{b}x{h}x{s}x{d} b{block}", **{"pass": "fwd"},
+                    note=_target_note(lay.density))
+        provs = [
+            ("kernels.attention (dense)", lambda: kernels.attention(q, k, v)),
+            ("kernels.blocksparse_attention", lambda lay=lay: kernels.blocksparse_attention(q, k, v, lay)),
+            ("sdpa (bool mask)", lambda emask=emask: F.scaled_dot_product_attention(q, k, v, attn_mask=emask[None])),
+        ]
+
+        def reference(emask=emask):
+            q0, k0, v0 = (t[:1, :1].double() for t in (q, k, v))
+            sc = (q0 @ k0.transpose(-1, -2)) / math.sqrt(d)
+            sc = sc.masked_fill(~emask[None], float("-inf"))
+            return torch.softmax(sc, -1) @ v0
+
+        rows_ = list(measure(ctx, base=base, dtype=dtype, flops=4.0 * b * h * d * pairs,
+                             nbytes=4 * q.numel() * q.element_size(), providers=provs, reference=reference,
+                             check=lambda o: o[:1, :1]))
+        for row in rows_:
+            if row["provider"].endswith("(dense)"):
+                # the dense kernel computes the full S x S: its reference is the unmasked attention
+                row["note"] = "dense baseline (no mask): " + (row.get("note") or "")
+            yield row
+        torch.cuda.empty_cache()
+
+
+def _interpreter_pass(ctx: Context) -> Iterator[dict]:
+    """Tiny correctness rows under the Triton interpreter."""
+    import kernels
+
+    block, r = 16, 3
+    lay = _random_layout(1, r, 0.4, block, seed=1)
+    n = r * block
+    a_dense = torch.randn(1, 1, n, n) * lay.element_mask().float()
+    b = torch.randn(1, 1, n, 24)
+    a_sparse = _to_sparse(a_dense, lay)
+    base = dict(suite=SUITE, op="bsmm-dsd", shape=f"{n}x24x{n} b{block}", **{"pass": "fwd"}, note=_target_note(lay.density))
+    yield from measure(ctx, base=base, dtype="fp32", flops=2.0 * lay.nnz * block * block * 24, nbytes=0,
+                       providers=[("kernels.blocksparse_matmul", lambda: kernels.blocksparse_matmul(a_sparse, b, lay, "dsd"))],
+                       reference=lambda: a_dense.double() @ b.double())
+    q, k, v = (torch.randn(1, 2, n, 16) for _ in range(3))
+    emask = lay.element_mask()
+
+    def reference():
+        sc = (q.double() @ k.double().transpose(-1, -2)) / 4.0
+        sc = sc.masked_fill(~emask[None], float("-inf"))
+        return torch.softmax(sc, -1) @ v.double()
+
+    base = dict(suite=SUITE, op="bsattn random", shape=f"1x2x{n}x16 b{block}", **{"pass": "fwd"}, note=_target_note(lay.density))
+    yield from measure(ctx, base=base, dtype="fp32", flops=4.0 * 2 * 16 * lay.nnz * block * block, nbytes=0,
+                       providers=[("kernels.blocksparse_attention", lambda: kernels.blocksparse_attention(q, k, v, lay))],
+                       reference=reference)
