@@ -4,7 +4,9 @@ batched L-BFGS that minimises it from thousands of starts at once.
 Everything is numpy: the objective and its analytic gradient are evaluated for all starts
 (rows of ``theta``) in one pass over the data, in cache-sized chunks, and the L-BFGS two-loop
 recursion and the backtracking line search run on whole arrays of starts.  Starts that have converged
-leave the working set, so late iterations only pay for the starts still moving.
+leave the working set, so late iterations only pay for the starts still moving, and starts
+whose predictions have become the same (to ``merge_tol`` at every data point) are merged into
+one (see :func:`batched_lbfgs`).
 """
 from __future__ import annotations
 
@@ -81,6 +83,18 @@ class Objective:
             f[bad] = np.inf
         return f, g
 
+    def logpred(self, theta: np.ndarray) -> np.ndarray:
+        """log(prediction) [S, n] for each row of ``theta`` (the key for merging duplicate starts)."""
+        theta = np.asarray(theta, dtype=float)
+        with np.errstate(all="ignore"):
+            if self.fast:
+                n = self.n
+                T = np.exp(theta @ self._M)
+                s = T[:, :n] + T[:, n:]
+                s += np.exp(theta[:, 2])[:, None]
+                return np.log(s)
+            return self.law._logpred_backward(theta, self.x)[0]
+
     def value(self, theta: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
         return self(theta, groups)[0]
 
@@ -111,8 +125,7 @@ class Objective:
         sb += ee[:, None]
         np.log(sb, out=r)
         r -= self.logy                    # residual of log loss
-        np.minimum(r, d, out=c)
-        np.maximum(c, -d, out=c)          # c = huber'(r)
+        np.clip(r, -d, d, out=c)          # c = huber'(r)
         if w is None:                     # huber(r) = c (r - c/2)
             f_out[:] = np.einsum("ij,ij->i", c, r) - 0.5 * np.einsum("ij,ij->i", c, c)
         else:
@@ -134,11 +147,18 @@ class BatchResult:
     nit: np.ndarray      # [S] iterations
     status: np.ndarray   # [S] CONVERGED / MAXITER / LINESEARCH / BAD_START / ABANDONED
     nfev: int            # objective evaluations, counted per start
+    rep: np.ndarray | None = None   # [S] the start whose run stood for this one (itself if never merged)
+
+    @property
+    def n_merged(self) -> int:
+        return 0 if self.rep is None else int(np.sum(self.rep != np.arange(len(self.rep))))
 
 
 def batched_lbfgs(fg: FG, x0: np.ndarray, *, m: int = 10, maxiter: int = 1000, gtol: float = 1e-5,
                   ftol: float = 2.2e-9, fscale: float = 1.0, max_ls: int = 30, c1: float = 1e-4,
-                  abandon_after: int | None = None, abandon_ratio: float = 2.0) -> BatchResult:
+                  abandon_after: int | None = None, abandon_ratio: float = 2.0,
+                  merge_key: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
+                  merge_at: "tuple[int, ...]" = (), merge_tol: float = 1e-9) -> BatchResult:
     """Minimise ``fg`` from every row of ``x0`` at once with L-BFGS (memory ``m``).
 
     ``fg(X, rows) -> (f [k], G [k, P])`` evaluates the objective and gradient for the rows of
@@ -149,15 +169,48 @@ def batched_lbfgs(fg: FG, x0: np.ndarray, *, m: int = 10, maxiter: int = 1000, g
     failing the curvature condition are stored as zeros, which the recursion ignores.  With
     ``abandon_after=k``, starts still running after k iterations whose objective is above
     ``abandon_ratio`` times the best found so far are stopped (status ABANDONED).
+
+    Duplicate starts: after each iteration listed in ``merge_at``, ``merge_key(X, rows)`` gives a
+    vector per running start (for a fit, its log predictions at every data point); starts whose
+    vectors round to the same multiple of ``merge_tol`` in every entry (so they differ by less
+    than ``merge_tol`` everywhere) describe the same model, with the same objective and the same
+    gradient in every parameter that matters, and only the lowest-numbered one runs on.  (On a
+    grid many starts differ only in a term that is negligible at every data point, e.g.
+    ``A/N^alpha`` with ``A = 1, alpha = 2``: their other parameters then follow the same path.)
+    A merged start reports its representative's end point, objective, gradient and status;
+    ``rep`` says which start that was and ``nit`` counts the iterations it ran itself.
     The state is kept parameter-major ([P, starts]) so the many reductions over P are cheap.
     (A dense per-start BFGS was tried too: on the Chinchilla grid it needed ~1.7x more
     evaluations than L-BFGS with m=10, which forgets stale curvature at the Huber kinks.)
     """
     with np.errstate(all="ignore"):
-        return _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, fscale, max_ls, c1, abandon_after, abandon_ratio)
+        return _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, fscale, max_ls, c1, abandon_after, abandon_ratio,
+                              merge_key, frozenset(merge_at), merge_tol)
 
 
-def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, fscale, max_ls, c1, abandon_after, abandon_ratio):
+def _duplicates(K: np.ndarray, tol: float) -> np.ndarray:
+    """For each row of ``K`` [A, n], the index of the first row that rounds to the same multiple
+    of ``tol`` in every entry (itself when none does, or when the row is not finite)."""
+    A = len(K)
+    idx = np.arange(A)
+    fin = np.all(np.isfinite(K), axis=1) & np.all(np.abs(K) < 1e6, axis=1)
+    if fin.sum() < 2:
+        return idx
+    rows = np.flatnonzero(fin)
+    q = np.round(K[rows] / tol).astype(np.int64)
+    # hash each row (int64 arithmetic wraps), then check candidates entry by entry
+    mult = np.random.default_rng(12345).integers(1, 2 ** 62, size=q.shape[1], dtype=np.int64) | 1
+    h = (q * mult).sum(axis=1)
+    _, first, inv = np.unique(h, return_index=True, return_inverse=True)
+    cand = first[inv.ravel()]
+    same = np.all(q == q[cand], axis=1)
+    out = idx.copy()
+    out[rows[same]] = rows[cand[same]]
+    return out
+
+
+def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, fscale, max_ls, c1, abandon_after, abandon_ratio,
+                   merge_key=None, merge_at=frozenset(), merge_tol=1e-9):
     x0 = np.asarray(x0, dtype=float)
     S, P = x0.shape
     rows = np.arange(S)
@@ -166,6 +219,7 @@ def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, fscale, max_ls, c1, abandon_a
     out_x, out_f, out_g = x0.copy(), f.copy(), G.copy()
     nit = np.zeros(S, dtype=int)
     status = np.full(S, MAXITER)
+    rep = np.arange(S)
     ok0 = np.isfinite(f) & np.isfinite(G).all(1)
     status[~ok0] = BAD_START
     rows = rows[ok0]
@@ -262,9 +316,29 @@ def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, fscale, max_ls, c1, abandon_a
             Sh, Yh, rho = Sh[:, :, keep], Yh[:, :, keep], rho[:, keep]
             gamma, first = gamma[keep], first[keep]
             A = len(rows)
+        if merge_key is not None and (it + 1) in merge_at and A > 1:
+            dup = _duplicates(np.asarray(merge_key(X.T, rows), dtype=float), merge_tol)
+            keep = dup == np.arange(A)
+            if not keep.all():
+                rep[rows[~keep]] = rows[dup[~keep]]
+                rows, X, f, Gt = rows[keep], X[:, keep], f[keep], Gt[:, keep]
+                Sh, Yh, rho = Sh[:, :, keep], Yh[:, :, keep], rho[:, keep]
+                gamma, first = gamma[keep], first[keep]
+                A = len(rows)
     if A:
         out_x[rows], out_f[rows], out_g[rows] = X.T, f, Gt.T
-    return BatchResult(out_x, out_f, out_g, nit, status, nfev)
+    # a merged start takes its representative's outcome (representatives may be merged later too)
+    root = rep.copy()
+    while True:
+        nxt = root[root]
+        if np.array_equal(nxt, root):
+            break
+        root = nxt
+    merged = root != np.arange(S)
+    if merged.any():
+        out_x[merged], out_f[merged], out_g[merged] = out_x[root[merged]], out_f[root[merged]], out_g[root[merged]]
+        status[merged] = status[root[merged]]
+    return BatchResult(out_x, out_f, out_g, nit, status, nfev, root)
 
 
 def polish(obj: Objective, theta0: np.ndarray, group: int | None = None, maxiter: int = 2000):

@@ -41,6 +41,13 @@ FORMAT = "lawfit.fit/1"
 # Starts still running after 300 iterations at more than twice the best objective so far are
 # stopped (slow drifts along degenerate directions, far from any good optimum).
 FIT_TOL = dict(ftol=1e-9, fscale=0.0, gtol=1e-8, maxiter=1000, abandon_after=300, abandon_ratio=2.0)
+# Duplicate starts (see lawfit._optim.batched_lbfgs): after these iterations, running starts whose
+# log predictions agree to 1e-6 at every run (1/1000 of the Huber threshold: the same model, as
+# far as the data can tell) are merged and one runs on; a merged start is counted with its
+# representative's outcome.  On the 4,500-start grid and the 240 Epoch runs about half the
+# starts merge (many differ only in a term negligible at every run), saving ~30% of the
+# evaluations; 3 of 4,500 starts then end in a different optimum than when run alone.
+FIT_MERGE = dict(merge_at=(2, 5, 10, 20, 40, 80), merge_tol=1e-6)
 BOOT_TOL = dict(ftol=1e-12, fscale=0.0, gtol=1e-10, maxiter=1000)
 SAME_OPTIMUM_RTOL = 1e-5
 """A start 'reached the best optimum' when its end objective is within this relative gap of the
@@ -357,7 +364,8 @@ def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str
     rng = np.random.default_rng(seed)
     theta0, start_desc = _make_starts(base, x, logy, starts, rng)
     obj = Objective(base, x, logy, delta)
-    res = batched_lbfgs(lambda X, rows: obj(X), theta0, **FIT_TOL)
+    res = batched_lbfgs(lambda X, rows: obj(X), theta0, merge_key=lambda X, rows: obj.logpred(X),
+                        **FIT_TOL, **FIT_MERGE)
     finite = np.isfinite(res.f)
     if not finite.any():
         raise LawfitError(f"the {base.name} fit failed: the objective is not finite at any start")
@@ -382,6 +390,8 @@ def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str
     near = (res.f <= fbest + gap_tol) | (np.max(np.abs(res.x - theta), axis=1) <= 1e-3)
     n_at_best = int(np.sum(near & finite))
     outcomes = {STATUS_TEXT[s]: int(np.sum(res.status == s)) for s in np.unique(res.status)}
+    if res.n_merged:
+        outcomes["merged with a duplicate start (counted in its outcome)"] = res.n_merged
     samples: dict[str, np.ndarray] = {}
     failed = 0
     if bootstrap:

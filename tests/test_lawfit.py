@@ -216,6 +216,35 @@ def test_batched_lbfgs_matches_scipy_on_a_random_quadratic():
     assert ref.fun == pytest.approx(0, abs=1e-8)
 
 
+def test_duplicate_detection_merges_only_rows_that_agree_within_the_tolerance():
+    from lawfit._optim import _duplicates
+
+    rng = np.random.default_rng()
+    n, tol = int(rng.integers(3, 40)), 1e-6
+    base = rng.standard_normal((7, n))
+    K = np.concatenate([base, base[[2, 2, 5]], base[[0]] + 1e-3, np.full((1, n), np.nan), base[[4]]])
+    dup = _duplicates(K, tol)
+    assert list(dup[7:10]) == [2, 2, 5] and dup[12] == 4
+    assert dup[10] == 10 and dup[11] == 11 and list(dup[:7]) == list(range(7))
+    for i, j in enumerate(dup):
+        assert j <= i and (j == i or np.max(np.abs(K[i] - K[j])) < tol)
+
+
+def test_merged_duplicate_starts_share_the_outcome_and_count_at_the_best():
+    """Three copies of one start and a start whose N term is negligible at every run
+    (A = 1, alpha = 2: A/N^alpha < 1e-14) next to one where it is 1e-16 smaller still."""
+    df = chinchilla_240()
+    cols = {"N": "Model Size", "C": "Training FLOP"}
+    good = {"E": 1.9, "A": 400.0, "B": 1500.0, "alpha": 0.33, "beta": 0.35}
+    dead1 = {"E": 2.0, "A": 1.0, "B": 300.0, "alpha": 2.0, "beta": 0.3}
+    dead2 = dict(dead1, alpha=2.5)
+    r = lawfit.fit(df, columns=cols, starts=[good, good, good, dead1, dead2])
+    alone = lawfit.fit(df, columns=cols, starts=[good, dead1])
+    assert r.start_outcomes["merged with a duplicate start (counted in its outcome)"] == 3
+    assert r.objective == pytest.approx(alone.objective, rel=1e-12)
+    assert r.n_at_best == 3 * alone.n_at_best
+
+
 # ------------------------------------------------------------------------------------------
 # the fit on real data (Besiroglu et al. 2024)
 # ------------------------------------------------------------------------------------------
