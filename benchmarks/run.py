@@ -16,7 +16,9 @@ import torch
 
 from .harness import WIDTHS, Context, CsvSink, environment, format_row, header_line, markdown
 
-SUITES = ("matmul", "attention", "blocksparse", "overhead", "lawfit")
+SUITES = ("matmul", "attention", "blocksparse", "overhead", "lawfit", "collectives")
+# what runs without --only; collectives (several processes under torchrun) only with --only collectives
+DEFAULT_SUITES = ("matmul", "attention", "blocksparse", "overhead", "lawfit")
 GPU_SUITES = ("matmul", "attention", "blocksparse")
 
 
@@ -66,9 +68,10 @@ def run(
     echo: Callable[[str], None] | None = print,
 ) -> tuple[list[dict], dict, Path | None, Path | None]:
     """Run the suites; return (rows, environment header, csv path, markdown path)."""
-    names = list(only or SUITES)
+    names = list(only or DEFAULT_SUITES)
     device = "cuda" if torch.cuda.is_available() else "cpu"
     ctx = Context(device=device, quick=quick)
+    ctx.out_dir = out  # suites that write files of their own (collectives) put them beside the table
     if device == "cuda":
         from profiler import calibrate
 

@@ -19,7 +19,7 @@ from __future__ import annotations
 
 import json
 import math
-from dataclasses import dataclass, field
+from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any
 
@@ -37,6 +37,11 @@ __all__ = [
     "Measured",
     "load_measured",
     "MeasuredFileError",
+    "DEFAULT_BATCH_TOKENS",
+    "DEFAULT_OVERLAP",
+    "BACKWARD_SHARE",
+    "StepTime",
+    "CommModel",
 ]
 
 SECONDS_PER_DAY = 86_400.0
@@ -452,3 +457,177 @@ def load_measured(path: str | Path, dtype: str | None = None) -> Measured:
         sized = [(n, r) for n, r in points if n is not None]
         points = sized or [(None, sum(r for _, r in points) / len(points))]
     return Measured(points, key, name, dtype, str(p), kind="audit" if "model_flops" in top else "profile")
+
+
+# ----------------------------------------------------------------------------------------
+# communication: the gradient all-reduce of a data-parallel run
+# ----------------------------------------------------------------------------------------
+
+#: assumed tokens per optimizer step (global batch) when none is given: 4M tokens (2**22),
+#: the order of LLaMA's 4M and Chinchilla's 1.5M-3M token batches
+DEFAULT_BATCH_TOKENS = 2**22
+#: assumed share of the gradient all-reduce that runs behind the backward pass: none (an
+#: upper bound on the step time); measure it with ``torchrun -m profiler.distributed ddp``
+DEFAULT_OVERLAP = 0.0
+#: the backward pass's share of a step's compute time, taken equal to its share of the model
+#: FLOPs (backward = 2 x forward for every matmul and attention product)
+BACKWARD_SHARE = 2.0 / 3.0
+#: DDP's default gradient bucket (bytes): the message size a measured bandwidth is read at
+DEFAULT_BUCKET_BYTES = 25 * 2**20
+
+
+@dataclass(frozen=True)
+class StepTime:
+    """One optimizer step of a data-parallel run on ``gpus`` GPUs, in seconds.
+
+    ``compute_s``: model FLOPs of the step / (GPUs x peak x MFU); ``comm_s``: the gradient
+    all-reduce alone; ``hidden_s``: the part of it that runs behind the backward pass;
+    ``exposed_s = comm_s - hidden_s``; ``step_s = compute_s + exposed_s``.
+    """
+
+    gpus: int
+    tokens: float
+    params: float
+    grad_bytes: float
+    compute_s: float
+    comm_s: float
+    hidden_s: float
+    exposed_s: float
+    step_s: float
+    mfu: float
+
+    @property
+    def efficiency(self) -> float:
+        """compute / step: the share of the step the GPUs spend computing."""
+        return self.compute_s / self.step_s if self.step_s > 0 else 1.0
+
+    @property
+    def mfu_at_scale(self) -> float:
+        return self.mfu * self.efficiency
+
+    def to_dict(self) -> dict[str, Any]:
+        out = asdict(self)
+        out.update(efficiency=self.efficiency, mfu_at_scale=self.mfu_at_scale)
+        return out
+
+
+@dataclass
+class CommModel:
+    """The gradient all-reduce of data-parallel training on ``nodes x gpus_per_node`` GPUs.
+
+    Per optimizer step of ``batch_tokens`` tokens (the global batch; gradient accumulation
+    inside a step adds no communication):
+
+    * ``compute_s = flops_per_token x batch_tokens / (GPUs x peak x MFU)``;
+    * ``comm_s``: all-reduce of ``params x grad_bytes_per_param`` bytes -- with a measured
+      bus bandwidth ``B`` (read at the gradient bucket size), ``bytes x 2(n-1)/n / B`` on
+      ``n = nodes x gpus_per_node`` ranks; otherwise hierarchical
+      (:func:`profiler.collectives.hierarchical_allreduce_time_s`: inside a node at
+      ``intra_Bps``, across nodes on ``gpus_per_node`` rails at ``inter_Bps`` each);
+    * ``hidden_s = min(overlap x comm_s, BACKWARD_SHARE x compute_s)``: communication runs
+      behind the backward pass at most; ``exposed_s = comm_s - hidden_s``;
+    * ``step_s = compute_s + exposed_s``, MFU at scale ``= MFU x compute_s / step_s``.
+
+    ``sources`` says, part by part, whether a figure is measured, given or assumed, and where
+    it comes from: ``{part: {"value": ..., "status": ..., "source": ...}}``.
+    """
+
+    nodes: int
+    gpus_per_node: int
+    grad_bytes_per_param: float
+    batch_tokens: float = DEFAULT_BATCH_TOKENS
+    overlap: float = DEFAULT_OVERLAP
+    intra_Bps: float | None = None
+    inter_Bps: float | None = None
+    measured: Any = None  # profiler.collectives.MeasuredAllReduce
+    bucket_bytes: float = DEFAULT_BUCKET_BYTES
+    backward_share: float = BACKWARD_SHARE
+    sources: dict[str, dict[str, Any]] = field(default_factory=dict)
+
+    def __post_init__(self) -> None:
+        for name in ("nodes", "gpus_per_node"):
+            v = getattr(self, name)
+            if isinstance(v, bool) or not isinstance(v, int) or v < 1:
+                raise ValueError(f"{name.replace('_', ' ')} must be a positive integer, got {v!r}")
+        _positive("gradient bytes per parameter", self.grad_bytes_per_param)
+        _positive("tokens per step", self.batch_tokens)
+        _positive("bucket size", self.bucket_bytes)
+        if not (0.0 <= float(self.overlap) <= 1.0):
+            raise ValueError(f"overlap must be in [0, 1], got {self.overlap!r}")
+        if not (0.0 <= float(self.backward_share) <= 1.0):
+            raise ValueError(f"backward share must be in [0, 1], got {self.backward_share!r}")
+        for name in ("intra_Bps", "inter_Bps"):
+            v = getattr(self, name)
+            if v is not None:
+                _positive(name.replace("_Bps", "-node bandwidth"), v)
+        if self.measured is None and self.gpus > 1:
+            if self.gpus_per_node > 1 and self.intra_Bps is None:
+                raise ValueError("no intra-node bandwidth for this card: give a measured collectives file")
+            if self.nodes > 1 and self.inter_Bps is None:
+                raise ValueError(f"{self.nodes} nodes need the inter-node bandwidth: give --interconnect-gbps "
+                                 "or a measured collectives file")
+
+    @property
+    def gpus(self) -> int:
+        return self.nodes * self.gpus_per_node
+
+    @property
+    def algorithm(self) -> str:
+        if self.gpus == 1:
+            return "none (one GPU)"
+        if self.measured is not None:
+            return "ring, at the measured bus bandwidth"
+        return "hierarchical: inside each node, then across nodes on one rail per GPU"
+
+    def grad_bytes(self, n_params: float) -> float:
+        return float(n_params) * float(self.grad_bytes_per_param)
+
+    def allreduce_s(self, n_params: float) -> float:
+        """Seconds to all-reduce the gradient of ``n_params`` parameters (all of them: embeddings too)."""
+        from .collectives import allreduce_time_s, hierarchical_allreduce_time_s
+
+        nbytes = self.grad_bytes(n_params)
+        if self.gpus == 1 or nbytes <= 0:
+            return 0.0
+        if self.measured is not None:
+            return allreduce_time_s(nbytes, self.gpus, self.measured.busbw_at(min(self.bucket_bytes, nbytes)))
+        return hierarchical_allreduce_time_s(nbytes, self.nodes, self.gpus_per_node, self.intra_Bps or 1.0,
+                                             self.inter_Bps or 1.0)
+
+    def step(self, n_params: float, flops_per_token: float, peak_flop_per_s: float, mfu: float) -> StepTime:
+        """One optimizer step (see the class docstring) for a model of ``n_params`` parameters."""
+        rate = _positive("peak FLOP/s", peak_flop_per_s) * check_mfu(mfu)
+        compute = _positive("FLOPs per token", flops_per_token) * float(self.batch_tokens) / (self.gpus * rate)
+        comm = self.allreduce_s(n_params)
+        hidden = min(float(self.overlap) * comm, float(self.backward_share) * compute)
+        exposed = comm - hidden
+        return StepTime(self.gpus, float(self.batch_tokens), float(n_params), self.grad_bytes(n_params), compute,
+                        comm, hidden, exposed, compute + exposed, float(mfu))
+
+    def status(self, kind: str) -> list[str]:
+        """The parts whose status is ``kind`` ("measured", "given" or "assumed")."""
+        return [k for k, v in self.sources.items() if v.get("status") == kind]
+
+    def to_dict(self, step: StepTime | None = None) -> dict[str, Any]:
+        out: dict[str, Any] = {
+            "nodes": self.nodes,
+            "gpus_per_node": self.gpus_per_node,
+            "gpus": self.gpus,
+            "algorithm": self.algorithm,
+            "grad_bytes_per_param": self.grad_bytes_per_param,
+            "batch_tokens": self.batch_tokens,
+            "overlap": self.overlap,
+            "backward_share": self.backward_share,
+            "intra_node_Bps": self.intra_Bps,
+            "inter_node_Bps_per_gpu": self.inter_Bps,
+            "measured_busbw_Bps": (self.measured.busbw_at(min(self.bucket_bytes, step.grad_bytes))
+                                   if self.measured is not None and step is not None else None),
+            "bucket_bytes": self.bucket_bytes,
+            "measured": self.status("measured"),
+            "given": self.status("given"),
+            "assumed": self.status("assumed"),
+            "sources": self.sources,
+        }
+        if step is not None:
+            out["step"] = step.to_dict()
+        return out

@@ -14,8 +14,10 @@ Definitions (the standard ones of NCCL's own tests):
 from __future__ import annotations
 
 import math
+import os
 import time
 from dataclasses import asdict, dataclass
+from pathlib import Path
 from typing import Callable, Iterable, Iterator
 
 OPS = ("all_reduce", "all_gather", "reduce_scatter", "broadcast")
@@ -135,6 +137,24 @@ def _sync(device) -> None:
         torch.cuda.synchronize(device)
 
 
+def all_gather_flat(output, input, async_op: bool = False):
+    """All-gather ``input`` of every rank into the flat ``output`` (``all_gather_single`` where
+    torch has it, else ``all_gather_into_tensor``)."""
+    import torch.distributed as dist
+
+    fn = getattr(dist, "all_gather_single", None) or dist.all_gather_into_tensor
+    return fn(output, input, async_op=async_op)
+
+
+def reduce_scatter_flat(output, input, async_op: bool = False):
+    """Sum the flat ``input`` over ranks and keep this rank's shard in ``output``
+    (``reduce_scatter_single`` where torch has it, else ``reduce_scatter_tensor``)."""
+    import torch.distributed as dist
+
+    fn = getattr(dist, "reduce_scatter_single", None) or dist.reduce_scatter_tensor
+    return fn(output, input, async_op=async_op)
+
+
 def _make(op: str, count: int, n: int, rank: int, dtype, device) -> Callable[[], None]:
     import torch
     import torch.distributed as dist
@@ -149,11 +169,11 @@ def _make(op: str, count: int, n: int, rank: int, dtype, device) -> Callable[[],
     if op == "all_gather":
         inp = torch.full((shard,), float(rank), dtype=dtype, device=device)
         out = torch.empty(count, dtype=dtype, device=device)
-        return lambda: dist.all_gather_into_tensor(out, inp)
+        return lambda: all_gather_flat(out, inp)
     if op == "reduce_scatter":
         inp = torch.ones(count, dtype=dtype, device=device)
         out = torch.empty(shard, dtype=dtype, device=device)
-        return lambda: dist.reduce_scatter_tensor(out, inp)
+        return lambda: reduce_scatter_flat(out, inp)
     raise ValueError(f"unknown collective {op!r}")
 
 
@@ -188,3 +208,134 @@ def iter_sizes(lo: int, hi: int) -> Iterator[int]:
     while s <= hi:
         yield s
         s *= 4
+
+
+# --- bandwidth for planning -------------------------------------------------------------
+
+#: Intra-node GPU-to-GPU bandwidth per GPU, one direction, in bytes/s (datasheet link rates;
+#: half the "bidirectional" figures).  An all-reduce's bus bandwidth approaches this rate at
+#: large messages and stays below it (NCCL typically reaches 80-90% of it): a plan that uses
+#: these numbers is optimistic, and says so.  Keys are those of ``profiler.devices.SPECS``.
+INTRA_NODE: dict[str, tuple[float, str]] = {
+    "h100-sxm": (450e9, "NVLink 4 + NVSwitch, 900 GB/s bidirectional per GPU (H100 SXM datasheet)"),
+    "h200": (450e9, "NVLink 4 + NVSwitch, 900 GB/s bidirectional per GPU (H200 SXM datasheet)"),
+    "gh200": (450e9, "NVLink 4, 900 GB/s bidirectional per GPU (GH200 datasheet)"),
+    "gh200-144gb": (450e9, "NVLink 4, 900 GB/s bidirectional per GPU (GH200 datasheet)"),
+    "h200-nvl": (450e9, "NVLink bridge, 900 GB/s bidirectional per GPU, 2- or 4-way (H200 NVL datasheet)"),
+    "h100-nvl": (300e9, "NVLink bridge, 600 GB/s bidirectional, GPU pairs only (H100 NVL datasheet); "
+                        "beyond a pair the traffic crosses PCIe Gen5"),
+    "h100-pcie": (64e9, "PCIe Gen5 x16, 128 GB/s bidirectional (H100 PCIe datasheet; no NVLink assumed)"),
+    "b200": (900e9, "NVLink 5 + NVSwitch, 1.8 TB/s bidirectional per GPU (HGX B200 datasheet)"),
+    "a100-40gb": (300e9, "NVLink 3 + NVSwitch, 600 GB/s bidirectional per GPU (A100 SXM datasheet)"),
+    "a100-80gb": (300e9, "NVLink 3 + NVSwitch, 600 GB/s bidirectional per GPU (A100 SXM datasheet)"),
+    "a100-pcie-40gb": (32e9, "PCIe Gen4 x16, 64 GB/s bidirectional (A100 PCIe datasheet; no NVLink bridge assumed)"),
+    "a100-pcie-80gb": (32e9, "PCIe Gen4 x16, 64 GB/s bidirectional (A100 PCIe datasheet; no NVLink bridge assumed)"),
+    "v100-sxm2-16gb": (150e9, "NVLink 2, 300 GB/s bidirectional per GPU (V100 SXM2 datasheet)"),
+    "v100-sxm2-32gb": (150e9, "NVLink 2, 300 GB/s bidirectional per GPU (V100 SXM2 datasheet)"),
+    "a10": (32e9, "PCIe Gen4 x16, 64 GB/s bidirectional (A10 datasheet; no NVLink)"),
+    "l4": (32e9, "PCIe Gen4 x16, 64 GB/s bidirectional (L4 datasheet; no NVLink)"),
+    "l40": (32e9, "PCIe Gen4 x16, 64 GB/s bidirectional (L40 datasheet; no NVLink)"),
+    "l40s": (32e9, "PCIe Gen4 x16, 64 GB/s bidirectional (L40S datasheet; no NVLink)"),
+    "rtx-4090": (32e9, "PCIe Gen4 x16, 64 GB/s bidirectional (no NVLink)"),
+}
+
+
+def intra_node_bandwidth(device_key: str) -> tuple[float, str] | None:
+    """``(bytes/s per GPU, one direction; where the figure comes from)`` for a card, or None."""
+    return INTRA_NODE.get(device_key)
+
+
+class CollectivesFileError(ValueError):
+    """A collectives CSV that cannot be used (one line, for the command line)."""
+
+
+@dataclass
+class MeasuredAllReduce:
+    """All-reduce bus bandwidth against message size, read from a collectives CSV.
+
+    ``points``: ``(size_bytes, busbw_Bps)`` sorted by size (the best row where a size appears
+    twice); ``world_size`` and ``backend`` of the run that measured them.
+    """
+
+    points: list[tuple[int, float]]
+    world_size: int
+    backend: str
+    dtype: str
+    path: str
+
+    def busbw_at(self, size_bytes: float) -> float:
+        """Bus bandwidth (bytes/s) for an all-reduce of ``size_bytes``: interpolated linearly in
+        log size between measured sizes, held at the nearest measured size outside them."""
+        pts = self.points
+        if size_bytes <= pts[0][0]:
+            return pts[0][1]
+        if size_bytes >= pts[-1][0]:
+            return pts[-1][1]
+        x = math.log(size_bytes)
+        for (s0, b0), (s1, b1) in zip(pts, pts[1:]):
+            if size_bytes <= s1:
+                t = (x - math.log(s0)) / (math.log(s1) - math.log(s0))
+                return b0 + t * (b1 - b0)
+        return pts[-1][1]  # pragma: no cover
+
+    def describe(self, size_bytes: float) -> str:
+        lo, hi = self.points[0][0], self.points[-1][0]
+        where = ("interpolated" if lo <= size_bytes <= hi else
+                 f"held at the {'largest' if size_bytes > hi else 'smallest'} measured size")
+        return (f"all-reduce bus bandwidth {self.busbw_at(size_bytes) / 1e9:.4g} GB/s at {size_bytes / 2**20:.4g} MiB "
+                f"messages ({where}; measured on {self.world_size} {self.backend} ranks, {len(self.points)} sizes "
+                f"from {lo:,} to {hi:,} B, {Path(self.path).name})")
+
+
+_CSV_COLUMNS = ("op", "size_bytes", "world_size", "busbw_Bps")
+
+
+def load_collectives_csv(path: str | os.PathLike) -> MeasuredAllReduce:
+    """Read the all-reduce rows of a collectives CSV (written by ``torchrun -m profiler.distributed
+    collectives --out`` or, beside its table, by ``flopscale bench --only collectives``).
+
+    Raises :class:`CollectivesFileError` (one line) for a missing or unreadable file, missing
+    columns, no all-reduce rows, rows of several world sizes, or a non-positive bandwidth.
+    """
+    import csv
+
+    p = Path(path)
+    try:
+        with open(p, newline="") as fh:
+            reader = csv.DictReader(fh)
+            fields = list(reader.fieldnames or [])
+            rows = list(reader)
+    except OSError as exc:
+        raise CollectivesFileError(f"cannot read collectives file {p}: {exc.strerror or exc}") from None
+    except (csv.Error, UnicodeDecodeError) as exc:
+        raise CollectivesFileError(f"collectives file {p} is not a CSV ({exc})") from None
+    missing = [c for c in _CSV_COLUMNS if c not in fields]
+    if missing:
+        hint = ""
+        if "suite" in fields and "median_ms" in fields:
+            hint = "; this is the bench summary table: use the collectives-*.csv written beside it"
+        raise CollectivesFileError(f"collectives file {p} lacks column(s) {', '.join(missing)} "
+                                   f"(expected the rows of a collectives run){hint}")
+    ar = [r for r in rows if (r.get("op") or "").strip() == "all_reduce"]
+    if not ar:
+        ops = sorted({(r.get("op") or "").strip() for r in rows} - {""})
+        raise CollectivesFileError(f"collectives file {p} has no all_reduce rows"
+                                   + (f" (only {', '.join(ops)})" if ops else " (no rows)"))
+    best: dict[int, float] = {}
+    worlds, backends, dtypes = set(), set(), set()
+    for r in ar:
+        try:
+            size, bus, world = int(float(r["size_bytes"])), float(r["busbw_Bps"]), int(float(r["world_size"]))
+        except (TypeError, ValueError):
+            raise CollectivesFileError(f"collectives file {p}: unreadable all_reduce row {dict(r)}") from None
+        if not (size > 0 and bus > 0 and math.isfinite(bus)):
+            raise CollectivesFileError(f"collectives file {p}: all_reduce row with size {size} B and bus bandwidth "
+                                       f"{bus} B/s; both must be positive (a run on a single rank moves no data)")
+        worlds.add(world)
+        backends.add((r.get("backend") or "?").strip())
+        dtypes.add((r.get("dtype") or "?").strip())
+        best[size] = max(best.get(size, 0.0), bus)
+    if len(worlds) > 1:
+        raise CollectivesFileError(f"collectives file {p} mixes runs of {sorted(worlds)} ranks: keep one run")
+    return MeasuredAllReduce(sorted(best.items()), worlds.pop(), "/".join(sorted(backends)),
+                             "/".join(sorted(dtypes)), str(p))

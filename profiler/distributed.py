@@ -2,10 +2,21 @@
 
     torchrun --nproc-per-node N -m profiler.distributed collectives [--sizes 1K:1G] [--out rows.csv]
     torchrun --nproc-per-node N -m profiler.distributed profile <flopscale profile args>
-    torchrun --nproc-per-node N -m profiler.distributed ddp [--n-layer ...]
+    torchrun --nproc-per-node N -m profiler.distributed audit <flopscale audit args>
+    torchrun --nproc-per-node N -m profiler.distributed ddp [--n-layer ...] [--fsdp]
 
-Every rank runs its share; rank 0 gathers per-rank results with ``all_gather_object``
-and prints one table per rank plus the aggregate.  NCCL on GPUs, gloo on CPUs.
+NCCL on GPUs (one rank per GPU, ``cuda:LOCAL_RANK``), gloo on CPUs.
+
+``profile`` and ``audit``: every rank runs the same work on its own device -- its share of
+a data-parallel job -- with the ranks kept in step (a barrier before each case), so rates
+add up and a straggler shows.  Rank 0 gathers the per-rank records with
+``all_gather_object`` and prints one table per rank, then the aggregate: achieved model
+FLOP/s per GPU and in total, the slowest and the fastest rank, and each GPU's SM clock,
+board power, temperature and throttle reasons (NVML; absent on a CPU run, and said so).
+
+``ddp``: one data-parallel training step of the audit model under
+``DistributedDataParallel`` (``--fsdp``: also under ``fully_shard``, where this torch has
+it), split into compute, communication and their overlap -- see :func:`measure_data_parallel`.
 
 :func:`launch` starts such a run on this machine (through ``torch.distributed.run``,
 i.e. torchrun) with a deadline: a rank that fails or hangs ends the run within the
@@ -16,16 +27,19 @@ from __future__ import annotations
 import argparse
 import csv
 import json
+import math
 import os
 import signal
+import socket
+import statistics
 import subprocess
 import sys
 import time
 from datetime import timedelta
 from pathlib import Path
-from typing import Any, Sequence
+from typing import Any, Callable, Sequence
 
-from .collectives import OPS, CollectiveRow, iter_sizes, measure, parse_size
+from .collectives import OPS, CollectiveRow, all_gather_flat, iter_sizes, measure, parse_size, reduce_scatter_flat
 
 FAULT_ENV = "FLOPSCALE_FAULT"  # fault injection for tests: "RANK:fail:STEP" or "RANK:hang:STEP"
 PROGRESS_ENV = "FLOPSCALE_PROGRESS_DIR"
@@ -213,14 +227,17 @@ def _kill(proc: subprocess.Popen, states: dict[int, dict]) -> None:
 
 
 def _describe(states: dict[int, dict], ranks: list[int]) -> str:
-    parts = []
+    """Failed ranks first, then those stopped by a peer leaving, then those that did not finish."""
+    failed, lost, unfinished = [], [], []
     for r in ranks:
         st = states[r]
         if st.get("state") == "error":
-            parts.append(f"rank {r} failed: {st['what'][len('error: '):]}")
+            failed.append(f"rank {r} failed: {st['what'][len('error: '):]}")
+        elif st.get("state") == "peer_lost":
+            lost.append(f"rank {r} stopped when another rank left (at '{st.get('what', '')[len('error: '):][:80]}')")
         else:
-            parts.append(f"rank {r} did not finish (last at '{st.get('what', 'start-up')}')")
-    return "; ".join(parts)
+            unfinished.append(f"rank {r} did not finish (last at '{st.get('what', 'start-up')}')")
+    return "; ".join(failed + unfinished + lost)
 
 
 def _states(progress_dir: Path, nproc: int) -> dict[int, dict]:
@@ -242,17 +259,788 @@ def read_rows(path: Path) -> list[dict]:
 
 
 def run_collectives(nproc: int, *, sizes: str = "1K:1G", ops: str = ",".join(OPS), reps: int = 5,
-                    out: Path, timeout_s: float = 600.0, env: dict[str, str] | None = None) -> list[dict]:
-    """Measure collectives on ``nproc`` local ranks; rows land in ``out`` (CSV) as they finish."""
-    args = ["collectives", "--sizes", sizes, "--ops", ops, "--reps", str(reps), "--out", str(out),
+                    out: Path, timeout_s: float = 600.0, env: dict[str, str] | None = None,
+                    workdir: Path | None = None) -> list[dict]:
+    """Measure collectives on ``nproc`` local ranks; rows land in ``out`` (CSV) as they finish.
+
+    ``workdir`` (default: ``out``'s folder) holds torchrun's logs and the ranks' heartbeats.
+    """
+    args = ["collectives", "--sizes", sizes, "--ops", ops, "--reps", str(reps), "--out", str(Path(out).resolve()),
             "--timeout", str(max(5.0, timeout_s / 2)), "--quiet"]
     try:
-        launch(nproc, args, timeout_s=timeout_s, workdir=out.parent, env=env)
+        launch(nproc, args, timeout_s=timeout_s, workdir=Path(workdir) if workdir else Path(out).parent, env=env)
     except DistributedRunError as exc:
         exc.rows = read_rows(out)
         raise
     return read_rows(out)
 
+
+# --- profile, audit and ddp on every rank ---------------------------------------------------
+
+def _device_of_rank(backend: str):
+    import torch
+
+    if backend == "nccl":
+        return torch.device("cuda", torch.cuda.current_device())
+    return torch.device("cpu")
+
+
+def _identity(rank: int, world: int, backend: str, device) -> dict[str, Any]:
+    return {"rank": rank, "local_rank": int(os.environ.get("LOCAL_RANK", rank)), "world_size": world,
+            "host": socket.gethostname(), "pid": os.getpid(), "backend": backend, "torch_device": str(device)}
+
+
+def _json_normal(obj: Any) -> Any:
+    """The JSON form of ``obj`` (NaN -> null, numpy -> numbers): what a rank writes and what rank 0
+    gathers, so the two compare equal."""
+    from .commands._common import dumps
+
+    return json.loads(dumps(obj))
+
+
+def _write_record(records_dir: str | None, rank: int, record: dict) -> None:
+    if not records_dir:
+        return
+    d = Path(records_dir)
+    d.mkdir(parents=True, exist_ok=True)
+    tmp = d / f".rank{rank}.json.tmp"
+    tmp.write_text(json.dumps(record, indent=1))
+    tmp.replace(d / f"rank{rank}.json")
+
+
+def _in_ranks(kind: str, args: argparse.Namespace, body: Callable[..., int]) -> int:
+    """Initialise, run ``body(rank, world, backend, device, progress)`` and report failures.
+
+    Bad options (:class:`UserError`) end every rank with status 2 and one line from rank 0;
+    any other exception ends the failing rank with status 1 and its heartbeat names it.
+    """
+    import torch.distributed as dist
+
+    from .commands._common import UserError
+
+    rank, world, backend = init(args.timeout)
+    progress = _Progress(rank)
+    progress.beat("initialised")
+    device = _device_of_rank(backend)
+    try:
+        rc = body(rank, world, backend, device, progress)
+        progress.beat("done", state="done")
+        dist.barrier()
+    except UserError as exc:
+        progress.beat(f"error: {exc}", state="error")
+        if rank == 0:
+            print(f"profiler.distributed {kind}: error: {exc}", file=sys.stderr, flush=True)
+        return 2
+    except Exception as exc:  # noqa: BLE001 - named in the heartbeat, printed once per rank
+        first = str(exc).splitlines()[0] if str(exc) else ""
+        what = first if type(exc) is RuntimeError else f"{type(exc).__name__}: {first}"
+        # a rank whose collective broke because another rank left is a casualty, not the cause
+        lost = _peer_lost(exc)
+        progress.beat(f"error: {what}", state="peer_lost" if lost else "error")
+        print(f"rank {rank}: error: {what}", file=sys.stderr, flush=True)
+        return 1
+    dist.destroy_process_group()
+    return rc
+
+
+def _peer_lost(exc: BaseException) -> bool:
+    """True when ``exc`` says another rank went away (closed connection, reset, NCCL remote error)."""
+    text = str(exc).lower()
+    return any(k in text for k in ("connection closed", "connection reset", "remote process exited",
+                                   "broken pipe", "remote peer"))
+
+
+def _telemetry_fields(tel: dict[str, Any]) -> dict[str, Any]:
+    return {
+        "telemetry_available": bool(tel.get("available")),
+        "sm_clock_mhz": tel.get("sm_clock_mhz"),
+        "sm_clock_mhz_min": tel.get("sm_clock_mhz_min"),
+        "power_w": tel.get("power_w"),
+        "power_w_max": tel.get("power_w_max"),
+        "temperature_c_max": tel.get("temperature_c_max"),
+        "throttle_reasons": list(tel.get("throttle_reasons") or []),
+        "telemetry_note": tel.get("note"),
+    }
+
+
+def _spread(per_rank: list[dict[str, Any]], key: str, higher_is_faster: bool = True) -> dict[str, Any]:
+    """Total, mean, slowest and fastest rank of ``key`` over the ranks that have it."""
+    have = [p for p in per_rank if isinstance(p.get(key), (int, float)) and p[key] > 0]
+    if not have:
+        return {"ranks_with_value": 0, "total": None, "mean_per_rank": None, "slowest_rank": None,
+                "fastest_rank": None, "slowest": None, "fastest": None, "spread": None}
+    order = sorted(have, key=lambda p: p[key], reverse=not higher_is_faster)
+    slow, fast = order[0], order[-1]
+    total = sum(p[key] for p in have)
+    return {
+        "ranks_with_value": len(have),
+        "total": total,
+        "mean_per_rank": total / len(have),
+        "slowest_rank": slow["rank"],
+        "fastest_rank": fast["rank"],
+        "slowest": slow[key],
+        "fastest": fast[key],
+        # how much slower the slowest rank is than the fastest, as a share of the fastest's rate
+        "spread": (abs(fast[key] - slow[key]) / max(fast[key], slow[key])),
+    }
+
+
+def _telemetry_line(per_rank: list[dict[str, Any]]) -> str:
+    if any(p["telemetry_available"] for p in per_rank):
+        return ("telemetry: NVML, sampled every 50 ms during each rank's run (SM clock median (min), board power "
+                "mean (max), hottest reading, throttle reasons seen in any sample)")
+    why = next((p.get("telemetry_note") for p in per_rank if p.get("telemetry_note")), None)
+    return ("telemetry: absent -- no NVML on these devices (clocks, power and throttle reasons need an NVIDIA "
+            "GPU and its driver)" + (f"; {why}" if why else ""))
+
+
+def _tel_cells(p: dict[str, Any]) -> list[str]:
+    if not p["telemetry_available"]:
+        return ["-", "-", "-", "-"]
+
+    def f(x: Any, d: int = 0) -> str:
+        return "-" if x is None else f"{x:.{d}f}"
+
+    return [f"{f(p['sm_clock_mhz'])} ({f(p['sm_clock_mhz_min'])})", f"{f(p['power_w'])} ({f(p['power_w_max'])})",
+            f(p["temperature_c_max"]), ",".join(p["throttle_reasons"]) or "none"]
+
+
+# ----------------------------------------------------------------------------- profile
+
+
+def profile_aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-rank rates and the aggregate of gathered ``profile`` records.
+
+    A rank's achieved rate is the model FLOPs of its timed rows over the sum of their median
+    times (rows run under the Triton interpreter or skipped are left out).  The ranks run
+    each case at the same time, so the total is the sum of the per-rank rates.
+    """
+    per_rank = []
+    for rec in records:
+        live = [r for r in rec["rows"] if not r.get("skipped") and not r.get("interpreted")
+                and isinstance(r.get("time_s"), (int, float)) and r["time_s"] > 0]
+        flops = float(sum(r.get("flops") or 0 for r in live))
+        t = float(sum(r["time_s"] for r in live))
+        per_rank.append({
+            "rank": rec["rank"], "host": rec["host"], "device": (rec.get("device") or {}).get("name"),
+            "timed_rows": len(live), "model_flops": flops, "time_s": t,
+            "flop_per_s": flops / t if t > 0 else None,
+            **_telemetry_fields(rec.get("telemetry") or {}),
+        })
+    agg = _spread(per_rank, "flop_per_s")
+    cases = []
+    titles = [(r.get("case"), r.get("provider")) for r in records[0]["rows"]] if records else []
+    for j, (case, prov) in enumerate(titles):
+        times = []
+        for rec in records:
+            r = rec["rows"][j] if j < len(rec["rows"]) else {}
+            if (r.get("case"), r.get("provider")) == (case, prov) and not r.get("skipped") and r.get("time_s"):
+                times.append({"rank": rec["rank"], "time_s": r["time_s"], "flop_per_s": r.get("flop_per_s"),
+                              "interpreted": bool(r.get("interpreted"))})
+        if not times:
+            continue
+        slow = max(times, key=lambda x: x["time_s"])
+        fast = min(times, key=lambda x: x["time_s"])
+        cases.append({"case": case, "provider": prov, "interpreted": any(x["interpreted"] for x in times),
+                      "slowest_rank": slow["rank"], "slowest_time_s": slow["time_s"],
+                      "fastest_rank": fast["rank"], "fastest_time_s": fast["time_s"],
+                      "spread": (slow["time_s"] - fast["time_s"]) / slow["time_s"],
+                      "per_rank_time_s": [x["time_s"] for x in times]})
+    return {
+        "ranks": len(records),
+        "per_rank": per_rank,
+        "total_flop_per_s": agg["total"],
+        "mean_flop_per_s_per_rank": agg["mean_per_rank"],
+        "slowest_rank": agg["slowest_rank"],
+        "slowest_flop_per_s": agg["slowest"],
+        "fastest_rank": agg["fastest_rank"],
+        "fastest_flop_per_s": agg["fastest"],
+        "spread": agg["spread"],
+        "cases": cases,
+        "definition": ("per rank: model FLOP of its timed rows / sum of their median times (interpreted and skipped "
+                       "rows left out); total: sum over ranks (they run each case at the same time); spread: "
+                       "(fastest - slowest) / fastest"),
+    }
+
+
+def _profile_main(args: argparse.Namespace) -> int:
+    import torch.distributed as dist
+
+    from .commands import profile as P
+    from .commands._common import UserError
+    from .telemetry import Telemetry
+
+    def body(rank, world, backend, device, progress) -> int:
+        if args.distributed is not None:
+            raise UserError("--distributed belongs to 'flopscale profile'; here torchrun sets the ranks")
+        if args.trace or args.plot:
+            raise UserError("--trace and --plot are per-device outputs: run 'flopscale profile' on one device "
+                            "for them")
+        cases = P.check_args(args, device.type == "cuda")
+
+        def before_job(i: int, case: Any, prov: str) -> None:
+            dist.barrier()  # every rank starts the case together
+            progress.beat(f"{case.title} [{prov}]")
+
+        rows_file = None
+        if args.records_dir:
+            Path(args.records_dir).mkdir(parents=True, exist_ok=True)
+            rows_file = Path(args.records_dir) / f"rank{rank}.rows.jsonl"
+            rows_file.write_text("")
+
+        def after_job(i: int, row: dict) -> None:
+            if rows_file is not None:  # kept even if a rank fails later
+                with open(rows_file, "a") as fh:
+                    fh.write(json.dumps(_json_normal(row)) + "\n")
+
+        t0 = time.perf_counter()
+        with Telemetry(device=device) as tel:
+            res = P.collect(args, device, cases, before_job=before_job, after_job=after_job, show_progress=False)
+        record = {
+            **_identity(rank, world, backend, device),
+            "device": res.spec.to_dict(),
+            "peak": args.peak,
+            "peak_source": res.ceilings.label,
+            "notes": res.notes,
+            "rows": res.rows_json(),
+            "telemetry": tel.summary(),
+            "wall_s": time.perf_counter() - t0,
+            "launches": [{"row": name, "records": [r.to_dict() for r in prof.records]} for name, prof in res.profiles],
+        }
+        record = _json_normal(record)
+        _write_record(args.records_dir, rank, record)
+        gathered = gather_to_rank0(record)
+        if gathered is None:
+            return 0
+        agg = profile_aggregate(gathered)
+        if args.csv:
+            import pandas as pd
+
+            from .commands._common import write_text_atomic
+
+            rows = [dict(r, rank=rec["rank"], host=rec["host"]) for rec in gathered for r in rec["rows"]]
+            write_text_atomic(args.csv, pd.DataFrame(rows).to_csv(index=False))
+        if args.json:
+            from .commands._common import print_json
+
+            print_json({"world_size": world, "backend": backend, "ranks": gathered, "aggregate": agg})
+        else:
+            print(render_profile(gathered, agg, args, res))
+        return 0
+
+    return _in_ranks("profile", args, body)
+
+
+def render_profile(records: list[dict[str, Any]], agg: dict[str, Any], args: argparse.Namespace, res0: Any) -> str:
+    import pandas as pd
+
+    from .commands import profile as P
+    from .commands.audit import fmt_rate, fmt_time, table
+
+    lines = [f"flopscale profile on {len(records)} ranks (backend {records[0]['backend']}): every rank runs the same "
+             "cases on its own device, all ranks in step (a barrier before each case)"]
+    for n in res0.notes:
+        lines.append(f"note: {n}")
+    for rec in records:
+        lines.append("")
+        lines.append(f"rank {rec['rank']} ({rec['host']}, {rec['torch_device']}, {rec['device'].get('name')}):")
+        live = [r for r in rec["rows"] if not r.get("skipped")]
+        skipped = [r for r in rec["rows"] if r.get("skipped")]
+        df = pd.DataFrame(live)
+        lines.append(P._text_table(df, skipped) if len(df) and "time_s" in df.columns else "(no rows)")
+    lines.append("")
+    lines.append("per rank (model FLOP of the timed rows / sum of their median times):")
+    body = []
+    for p in agg["per_rank"]:
+        body.append([str(p["rank"]), p["host"], str(p["device"]), str(p["timed_rows"]), fmt_time(p["time_s"]),
+                     fmt_rate(p["flop_per_s"]), *_tel_cells(p)])
+    lines.append(table(body, ["rank", "host", "device", "rows", "time", "achieved", "SM MHz (min)",
+                              "power W (max)", "temp C", "throttle"], right={3, 4, 5, 6, 7, 8}))
+    if agg["total_flop_per_s"]:
+        lines.append(f"aggregate: {fmt_rate(agg['total_flop_per_s'])} in total on {agg['ranks']} ranks, "
+                     f"{fmt_rate(agg['mean_flop_per_s_per_rank'])} per rank on average; slowest rank "
+                     f"{agg['slowest_rank']} ({fmt_rate(agg['slowest_flop_per_s'])}), fastest rank "
+                     f"{agg['fastest_rank']} ({fmt_rate(agg['fastest_flop_per_s'])}), spread "
+                     f"{100 * agg['spread']:.1f}% of the fastest")
+    else:
+        lines.append("aggregate: no timed rows outside the Triton interpreter, so no rates to add up")
+    lines.append(_telemetry_line(agg["per_rank"]))
+    if agg["cases"]:
+        lines.append("")
+        lines.append("per case: slowest and fastest rank (median time)")
+        body = [[f"{c['case']} [{c['provider']}]" + (" *" if c["interpreted"] else ""),
+                 f"{c['slowest_rank']} ({fmt_time(c['slowest_time_s'])})",
+                 f"{c['fastest_rank']} ({fmt_time(c['fastest_time_s'])})", f"{100 * c['spread']:.1f}%"]
+                for c in agg["cases"]]
+        lines.append(table(body, ["case", "slowest rank", "fastest rank", "spread"]))
+    lines.append("")
+    lines.append(P.footer(args, res0.ceilings, records[0]["rows"]))
+    return "\n".join(lines)
+
+
+# ------------------------------------------------------------------------------- audit
+
+
+def audit_aggregate(records: list[dict[str, Any]]) -> dict[str, Any]:
+    """Per-rank step rates and the aggregate of gathered ``audit`` records."""
+    per_rank = []
+    for rec in records:
+        a = rec["audit"]
+        t = a["timing"]
+        per_rank.append({
+            "rank": rec["rank"], "host": rec["host"], "device": (a.get("device") or {}).get("name"),
+            "step_s": t.get("step_s"), "tokens_per_s": t.get("tokens_per_s"),
+            "model_flops": a["model_flops"], "flop_per_s": a.get("achieved_flop_per_s"),
+            "mfu": (a.get("mfu") or {}).get("value"),
+            **_telemetry_fields(rec.get("telemetry") or {}),
+        })
+    rate = _spread(per_rank, "flop_per_s")
+    tok = _spread(per_rank, "tokens_per_s")
+    counts = {p["model_flops"] for p in per_rank}
+    return {
+        "ranks": len(records),
+        "per_rank": per_rank,
+        "total_flop_per_s": rate["total"],
+        "mean_flop_per_s_per_rank": rate["mean_per_rank"],
+        "total_tokens_per_s": tok["total"],
+        "slowest_rank": rate["slowest_rank"],
+        "slowest_flop_per_s": rate["slowest"],
+        "fastest_rank": rate["fastest_rank"],
+        "fastest_flop_per_s": rate["fastest"],
+        "spread": rate["spread"],
+        "same_model_flops_on_every_rank": len(counts) == 1,
+        "definition": ("per rank: model FLOP of one step / median step time; total: sum over ranks (they run at the "
+                       "same time, each on its own batch); spread: (fastest - slowest) / fastest"),
+    }
+
+
+def _audit_main(args: argparse.Namespace) -> int:
+    from .audit import run_audit
+    from .commands import audit as A
+    from .commands._common import UserError
+    from .telemetry import Telemetry
+
+    def body(rank, world, backend, device, progress) -> int:
+        import torch.distributed as dist
+
+        cfg = A._config(args)
+        if args.sweep or args.plot:
+            raise UserError("--sweep and --plot are single-device outputs: run 'flopscale audit' for them")
+        if args.device is not None:
+            raise UserError("--device: every rank uses its own device (cuda:LOCAL_RANK, or the CPU)")
+        if args.time_budget is None or not (args.time_budget > 0):
+            raise UserError(f"--time-budget must be positive, got {args.time_budget}")
+        impl = None if args.impl == "auto" else args.impl
+        progress.beat("audit")
+        dist.barrier()
+        t0 = time.perf_counter()
+        with Telemetry(device=device) as tel:
+            try:
+                res = run_audit(cfg, args.batch, impl=impl, device=device, dtype=args.dtype,
+                                time_budget_s=args.time_budget, seed=rank, keep_records=bool(args.records))
+            except ValueError as exc:
+                raise UserError(str(exc).splitlines()[0]) from None
+        record = _json_normal({
+            **_identity(rank, world, backend, device),
+            "seed": rank,
+            "audit": res.to_dict(with_records=bool(args.records)),
+            "telemetry": tel.summary(),
+            "wall_s": time.perf_counter() - t0,
+        })
+        _write_record(args.records_dir, rank, record)
+        gathered = gather_to_rank0(record)
+        if gathered is None:
+            return 0
+        agg = audit_aggregate(gathered)
+        if args.json:
+            from .commands._common import print_json
+
+            print_json({"world_size": world, "backend": backend, "ranks": gathered, "aggregate": agg})
+        else:
+            print(render_audit(gathered, agg, A.render(res)))
+        return 0
+
+    return _in_ranks("audit", args, body)
+
+
+def render_audit(records: list[dict[str, Any]], agg: dict[str, Any], rank0_text: str) -> str:
+    from .commands.audit import fmt_rate, fmt_time, table
+
+    lines = [f"flopscale audit on {len(records)} ranks (backend {records[0]['backend']}): every rank audits one "
+             "training step of the same model on its own batch (seed = rank), all starting together", "",
+             "rank 0:", rank0_text, "", "per rank (model FLOP of one step / median step time):"]
+    body = []
+    for p in agg["per_rank"]:
+        mfu = "n/a" if p["mfu"] is None else f"{100 * p['mfu']:.2f}%"
+        body.append([str(p["rank"]), p["host"], str(p["device"]), fmt_time(p["step_s"]),
+                     f"{p['tokens_per_s']:,.0f}" if p["tokens_per_s"] else "n/a", fmt_rate(p["flop_per_s"]), mfu,
+                     *_tel_cells(p)])
+    lines.append(table(body, ["rank", "host", "device", "step", "tokens/s", "achieved", "MFU", "SM MHz (min)",
+                              "power W (max)", "temp C", "throttle"], right={3, 4, 5, 6, 7, 8, 9}))
+    if records[0]["audit"].get("mfu"):
+        lines.append(f"  MFU against {records[0]['audit']['mfu']['peak_source']} (each rank its own)")
+    if agg["total_flop_per_s"]:
+        lines.append(f"aggregate: {fmt_rate(agg['total_flop_per_s'])} and {agg['total_tokens_per_s']:,.0f} tokens/s "
+                     f"in total on {agg['ranks']} ranks; slowest rank {agg['slowest_rank']} "
+                     f"({fmt_rate(agg['slowest_flop_per_s'])}), fastest rank {agg['fastest_rank']} "
+                     f"({fmt_rate(agg['fastest_flop_per_s'])}), spread {100 * agg['spread']:.1f}% of the fastest")
+    if not agg["same_model_flops_on_every_rank"]:
+        lines.append("note: the ranks recorded different model FLOPs for the same step")
+    lines.append(_telemetry_line(agg["per_rank"]))
+    lines.append("  (no gradient all-reduce here: each rank steps alone; "
+                 "'-m profiler.distributed ddp' measures the data-parallel step)")
+    return "\n".join(lines)
+
+
+# --------------------------------------------------------------------------- data parallel
+
+
+def _ddp_buckets(model: Any, bucket_bytes: int, first_bucket_bytes: int) -> list[int]:
+    """Bucket sizes (bytes) DDP uses for ``model``'s gradients: the rebuilt buckets it reports
+    after its first iterations, else the same rule (parameters in reverse order, the first bucket
+    capped at ``first_bucket_bytes``, the others at ``bucket_bytes``)."""
+    try:
+        data = model._get_ddp_logging_data()  # private, guarded
+        text = data.get("rebuilt_bucket_sizes") or ""
+        sizes = [int(x) for x in str(text).replace(" ", "").split(",") if x]
+        if sizes and all(s > 0 for s in sizes):
+            return sizes
+    except Exception:  # noqa: BLE001
+        pass
+    sizes, cur, cap = [], 0, first_bucket_bytes
+    for p in reversed([p for p in model.parameters() if p.requires_grad]):
+        nbytes = p.numel() * p.element_size()
+        if cur and cur + nbytes > cap:
+            sizes.append(cur)
+            cur, cap = 0, bucket_bytes
+        cur += nbytes
+    if cur:
+        sizes.append(cur)
+    return sizes
+
+
+def _fully_shard():
+    try:
+        from torch.distributed.fsdp import fully_shard  # torch >= 2.6
+
+        return fully_shard
+    except ImportError:
+        try:
+            from torch.distributed._composable.fsdp import fully_shard  # torch 2.4, 2.5
+
+            return fully_shard
+        except ImportError:
+            return None
+
+
+def measure_data_parallel(
+    cfg: Any,
+    batch: int,
+    *,
+    device: Any,
+    impl: str | None = None,
+    dtype: str | None = None,
+    reps: int = 5,
+    warmup: int = 2,
+    bucket_mb: float = 25.0,
+    fsdp: bool = False,
+    ceilings: Any = None,
+) -> dict[str, Any]:
+    """One data-parallel training step of ``GPT(cfg)`` (call on every rank of a process group).
+
+    Each rank runs forward, backward and an AdamW step on its own ``batch`` x ``n_ctx`` tokens.
+    Three things are timed, interleaved, ``reps`` times each (a barrier before each; each
+    repetition's time is the slowest rank's, MAX across ranks; medians reported):
+
+    * ``step``: the data-parallel step -- DistributedDataParallel, whose bucketed gradient
+      all-reduce runs while the backward pass continues (with ``fsdp``: ``fully_shard`` on
+      every block and the root, parameters all-gathered and gradients reduce-scattered);
+    * ``compute``: the same step without communication -- inside ``DDP.no_sync()`` (with
+      ``fsdp``: an unsharded copy of the model stepping alone);
+    * ``comm``: the step's communication alone, nothing else running -- an all-reduce of
+      buffers of DDP's gradient bucket sizes (with ``fsdp``: for every sharded group, the
+      all-gather of its parameters in the forward pass, again in the backward pass for the
+      blocks, and the reduce-scatter of its gradients).
+
+    ``overlap = (compute + comm - step) / comm``, clamped to [0, 1]: the share of the
+    communication hidden behind computation (1: all of it; 0: none, the step is compute plus
+    communication, or worse).  ``exposed_s = max(0, step - compute)``.  Times in seconds;
+    bytes are what one rank sends into the collectives' buffers (gradient bytes =
+    parameters x gradient element size).  Model FLOPs per rank: the exact count of
+    :func:`profiler.flopcount.step_flops`.
+    """
+    import torch
+    import torch.distributed as dist
+
+    from . import devices, flopcount
+    from .audit import _torch_dtype, make_step
+    from .model import GPT
+
+    if reps < 1:
+        raise ValueError(f"reps must be >= 1, got {reps}")
+    if not (bucket_mb > 0):
+        raise ValueError(f"bucket size must be positive, got {bucket_mb} MiB")
+    world, rank = dist.get_world_size(), dist.get_rank()
+    dev = torch.device(device)
+    kind = dev.type
+    impl = impl or ("kernels" if kind == "cuda" else "torch")
+    dtype = dtype or ("bf16" if kind == "cuda" else "fp32")
+    tdt = _torch_dtype(dtype)
+    gen = torch.Generator().manual_seed(1000 + rank)  # each rank its own batch
+    idx = torch.randint(0, cfg.vocab, (batch, cfg.n_ctx), generator=gen).to(dev)
+    targets = torch.randint(0, cfg.vocab, (batch, cfg.n_ctx), generator=gen).to(dev)
+
+    def build():
+        with torch.random.fork_rng(devices=[]):
+            torch.manual_seed(0)  # the same initial weights on every rank
+            return GPT(cfg, impl=impl).to(device=dev, dtype=tdt)
+
+    notes: list[str] = []
+    if not fsdp:
+        from torch.nn.parallel import DistributedDataParallel as DDP
+
+        model = build()
+        wrapped = DDP(model, device_ids=[dev.index] if kind == "cuda" else None, bucket_cap_mb=bucket_mb)
+        opt = torch.optim.AdamW(wrapped.parameters(), lr=1e-4, weight_decay=0.1)
+        step_fn = make_step(wrapped, opt, idx, targets)
+
+        def compute_fn() -> None:
+            with wrapped.no_sync():
+                step_fn()
+
+        for _ in range(warmup):  # DDP rebuilds its buckets in the first iterations
+            step_fn()
+            compute_fn()
+        first = int(getattr(dist, "_DEFAULT_FIRST_BUCKET_BYTES", 2**20))
+        sizes = _ddp_buckets(wrapped, int(bucket_mb * 2**20), first)
+        esize = torch.empty((), dtype=tdt).element_size()
+        bufs = [torch.zeros(max(1, s // esize), dtype=tdt, device=dev) for s in sizes]
+
+        def comm_fn() -> None:
+            works = [dist.all_reduce(b, async_op=True) for b in bufs]
+            for w in works:
+                w.wait()
+
+        comm_desc = (f"all-reduce of {len(sizes)} gradient bucket(s) of DDP's sizes "
+                     f"(bucket_cap {bucket_mb:g} MiB), alone")
+        comm_bytes = sum(b.numel() * esize for b in bufs)
+        method = ("step: DistributedDataParallel step; compute: the same step inside DDP.no_sync() (no "
+                  "all-reduce); comm: " + comm_desc + "; overlap = (compute + comm - step) / comm, clamped to [0, 1]")
+        params = sum(p.numel() for p in model.parameters())
+        grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        layout = {"buckets": len(sizes), "bucket_bytes": sizes, "bucket_cap_mb": bucket_mb}
+    else:
+        fully_shard = _fully_shard()
+        if fully_shard is None:
+            raise RuntimeError(f"this torch ({torch.__version__}) has no fully_shard (FSDP2); use DDP")
+        model = build()
+        params = sum(p.numel() for p in model.parameters())
+        grad_bytes = sum(p.numel() * p.element_size() for p in model.parameters())
+        # the sharded groups: each block, then the root (embeddings, final norm, output layer)
+        groups = [sum(p.numel() for p in b.parameters()) for b in model.blocks]
+        groups.append(params - sum(groups))
+        for b in model.blocks:
+            fully_shard(b)
+        fully_shard(model)
+        opt = torch.optim.AdamW(model.parameters(), lr=1e-4, weight_decay=0.1)
+        step_fn = make_step(model, opt, idx, targets)
+        local = build()
+        lopt = torch.optim.AdamW(local.parameters(), lr=1e-4, weight_decay=0.1)
+        compute_fn = make_step(local, lopt, idx, targets)
+        for _ in range(warmup):
+            step_fn()
+            compute_fn()
+        esize = torch.empty((), dtype=tdt).element_size()
+        plan = []
+        for k, n in enumerate(groups):
+            shard = -(-n // world)
+            full = torch.zeros(shard * world, dtype=tdt, device=dev)
+            part = torch.zeros(shard, dtype=tdt, device=dev)
+            is_root = k == len(groups) - 1
+            plan.append((full, part, 1 if is_root else 2))  # blocks are re-gathered for the backward pass
+
+        def comm_fn() -> None:
+            works = []
+            for full, part, gathers in plan:  # forward: all-gather every group
+                works.append(all_gather_flat(full, part, async_op=True))
+            for full, part, gathers in reversed(plan):  # backward: re-gather the blocks, reduce-scatter grads
+                if gathers == 2:
+                    works.append(all_gather_flat(full, part, async_op=True))
+                works.append(reduce_scatter_flat(part, full, async_op=True))
+            for w in works:
+                w.wait()
+
+        comm_bytes = sum(full.numel() * esize * (gathers + 1) for full, _, gathers in plan)
+        method = ("step: fully_shard (FSDP2) step, every block and the root sharded; compute: an unsharded copy of "
+                  "the model stepping alone; comm: the all-gathers (forward, and backward for the blocks) and the "
+                  "gradient reduce-scatters of those groups, alone; overlap = (compute + comm - step) / comm, "
+                  "clamped to [0, 1]")
+        layout = {"groups": len(groups), "group_params": groups}
+        notes.append("FSDP's step also copies parameters in and out of the flat buffers; that work counts as "
+                      "step time, not as compute or communication")
+
+    def sync() -> None:
+        if kind == "cuda":
+            torch.cuda.synchronize(dev)
+
+    def timed(fn: Callable[[], Any]) -> float:
+        dist.barrier()
+        sync()
+        t0 = time.perf_counter()
+        fn()
+        sync()
+        return time.perf_counter() - t0
+
+    rows = []
+    for _ in range(reps):
+        rows.append([timed(step_fn), timed(compute_fn), timed(comm_fn)])
+    t = torch.tensor(rows, dtype=torch.float64, device=dev if backend_is_nccl() else "cpu")
+    dist.all_reduce(t, op=dist.ReduceOp.MAX)
+    t = t.cpu()
+    step_s, compute_s, comm_s = (statistics.median(t[:, k].tolist()) for k in range(3))
+    raw = (compute_s + comm_s - step_s) / comm_s if comm_s > 0 else math.nan
+    overlap = min(1.0, max(0.0, raw)) if math.isfinite(raw) else None
+    per_rep = [((c + m - s) / m) for s, c, m in t.tolist() if m > 0]
+    model_flops = flopcount.step_flops(cfg, batch, cfg.n_ctx).total
+    out: dict[str, Any] = {
+        "mode": "fsdp" if fsdp else "ddp",
+        "world_size": world,
+        "backend": str(dist.get_backend()),
+        "device": str(dev),
+        "impl": impl,
+        "dtype": dtype,
+        "config": cfg.to_dict(),
+        "batch_per_rank": batch,
+        "tokens_per_rank": batch * cfg.n_ctx,
+        "params": params,
+        "grad_bytes": grad_bytes,
+        "comm_bytes": comm_bytes,
+        **layout,
+        "reps": reps,
+        "step_s": step_s,
+        "compute_s": compute_s,
+        "comm_s": comm_s,
+        "exposed_comm_s": max(0.0, step_s - compute_s),
+        "hidden_comm_s": None if overlap is None else overlap * comm_s,
+        "overlap": overlap,
+        "overlap_unclamped": raw,
+        "overlap_per_rep_median": statistics.median(per_rep) if per_rep else None,
+        "times_s": {"step": t[:, 0].tolist(), "compute": t[:, 1].tolist(), "comm": t[:, 2].tolist()},
+        "model_flops_per_rank": model_flops,
+        "achieved_flop_per_s_per_rank": model_flops / step_s,
+        "compute_only_flop_per_s_per_rank": model_flops / compute_s,
+        "total_flop_per_s": world * model_flops / step_s,
+        "tokens_per_s": world * batch * cfg.n_ctx / step_s,
+        "scaling_efficiency": compute_s / step_s,
+        "method": method,
+        "notes": notes,
+    }
+    if ceilings is None:
+        ceilings = devices.calibrate(dev, quick=True)
+    peak = ceilings.peak(dtype) if ceilings is not None else None
+    if peak:
+        out["mfu"] = {"value": model_flops / step_s / peak, "compute_only": model_flops / compute_s / peak,
+                      "peak_flop_per_s": peak, "peak_source": ceilings.label, "dtype": dtype}
+    else:
+        out["mfu"] = None
+        notes.append(f"no {dtype} ceiling for this device: MFU not computed")
+    if kind == "cpu":
+        notes.append("CPU ranks with gloo: the torch reference path and loopback TCP, not GPU or network figures")
+    return out
+
+
+def backend_is_nccl() -> bool:
+    import torch.distributed as dist
+
+    return str(dist.get_backend()) == "nccl"
+
+
+def _ddp_main(args: argparse.Namespace) -> int:
+    from .commands import audit as A
+    from .commands._common import UserError
+
+    def body(rank, world, backend, device, progress) -> int:
+        cfg = A._config(args)
+        if args.sweep or args.plot or args.records:
+            raise UserError("--sweep, --plot and --records belong to 'flopscale audit'")
+        if args.device is not None:
+            raise UserError("--device: every rank uses its own device (cuda:LOCAL_RANK, or the CPU)")
+        if args.reps < 1:
+            raise UserError(f"--reps must be >= 1, got {args.reps}")
+        if not (args.bucket_mb > 0):
+            raise UserError(f"--bucket-mb must be positive, got {args.bucket_mb}")
+        impl = None if args.impl == "auto" else args.impl
+        progress.beat("DistributedDataParallel step")
+        out: dict[str, Any] = {"ddp": measure_data_parallel(cfg, args.batch, device=device, impl=impl,
+                                                            dtype=args.dtype, reps=args.reps,
+                                                            bucket_mb=args.bucket_mb)}
+        if args.fsdp:
+            if _fully_shard() is None:
+                import torch
+
+                out["fsdp"] = None
+                out["fsdp_note"] = f"this torch ({torch.__version__}) has no fully_shard (FSDP2): not measured"
+            else:
+                progress.beat("fully_shard step")
+                out["fsdp"] = measure_data_parallel(cfg, args.batch, device=device, impl=impl, dtype=args.dtype,
+                                                    reps=args.reps, fsdp=True)
+        record = _json_normal({**_identity(rank, world, backend, device), **out})
+        _write_record(args.records_dir, rank, record)
+        gathered = gather_to_rank0(record)
+        if gathered is None:
+            return 0
+        if args.json:
+            from .commands._common import print_json
+
+            print_json({"world_size": world, "backend": backend, **record, "ranks": gathered})
+        else:
+            texts = [render_ddp(out["ddp"])]
+            if out.get("fsdp"):
+                texts.append(render_ddp(out["fsdp"]))
+            elif out.get("fsdp_note"):
+                texts.append(f"FSDP: {out['fsdp_note']}")
+            print("\n\n".join(texts))
+        return 0
+
+    return _in_ranks("ddp", args, body)
+
+
+def render_ddp(r: dict[str, Any]) -> str:
+    from .commands.audit import fmt_count, fmt_rate, fmt_time
+
+    c = r["config"]
+    what = "fully_shard (FSDP2)" if r["mode"] == "fsdp" else "DistributedDataParallel"
+    lines = [f"data-parallel training step ({what}) on {r['world_size']} ranks, backend {r['backend']}, {r['device']}",
+             f"  model: n_layer {c['n_layer']}, d_model {c['d_model']}, n_head {c['n_head']}, n_ctx {c['n_ctx']}, "
+             f"vocab {c['vocab']}; {r['params']:,} parameters, {r['dtype']}, {r['impl']} path; batch "
+             f"{r['batch_per_rank']} x {c['n_ctx']} tokens per rank",
+             f"  gradient: {fmt_count(r['grad_bytes'], 'B')} per rank (parameters x element size); "
+             + (f"{r['buckets']} DDP bucket(s)" if r["mode"] == "ddp" else f"{r['groups']} sharded group(s)")
+             + f"; {fmt_count(r['comm_bytes'], 'B')} through the collectives per step",
+             f"  per step (median of {r['reps']}, slowest rank of each repetition):",
+             f"    step     {fmt_time(r['step_s'])}",
+             f"    compute  {fmt_time(r['compute_s'])}  (no communication)",
+             f"    comm     {fmt_time(r['comm_s'])}  (communication alone)",
+             f"    exposed  {fmt_time(r['exposed_comm_s'])}  (step - compute)"]
+    if r["overlap"] is None:
+        lines.append("    overlap  n/a (no communication time)")
+    else:
+        lines.append(f"    overlap  {100 * r['overlap']:.1f}% of the communication hidden behind compute "
+                     f"(unclamped {r['overlap_unclamped']:+.3f})")
+    lines.append(f"  {fmt_rate(r['achieved_flop_per_s_per_rank'])} model FLOPs per rank with communication, "
+                 f"{fmt_rate(r['compute_only_flop_per_s_per_rank'])} without: scaling efficiency "
+                 f"{100 * r['scaling_efficiency']:.1f}%; {fmt_rate(r['total_flop_per_s'])} and "
+                 f"{r['tokens_per_s']:,.0f} tokens/s in total")
+    if r.get("mfu"):
+        m = r["mfu"]
+        lines.append(f"  MFU {100 * m['value']:.2f}% (compute alone {100 * m['compute_only']:.2f}%) of "
+                     f"{fmt_rate(m['peak_flop_per_s'])} {m['dtype']}: {m['peak_source']}")
+    lines.append(f"  how: {r['method']}")
+    for n in r["notes"]:
+        lines.append(f"  note: {n}")
+    lines.append("  use it in a plan: flopscale plan ... --nodes M --gpus-per-node G --overlap "
+                 + ("<overlap>" if r["overlap"] is None else f"{r['overlap']:.2f}"))
+    return "\n".join(lines)
 
 # --- command line ------------------------------------------------------------------------
 
@@ -268,13 +1056,61 @@ def build_parser() -> argparse.ArgumentParser:
     c.add_argument("--timeout", type=float, default=120.0, help="seconds a collective may block before failing")
     c.add_argument("--quiet", action="store_true")
     c.set_defaults(_main=_collectives_main)
+
+    from .commands import audit as _audit_cmd
+    from .commands import profile as _profile_cmd
+
+    pr = sub.add_parser("profile", help="flopscale profile on every rank; rank 0 prints per-rank tables and "
+                                        "the aggregate", description=_profile_cmd.DESCRIPTION)
+    _profile_cmd.add_arguments(pr)
+    _rank_options(pr)
+    pr.set_defaults(_main=_profile_main)
+
+    au = sub.add_parser("audit", help="flopscale audit on every rank; rank 0 prints the audit, per-rank "
+                                      "step rates and the aggregate", description=_audit_cmd.DESCRIPTION)
+    _audit_cmd.add_arguments(au)
+    _rank_options(au)
+    au.set_defaults(_main=_audit_main)
+
+    dp = sub.add_parser("ddp", help="data-parallel training step of the audit model: compute, communication, "
+                                    "overlap", description=measure_data_parallel.__doc__,
+                        formatter_class=argparse.RawDescriptionHelpFormatter)
+    _audit_cmd.add_arguments(dp)
+    dp.add_argument("--reps", type=int, default=5, help="timed repetitions of each measurement (default 5)")
+    dp.add_argument("--bucket-mb", type=float, default=25.0, help="DDP gradient bucket size in MiB (default 25)")
+    dp.add_argument("--fsdp", action="store_true",
+                    help="also measure the step under fully_shard (FSDP2), where this torch has it")
+    _rank_options(dp)
+    dp.set_defaults(_main=_ddp_main)
     return p
 
 
+def _rank_options(p: argparse.ArgumentParser) -> None:
+    p.add_argument("--records-dir", default=None, metavar="DIR",
+                   help="every rank also writes its own record to DIR/rank<R>.json before the gather "
+                        "(profile: and each row to DIR/rank<R>.rows.jsonl as it finishes)")
+    p.add_argument("--timeout", type=float, default=300.0,
+                   help="seconds a collective may block before the run fails (default 300)")
+
+
 def main(argv: Sequence[str] | None = None) -> int:
+    if not _cuda_available():
+        # the flopscale kernels run under the Triton interpreter on a CPU; set before triton loads
+        os.environ.setdefault("TRITON_INTERPRET", "1")
     args = build_parser().parse_args(argv)
     return args._main(args)
 
 
+def _cuda_available() -> bool:
+    import torch
+
+    return torch.cuda.is_available()
+
+
 if __name__ == "__main__":
-    sys.exit(main())
+    rc = main()
+    sys.stdout.flush()
+    sys.stderr.flush()
+    # leave without interpreter finalisation: gloo's worker threads can abort a process that
+    # tears down after destroy_process_group ("terminate called without an active exception")
+    os._exit(rc)

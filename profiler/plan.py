@@ -17,6 +17,12 @@ The exact count depends on the shape, so the law allocates along a continuous sh
 concrete shape.  When a measured MFU sweep makes the MFU, and so ``C``, depend on N, the
 allocation is iterated to a fixed point in N.
 
+Communication (``comm``, a :class:`profiler.budget.CommModel`): on ``nodes x gpus_per_node``
+GPUs a data-parallel step is its compute time plus the part of the gradient all-reduce that
+does not overlap the backward pass; the MFU at scale (``MFU x compute / step``) then sets the
+budget ``C`` bought by GPUs x days (iterated to a fixed point in N, since the gradient grows
+with N) and the wall-clock.
+
 Parameter conventions: the law says what its N counts (``total``, embeddings included, for
 Hoffmann et al. 2022 and the Besiroglu et al. 2024 replication; ``non_embedding`` for Kaplan
 et al. 2020); the shape is matched in that convention.
@@ -265,6 +271,16 @@ class PlanPoint:
     converged: bool
     notes: list[str] = field(default_factory=list)
 
+    comm: _budget.CommModel | None = None
+    step: _budget.StepTime | None = None  # one optimizer step of the shape, with communication
+
+    @property
+    def mfu_at_scale(self) -> float | None:
+        """MFU including the exposed communication (= ``mfu`` without a communication model)."""
+        if self.mfu is None:
+            return None
+        return self.step.mfu_at_scale if self.step is not None else self.mfu
+
     @property
     def pf_days(self) -> float:
         return _budget.pf_days(self.compute_flop)
@@ -309,6 +325,8 @@ class PlanPoint:
             "iterations": self.iterations,
             "converged": self.converged,
             "notes": list(self.notes),
+            "mfu_at_scale": self.mfu_at_scale,
+            "communication": self.comm.to_dict(self.step) if self.comm is not None else None,
         }
 
 
@@ -375,6 +393,7 @@ def plan_budget(
     tied: bool = False,
     kv_group: int = 1,
     exact_count: bool = True,
+    comm: _budget.CommModel | None = None,
 ) -> PlanPoint:
     """Plan one budget: either ``compute`` (FLOP) or ``gpus x days`` at ``peak x mfu``.
 
@@ -385,6 +404,10 @@ def plan_budget(
     rounds N to a concrete shape, whose exact count fixes the tokens the budget buys and whose
     MFU fixes the wall-clock.  With ``compute`` given, ``gpus``/``peak``/``mfu`` only turn the
     plan into wall-clock.  ``exact_count=False`` allocates under the law's own ``C = 6ND``.
+
+    ``comm`` (a :class:`profiler.budget.CommModel` for ``gpus`` GPUs) adds the exposed gradient
+    all-reduce to every step: the MFU at scale replaces the MFU in ``C`` (GPUs x days) and in
+    the wall-clock.
     """
     if compute is None:
         if gpus is None or days is None or peak_flop_per_s is None or mfu is None:
@@ -397,16 +420,31 @@ def plan_budget(
         _budget._positive("GPUs", gpus)
     if days is not None:
         _budget._positive("days", days)
+    if comm is not None:
+        if gpus is not None and float(gpus) != float(comm.gpus):
+            raise ValueError(f"{gpus:g} GPUs but the cluster has {comm.nodes} x {comm.gpus_per_node} = {comm.gpus}")
+        gpus = comm.gpus
+        if peak_flop_per_s is None or mfu is None:
+            raise ValueError("a communication model needs the peak FLOP/s and an MFU")
     fam = dict(count=law.count, n_ctx=n_ctx, vocab=vocab, tied=tied, kv_group=kv_group)
 
     def fpt(n: Any) -> Any:
         """exact training FLOP per token along the shape family"""
         return family(n, **fam)["flops_per_token"]  # type: ignore[arg-type]
 
-    def budget_at(total_params: float | None) -> float:
+    def efficiency(n_law: float | None) -> float:
+        """compute / step time along the shape family at ``n_law`` parameters (1 without comm)"""
+        if comm is None or n_law is None:
+            return 1.0
+        f = family(n_law, **fam)  # type: ignore[arg-type]
+        total_n = float(f["total"])
+        return comm.step(total_n, float(f["flops_per_token"]), peak_flop_per_s, mfu(total_n)).efficiency  # type: ignore[arg-type,misc]
+
+    def budget_at(total_params: float | None, n_law: float | None = None) -> float:
         if compute is not None:
             return compute
-        return _budget.compute_budget(gpus, days, peak_flop_per_s, mfu(total_params))  # type: ignore[arg-type,misc]
+        m = mfu(total_params) * efficiency(n_law)  # type: ignore[misc]
+        return _budget.compute_budget(gpus, days, peak_flop_per_s, m)  # type: ignore[arg-type]
 
     n = None
     total = None
@@ -414,16 +452,16 @@ def plan_budget(
     alloc: Allocation | None = None
     it = 0
     for it in range(1, _MAX_ITER + 1):
-        C = budget_at(total)
+        C = budget_at(total, n)
         alloc = law.allocate(C, fpt if exact_count else None)
         new_total = float(family(alloc.N, **fam)["total"])  # type: ignore[arg-type]
         done = n is not None and abs(alloc.N - n) <= 1e-7 * n
         n, total = alloc.N, new_total
-        if done or compute is not None or mfu is None or mfu.is_constant:
+        if done or compute is not None or mfu is None or (mfu.is_constant and comm is None):
             converged = True
             break
     assert alloc is not None
-    C = budget_at(total)
+    C = budget_at(total, n)
     cfg = shape_for(alloc.N, n_ctx=n_ctx, vocab=vocab, count=law.count, tied=tied, kv_group=kv_group)
     pc = param_counts(cfg)
     n_shape = law_params(pc, law.count)
@@ -457,11 +495,19 @@ def plan_budget(
     mfu_note = mfu.describe(pc.total) if mfu is not None else None
     b = None
     if compute is None:
+        eff = efficiency(n)
+        src = mfu.source if mfu else None  # type: ignore[union-attr]
+        if comm is not None:
+            src = f"{mfu(total):.3f} {src} x {eff:.3f} compute share of a step with communication"  # type: ignore[misc]
         b = _budget.Budget(C, float(gpus), float(days), device, dtype, float(peak_flop_per_s), peak_source,  # type: ignore[arg-type]
-                           mfu(total), mfu.source if mfu else None)  # type: ignore[misc]
+                           mfu(total) * eff, src)  # type: ignore[misc]
+    step = None
+    if comm is not None and mfu_at is not None:
+        step = comm.step(pc.total, fpt, peak_flop_per_s, mfu_at)  # type: ignore[arg-type]
     time = None
     if peak_flop_per_s is not None and mfu_at is not None:
-        time = _budget.train_time(fpt * d_shape, gpus=gpus or 1, peak_flop_per_s=peak_flop_per_s, mfu=mfu_at)
+        m_eff = step.mfu_at_scale if step is not None else mfu_at
+        time = _budget.train_time(fpt * d_shape, gpus=gpus or 1, peak_flop_per_s=peak_flop_per_s, mfu=m_eff)
     return PlanPoint(
         compute_flop=C,
         budget=b,
@@ -484,6 +530,8 @@ def plan_budget(
         iterations=it,
         converged=converged,
         notes=notes,
+        comm=comm,
+        step=step,
     )
 
 

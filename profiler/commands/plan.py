@@ -54,6 +54,25 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     i = parser.add_argument_group("inverse: a given model")
     i.add_argument("--params", type=float, default=None, help="parameters N of a model to train (law's convention)")
     i.add_argument("--tokens", type=float, default=None, help="tokens D to train it on")
+    c = parser.add_argument_group(
+        "cluster (communication-aware)",
+        "a data-parallel step = compute + the part of the gradient all-reduce that the backward pass does not hide")
+    c.add_argument("--nodes", type=int, default=None, help="nodes M (GPUs = M x --gpus-per-node)")
+    c.add_argument("--gpus-per-node", type=int, default=None, help="GPUs per node G (default 8, assumed)")
+    bw = c.add_mutually_exclusive_group()
+    bw.add_argument("--interconnect-gbps", type=float, default=None, metavar="X",
+                    help="inter-node bandwidth per GPU in Gbit/s (e.g. 400 for one NDR InfiniBand NIC per GPU); "
+                         "the intra-node figure comes from the card's NVLink/PCIe link rate")
+    bw.add_argument("--measured-collectives", default=None, metavar="CSV",
+                    help="all-reduce bus bandwidth from a collectives run (torchrun -m profiler.distributed "
+                         "collectives --out c.csv, or the collectives-*.csv of 'flopscale bench --only collectives')")
+    c.add_argument("--overlap", type=float, default=None,
+                   help="share of the all-reduce hidden behind the backward pass, in [0, 1] (default 0, assumed; "
+                        "measure it with torchrun -m profiler.distributed ddp)")
+    c.add_argument("--batch-tokens", type=float, default=None,
+                   help="tokens per optimizer step, the global batch (default 4,194,304, assumed)")
+    c.add_argument("--grad-dtype", choices=("fp32", "bf16", "fp16"), default=None,
+                   help="dtype of the all-reduced gradients (default: --dtype, assumed)")
     o = parser.add_argument_group("output")
     o.add_argument("--report", default=None, metavar="MD", help="write a Markdown report with figures")
     o.add_argument("--no-neighbours", action="store_true", help="skip the table of neighbouring budgets")
@@ -152,7 +171,102 @@ def _family(args: argparse.Namespace) -> dict[str, Any]:
     return {"n_ctx": n_ctx, "vocab": vocab, "kv_group": args.kv_group}
 
 
-_EXPLICIT = ("gpu", "gpus", "days", "compute", "mfu", "measured", "params", "tokens")
+_EXPLICIT = ("gpu", "gpus", "days", "compute", "mfu", "measured", "params", "tokens", "nodes", "gpus_per_node",
+             "interconnect_gbps", "measured_collectives", "overlap", "batch_tokens", "grad_dtype")
+_COMM_OPTIONS = ("gpus_per_node", "interconnect_gbps", "measured_collectives", "overlap", "batch_tokens", "grad_dtype")
+_GRAD_BYTES = {"fp32": 4, "bf16": 2, "fp16": 2, "fp8": 1, "tf32": 4, "fp64": 8}
+
+
+def _comm_model(args: argparse.Namespace, spec) -> Any:
+    """The communication model of ``--nodes/--gpus-per-node/...``, or None without ``--nodes``.
+
+    Every part says whether it is measured, given on the command line or assumed.
+    """
+    from .. import budget
+    from ..collectives import CollectivesFileError, intra_node_bandwidth, load_collectives_csv
+
+    if args.nodes is None and args.gpus_per_node is None:
+        extra = [k for k in _COMM_OPTIONS if getattr(args, k) is not None]
+        if extra:
+            raise UserError(f"--{extra[0].replace('_', '-')} needs --nodes M (and --gpus-per-node G)")
+        return None
+    if args.nodes is not None and args.nodes < 1:
+        raise UserError(f"--nodes must be a positive integer, got {args.nodes}")
+    if args.gpus_per_node is not None and args.gpus_per_node < 1:
+        raise UserError(f"--gpus-per-node must be a positive integer, got {args.gpus_per_node}")
+    if args.interconnect_gbps is not None and not (math.isfinite(args.interconnect_gbps)
+                                                   and args.interconnect_gbps > 0):
+        raise UserError(f"--interconnect-gbps must be a positive bandwidth in Gbit/s, got {args.interconnect_gbps:g}")
+    if args.overlap is not None and not (0.0 <= args.overlap <= 1.0):
+        raise UserError(f"--overlap must be in [0, 1], got {args.overlap:g}")
+    if args.batch_tokens is not None and not (math.isfinite(args.batch_tokens) and args.batch_tokens > 0):
+        raise UserError(f"--batch-tokens must be positive, got {args.batch_tokens:g}")
+    nodes = args.nodes if args.nodes is not None else 1
+    g = args.gpus_per_node if args.gpus_per_node is not None else 8
+    sources: dict[str, dict[str, Any]] = {}
+
+    def part(name: str, value: Any, status: str, source: str) -> None:
+        sources[name] = {"value": value, "status": status, "source": source}
+
+    part("nodes", nodes, "given" if args.nodes is not None else "assumed",
+         "--nodes" if args.nodes is not None else "1 node (default; --nodes)")
+    part("gpus_per_node", g, "given" if args.gpus_per_node is not None else "assumed",
+         "--gpus-per-node" if args.gpus_per_node is not None else "8 GPUs per node (default; --gpus-per-node)")
+    if args.gpus is not None and float(args.gpus) != float(nodes * g):
+        raise UserError(f"--gpus {args.gpus:g} disagrees with --nodes {nodes} x --gpus-per-node {g} = {nodes * g}")
+    gd = args.grad_dtype or args.dtype
+    if gd not in _GRAD_BYTES:
+        raise UserError(f"no gradient size known for dtype {gd}: give --grad-dtype fp32, bf16 or fp16")
+    part("gradient_bytes_per_param", _GRAD_BYTES[gd], "given" if args.grad_dtype else "assumed",
+         f"{gd} gradients, " + ("--grad-dtype" if args.grad_dtype else "the training dtype (default; --grad-dtype)")
+         + "; every parameter, embeddings included, is all-reduced once per step")
+    bt = args.batch_tokens if args.batch_tokens is not None else budget.DEFAULT_BATCH_TOKENS
+    part("batch_tokens", bt, "given" if args.batch_tokens is not None else "assumed",
+         "--batch-tokens" if args.batch_tokens is not None else
+         f"{budget.DEFAULT_BATCH_TOKENS:,} tokens per optimizer step (default; --batch-tokens)")
+    ov = args.overlap if args.overlap is not None else budget.DEFAULT_OVERLAP
+    part("overlap", ov, "given" if args.overlap is not None else "assumed",
+         "--overlap (e.g. measured by torchrun -m profiler.distributed ddp)" if args.overlap is not None else
+         "no overlap (default; an upper bound on the step time; measure it with "
+         "torchrun -m profiler.distributed ddp and pass --overlap)")
+    part("backward_share", budget.BACKWARD_SHARE, "assumed",
+         "the backward pass takes 2/3 of the compute time (its share of the model FLOPs): at most that much "
+         "communication can hide behind it")
+    measured = intra = inter = None
+    if args.measured_collectives:
+        try:
+            measured = load_collectives_csv(args.measured_collectives)
+        except CollectivesFileError as exc:
+            raise UserError(str(exc)) from None
+        part("allreduce_bus_bandwidth", None, "measured",
+             f"{args.measured_collectives}: all-reduce on {measured.world_size} {measured.backend} ranks, read at "
+             f"the {budget.DEFAULT_BUCKET_BYTES / 2**20:g} MiB DDP bucket size")
+        part("bus_bandwidth_at_scale", None, "assumed",
+             f"the bus bandwidth measured on {measured.world_size} ranks holds on {nodes * g}")
+        if "gloo" in measured.backend:
+            part("measured_on", measured.backend, "measured", "gloo ranks (CPUs, loopback): not a GPU interconnect")
+    else:
+        if g > 1:
+            found = intra_node_bandwidth(spec.key)
+            if found is None:
+                raise UserError(f"no intra-node bandwidth known for {spec.key}: give --measured-collectives")
+            intra = found[0]
+            part("intra_node_bandwidth", intra, "assumed",
+                 f"{spec.key} link rate, {found[1]}; a real all-reduce reaches less (NCCL typically 80-90%), so "
+                 "this is optimistic")
+        if nodes > 1:
+            if args.interconnect_gbps is None:
+                raise UserError(f"--nodes {nodes} needs the inter-node bandwidth: give --interconnect-gbps X "
+                                "(Gbit/s per GPU) or --measured-collectives c.csv")
+            inter = args.interconnect_gbps * 1e9 / 8.0
+            part("inter_node_bandwidth", inter, "given",
+                 f"--interconnect-gbps {args.interconnect_gbps:g} Gbit/s per GPU, taken as the cross-node "
+                 "all-reduce bus bandwidth of each rail (the link rate: optimistic)")
+    try:
+        return budget.CommModel(nodes, g, float(_GRAD_BYTES[gd]), batch_tokens=float(bt), overlap=float(ov),
+                                intra_Bps=intra, inter_Bps=inter, measured=measured, sources=sources)
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
 
 
 # ----------------------------------------------------------------------------------------
@@ -177,16 +291,19 @@ def _explicit_mode(args: argparse.Namespace, fam: dict[str, Any]) -> dict[str, A
     spec = _spec(gpu or DEFAULT_CARD)
     peak = _peak(spec, args.dtype)
     mfu_model, meas = _mfu_model(args, spec, peak)
+    comm = _comm_model(args, spec)
     law = _law(args, args.max_tokens)
-    gpus = args.gpus if args.gpus is not None else 1.0
+    gpus = float(comm.gpus) if comm is not None else (args.gpus if args.gpus is not None else 1.0)
     days = args.days if args.days is not None else 1.0
     common = dict(gpus=gpus, peak_flop_per_s=peak, mfu=mfu_model, device=spec.key, dtype=args.dtype,
-                  peak_source="datasheet dense peak", exact_count=(args.count == "exact"), **fam)
+                  peak_source="datasheet dense peak", exact_count=(args.count == "exact"), comm=comm, **fam)
     assumptions = []
     if gpu_defaulted:
         assumptions.append(f"card: {spec.key} (default; choose one with --gpu)")
-    if args.gpus is None:
+    if args.gpus is None and comm is None:
         assumptions.append("GPUs: 1 (default; --gpus)")
+    if comm is not None:
+        assumptions += [f"communication: {v['source']}" for v in comm.sources.values() if v["status"] == "assumed"]
     if args.compute is None and args.params is None and args.days is None:
         assumptions.append("days: 1 (default; --days)")
     if args.n_ctx is None or args.vocab is None:
@@ -196,7 +313,7 @@ def _explicit_mode(args: argparse.Namespace, fam: dict[str, Any]) -> dict[str, A
                                    "count_used": law.count},
                            "mfu_model": mfu_model.to_dict()}
     if args.params is not None:
-        inv = _inverse(args.params, args.tokens, law, fam, gpus, peak, mfu_model, spec, args.dtype)
+        inv = _inverse(args.params, args.tokens, law, fam, gpus, peak, mfu_model, spec, args.dtype, comm)
         out.update(inv)
         out["_text"] = _render_inverse(inv, spec, args, assumptions, mfu_model)
         return out
@@ -218,7 +335,7 @@ def _explicit_mode(args: argparse.Namespace, fam: dict[str, Any]) -> dict[str, A
     return out
 
 
-def _inverse(n, d, law, fam, gpus, peak, mfu_model, spec, dtype) -> dict[str, Any]:
+def _inverse(n, d, law, fam, gpus, peak, mfu_model, spec, dtype, comm=None) -> dict[str, Any]:
     from .. import budget
     from ..flopcount import flops_per_token
     from ..model import param_counts
@@ -229,7 +346,8 @@ def _inverse(n, d, law, fam, gpus, peak, mfu_model, spec, dtype) -> dict[str, An
     n_shape = law_params(pc, law.count)
     fpt = flops_per_token(cfg)
     m = mfu_model(pc.total)
-    tt = budget.train_time(fpt * d, gpus=gpus, peak_flop_per_s=peak, mfu=m)
+    step = comm.step(pc.total, fpt, peak, m) if comm is not None else None
+    tt = budget.train_time(fpt * d, gpus=gpus, peak_flop_per_s=peak, mfu=step.mfu_at_scale if step else m)
     loss = None
     try:
         loss = law.loss(n_shape, d)
@@ -239,7 +357,8 @@ def _inverse(n, d, law, fam, gpus, peak, mfu_model, spec, dtype) -> dict[str, An
             "flops_per_token": fpt, "flops_per_token_6N": 6.0 * n_shape, "compute_flop": fpt * d,
             "pf_days": budget.pf_days(fpt * d), "six_nd": 6.0 * n * d, "loss": loss, "mfu": m,
             "wall_clock_days": tt.wall_clock_days, "gpu_days": tt.gpu_days, "gpu_hours": tt.gpu_hours,
-            "gpus": gpus}
+            "gpus": gpus, "mfu_at_scale": step.mfu_at_scale if step else m,
+            "communication": comm.to_dict(step) if comm is not None else None}
 
 
 def _render_inverse(inv, spec, args, assumptions, mfu_model) -> str:
@@ -258,6 +377,8 @@ def _render_inverse(inv, spec, args, assumptions, mfu_model) -> str:
         lines.append(f"  predicted loss: {inv['loss']:.4f}")
     lines.append(f"  on {inv['gpus']:g} x {spec.key} at {fmt_rate(_peak(spec, args.dtype))} {args.dtype} (datasheet) x "
                  f"{mfu_model.describe(inv['shape_params']['total'])}:")
+    if inv.get("communication"):
+        lines += _comm_lines(inv["communication"], "    ")
     lines.append(f"    wall-clock {inv['wall_clock_days']:.4g} days, {inv['gpu_days']:.4g} GPU-days "
                  f"({inv['gpu_hours']:.4g} GPU-hours)")
     return "\n".join(lines)
@@ -295,11 +416,48 @@ def _plan_lines(p, law, indent: str = "  ", unit: str = "GPU") -> list[str]:
                  f"backward) = {p.ratio_to_6n:.3f} x 6N")
     lines.append(f"{indent}  trains on D = {p.D_shape:.4g} tokens (= C / exact FLOPs per token), predicted loss "
                  + ("n/a" if p.loss_shape is None else f"{p.loss_shape:.4f}"))
+    if p.step is not None and p.comm is not None:
+        lines += _comm_lines(p.comm.to_dict(p.step), indent + "  ")
     if p.time is not None:
+        at = f"MFU {p.mfu:.3f}"
+        if p.step is not None:
+            at = f"MFU {p.mfu_at_scale:.3f} at scale ({p.mfu:.3f} x {p.step.efficiency:.3f} compute share of a step)"
         lines.append(f"{indent}  wall-clock {p.time.wall_clock_days:.4g} days on {p.time.gpus:g} {unit}"
-                     f"{'' if p.time.gpus == 1 else 's'} = {p.time.gpu_days:.4g} {unit}-days at MFU {p.mfu:.3f}")
+                     f"{'' if p.time.gpus == 1 else 's'} = {p.time.gpu_days:.4g} {unit}-days at {at}")
     for n in p.notes:
         lines.append(f"{indent}  note: {n}")
+    return lines
+
+
+def _comm_lines(c: dict[str, Any], indent: str = "  ") -> list[str]:
+    """The communication part of a plan: the cluster, the all-reduce, one step, what is measured."""
+    st = c["step"]
+    src = c["sources"]
+    lines = [f"{indent}communication (data parallel; the gradient is all-reduced once per optimizer step):"]
+    lines.append(f"{indent}  {c['nodes']} node(s) x {c['gpus_per_node']} GPUs = {c['gpus']} GPUs; gradient "
+                 f"{fmt_count(st['grad_bytes'], 'B')} = {fmt_count(st['params'])} parameters x "
+                 f"{c['grad_bytes_per_param']:g} B; {fmt_count(c['batch_tokens'])} tokens per step")
+    if c["gpus"] > 1:
+        if c.get("measured_busbw_Bps"):
+            lines.append(f"{indent}  all-reduce: {c['algorithm']}, {c['measured_busbw_Bps'] / 1e9:.4g} GB/s "
+                         f"({src['allreduce_bus_bandwidth']['source']})")
+        else:
+            parts = []
+            if c.get("intra_node_Bps") and c["gpus_per_node"] > 1:
+                parts.append(f"inside a node {c['intra_node_Bps'] / 1e9:.4g} GB/s per GPU")
+            if c.get("inter_node_Bps_per_gpu") and c["nodes"] > 1:
+                parts.append(f"across nodes {c['inter_node_Bps_per_gpu'] / 1e9:.4g} GB/s per GPU")
+            lines.append(f"{indent}  all-reduce: {c['algorithm']}; " + ", ".join(parts))
+    lines.append(f"{indent}  per step: compute {fmt_time(st['compute_s'])}, all-reduce {fmt_time(st['comm_s'])}, "
+                 f"hidden {fmt_time(st['hidden_s'])} (overlap {c['overlap']:g}, at most 2/3 of compute), exposed "
+                 f"{fmt_time(st['exposed_s'])} -> step {fmt_time(st['step_s'])}; MFU {st['mfu']:.3f} -> "
+                 f"{st['mfu_at_scale']:.3f} at scale")
+    for kind in ("measured", "given"):
+        names = c[kind]
+        if names:
+            lines.append(f"{indent}  {kind}: " + "; ".join(f"{k.replace('_', ' ')}: {src[k]['source']}" for k in names))
+    if c["assumed"]:
+        lines.append(f"{indent}  assumed (see the top): " + ", ".join(k.replace("_", " ") for k in c["assumed"]))
     return lines
 
 

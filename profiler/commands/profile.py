@@ -75,6 +75,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--csv", metavar="PATH", help="also write the rows as CSV")
     parser.add_argument("--trace", metavar="PATH", help="also write a Chrome/Perfetto trace of one call per row")
     parser.add_argument("--plot", metavar="PATH", help="also write a roofline PNG")
+    parser.add_argument("--distributed", type=int, default=None, metavar="N",
+                        help="print the torchrun line that profiles the same cases on N ranks "
+                             "(python -m profiler.distributed profile ...) and exit")
 
 
 # ------------------------------------------------------------------ parsing
@@ -468,17 +471,27 @@ def _text_table(df: Any, skipped: list[dict]) -> str:
     return "\n".join(lines)
 
 
-def run(args: argparse.Namespace) -> int:
-    import torch
+@dataclass
+class ProfileRun:
+    """What :func:`collect` measured on one device: rows (dicts), the annotated table and more."""
 
-    on_gpu = torch.cuda.is_available()
-    if not on_gpu:
-        # kernels must run under the Triton interpreter; set before triton is imported
-        os.environ.setdefault("TRITON_INTERPRET", "1")
-    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    rows: list[dict]
+    df: Any  # pandas DataFrame of the rows that ran, annotated with roofline columns
+    skipped: list[dict]
+    profiles: list[tuple[str, Any]]  # (row title, profiler.Profile of one call)
+    ceilings: Any
+    spec: Any
+    notes: list[str]
+    on_gpu: bool
+
+    def rows_json(self) -> list[dict]:
+        return _rows_json(self.df, self.skipped)
+
+
+def check_args(args: argparse.Namespace, on_gpu: bool) -> list[Case]:
+    """Validate the options and build the cases (one clear line per mistake)."""
     if args.time_budget is not None and not (args.time_budget > 0):
         raise UserError(f"--time-budget must be > 0 seconds, got {args.time_budget}")
-    budget = args.time_budget if args.time_budget is not None else (1.0 if on_gpu else 0.3)
     if args.block not in (16, 32, 64, 128):
         raise UserError(f"--block must be one of 16, 32, 64, 128, got {args.block}")
     if not (0 < args.density <= 1):
@@ -492,8 +505,10 @@ def run(args: argparse.Namespace) -> int:
             if not os.path.isdir(parent):
                 raise UserError(f"--{opt}: directory does not exist: {parent}")
 
+    import torch
+
     dtype = args.dtype or ("bf16" if on_gpu else "fp32")
-    fp8_ok = on_gpu and torch.cuda.get_device_capability(device) >= (8, 9)
+    fp8_ok = on_gpu and torch.cuda.get_device_capability(torch.cuda.current_device()) >= (8, 9)
     if args.op == "all":
         if args.shape:
             raise UserError("'profile all' runs a fixed suite: --shape does not apply")
@@ -517,6 +532,22 @@ def run(args: argparse.Namespace) -> int:
                           pattern=args.pattern, density=args.density, block=args.block)]
     for case in cases:
         validate_case(case)
+    return cases
+
+
+def collect(args: argparse.Namespace, device: Any, cases: list[Case] | None = None,
+            before_job: Callable[[int, Case, str], None] | None = None, show_progress: bool = True,
+            after_job: Callable[[int, dict], None] | None = None) -> ProfileRun:
+    """Profile the cases of ``args`` on ``device``: every (case, provider) row, annotated.
+
+    ``before_job(i, case, provider)`` runs before each row and ``after_job(i, row)`` after it
+    (``profiler.distributed`` uses them to keep the ranks in step and to keep finished rows).
+    Raises :class:`UserError` for bad options.
+    """
+    on_gpu = device.type == "cuda"
+    if cases is None:
+        cases = check_args(args, on_gpu)
+    budget = args.time_budget if args.time_budget is not None else (1.0 if on_gpu else 0.3)
     providers = PROVIDERS if args.provider == "both" else (args.provider,)
 
     from ..roofline import resolve_ceilings
@@ -533,12 +564,16 @@ def run(args: argparse.Namespace) -> int:
     rows: list[dict] = []
     profiles: list[Any] = []
     jobs = [(c, p) for c in cases for p in providers]
-    show = args.op == "all" or len(jobs) > 2
+    show = show_progress and (args.op == "all" or len(jobs) > 2)
     for i, (case, prov) in enumerate(jobs):
+        if before_job is not None:
+            before_job(i, case, prov)
         if show:
             _progress(i, len(jobs), f"{case.title} [{prov}]")
         row, prof = run_case(case, prov, device, args, budget)
         rows.append(row)
+        if after_job is not None:
+            after_job(i, row)
         if prof is not None:
             profiles.append((f"{case.title} [{prov}]", prof))
     if show:
@@ -561,6 +596,72 @@ def run(args: argparse.Namespace) -> int:
         notes.append(f"no peak rates in {ceilings.label}: MFU and ceiling share are not computed")
     if spec.estimated:
         notes.append(f"device not in the spec table: {spec.source}")
+    return ProfileRun(rows, df, skipped, profiles, ceilings, spec, notes, on_gpu)
+
+
+def distributed_line(args: argparse.Namespace, nproc: int) -> list[str]:
+    """The torchrun command that runs this profile on ``nproc`` ranks (``--distributed``)."""
+    probe = argparse.ArgumentParser(add_help=False)
+    add_arguments(probe)
+    argv: list[str] = [args.op]
+    for action in probe._actions:
+        if not action.option_strings or action.dest in ("distributed", "op", "help", "json"):
+            continue
+        value = getattr(args, action.dest, action.default)
+        if value == action.default or value is None:
+            continue
+        flag = action.option_strings[0]
+        if isinstance(action, argparse._StoreTrueAction):
+            argv.append(flag)
+        else:
+            argv += [flag, str(value)]
+    return ["torchrun", f"--nproc-per-node={nproc}", "-m", "profiler.distributed", "profile", *argv]
+
+
+def _print_distributed(args: argparse.Namespace) -> int:
+    import shlex
+
+    import torch
+
+    n = args.distributed
+    if n < 1:
+        raise UserError(f"--distributed must be a number of ranks >= 1, got {n}")
+    if args.trace or args.plot:
+        raise UserError("--trace and --plot are per-device outputs: they do not go with --distributed")
+    line = distributed_line(args, n)
+    gpus = torch.cuda.device_count() if torch.cuda.is_available() else 0
+    notes = []
+    if gpus:
+        notes.append(f"backend nccl, one rank per GPU ({gpus} GPU(s) here)")
+        if n > gpus:
+            notes.append(f"{n} ranks > {gpus} GPUs on this machine: use --nproc-per-node {gpus} per node")
+    else:
+        notes.append("no CUDA GPU here: the ranks use gloo on the CPU (kernels under the Triton interpreter)")
+    notes.append("several nodes: add --nnodes M --node-rank R --rdzv-endpoint HOST:PORT to the torchrun line "
+                 "on every node")
+    if args.json:
+        print_json({"command": line, "line": shlex.join(line), "nproc_per_node": n, "notes": notes})
+        return 0
+    print(shlex.join(line))
+    for note in notes:
+        print(f"# {note}")
+    return 0
+
+
+def run(args: argparse.Namespace) -> int:
+    import torch
+
+    if getattr(args, "distributed", None) is not None:
+        return _print_distributed(args)
+    on_gpu = torch.cuda.is_available()
+    if not on_gpu:
+        # kernels must run under the Triton interpreter; set before triton is imported
+        os.environ.setdefault("TRITON_INTERPRET", "1")
+    device = torch.device("cuda", torch.cuda.current_device()) if on_gpu else torch.device("cpu")
+    cases = check_args(args, on_gpu)
+    res = collect(args, device, cases)
+    df, skipped, rows, profiles, ceilings, spec, notes = (res.df, res.skipped, res.rows, res.profiles,
+                                                          res.ceilings, res.spec, res.notes)
     if args.csv:
         write_text_atomic(args.csv, df.to_csv(index=False))
     if args.trace:
@@ -590,18 +691,24 @@ def run(args: argparse.Namespace) -> int:
         print(f"note: {n}")
     print(_text_table(df, skipped) if len(df) and "time_s" in df.columns else "(no rows)")
     print()
-    print(f"peak for MFU and ceiling share: {ceilings.label}")
+    print(footer(args, ceilings, rows))
+    return 0
+
+
+def footer(args: argparse.Namespace, ceilings: Any, rows: list[dict]) -> str:
+    """The lines under the table: which peak, what the columns mean, per-row notes."""
+    lines = [f"peak for MFU and ceiling share: {ceilings.label}"]
     peaks = ", ".join(f"{k} {v / 1e12:.4g} TFLOP/s" for k, v in ceilings.flops.items())
     bw = f"{ceilings.bandwidth / 1e9:.4g} GB/s" if ceilings.bandwidth else "unknown"
-    print(f"  peaks: {peaks or 'none'}; bandwidth {bw}")
-    print("  time: median of repetitions" + ("" if args.no_flush_l2 else ", L2 flushed between them")
-          + "; TFLOP/s counts model FLOPs; ceiling = roofline time / time; GB/s = compulsory bytes / time")
+    lines.append(f"  peaks: {peaks or 'none'}; bandwidth {bw}")
+    lines.append("  time: median of repetitions" + ("" if args.no_flush_l2 else ", L2 flushed between them")
+                 + "; TFLOP/s counts model FLOPs; ceiling = roofline time / time; GB/s = compulsory bytes / time")
     if any(r.get("interpreted") and not r.get("skipped") for r in rows):
-        print("  * Triton interpreter: a single call timed on the CPU, not a hardware figure")
+        lines.append("  * Triton interpreter: a single call timed on the CPU, not a hardware figure")
     for r in rows:
         if r.get("note"):
-            print(f"  {r['case']} [{r['provider']}]: {r['note']}")
-    return 0
+            lines.append(f"  {r['case']} [{r['provider']}]: {r['note']}")
+    return "\n".join(lines)
 
 
 def _rows_json(df: Any, skipped: list[dict]) -> list[dict]:
