@@ -27,4 +27,12 @@ log "inspect exit $?"
 log "flopscale bench --quick"
 timeout 300 $PY -m profiler.cli bench --quick --out "$OUT_DIR" > "$OUT_DIR/bench.txt" 2>>"$OUT_DIR/run.log"
 log "bench exit $?"
+NGPU=$($PY -c "import torch; print(torch.cuda.device_count())" 2>/dev/null || echo 0)
+if [ "${NGPU:-0}" -ge 2 ]; then
+  log "collectives and a data-parallel step on $NGPU GPUs"
+  timeout 180 $PY -m benchmarks.run --only collectives --out "$OUT_DIR" > "$OUT_DIR/collectives.txt" 2>>"$OUT_DIR/run.log"
+  timeout 180 $PY -m torch.distributed.run --standalone --nproc-per-node "$NGPU" -m profiler.distributed ddp --fsdp \
+    --n-layer 24 --d-model 1024 --n-head 16 --n-ctx 2048 --vocab 32000 --batch 8 > "$OUT_DIR/ddp.txt" 2>>"$OUT_DIR/run.log"
+  log "distributed exit $?"
+fi
 ls -la "$OUT_DIR" | tee -a "$OUT_DIR/run.log"

@@ -13,7 +13,9 @@ DESCRIPTION = (
     "Benchmark flopscale kernels against torch baselines measured in the same run. Each row: op, "
     "shape, dtype, provider, median time, TFLOP/s (model FLOP), %% of the measured ceiling, GB/s, "
     "speedup against the baseline (first provider), and the relative error against a float64 "
-    "reference, checked before timing. Suites: matmul, attention, blocksparse, overhead, lawfit. "
+    "reference, checked before timing. Suites: matmul, attention, blocksparse, overhead, lawfit "
+    "(the default set), and collectives (all-reduce, all-gather, reduce-scatter, broadcast on "
+    "local ranks under torchrun; only with --only collectives). "
     "Without a GPU the lawfit and profiler-overhead rows run, kernels get a tiny interpreter "
     "correctness pass, and GPU rows are listed as skipped."
 )
@@ -22,7 +24,8 @@ DESCRIPTION = (
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--quick", action="store_true", help="fewer shapes (under 5 minutes on one H200)")
     parser.add_argument("--only", default=None, metavar="SUITES",
-                        help="comma-separated suites: matmul,attention,blocksparse,overhead,lawfit")
+                        help="comma-separated suites: matmul,attention,blocksparse,overhead,lawfit,collectives "
+                             "(default: all but collectives)")
     parser.add_argument("--out", default="flopscale-bench", metavar="DIR",
                         help="folder for <card>-<date>.csv and .md (default: ./flopscale-bench)")
     parser.add_argument("--json", action="store_true", help="print the rows and header as JSON")
