@@ -14,7 +14,7 @@ from typing import Callable, Iterator
 import torch
 import torch.nn.functional as F
 
-from .harness import DTYPES, Context, measure, skipped
+from .harness import DTYPES, Context, guarded, measure, skipped
 
 SUITE = "attention"
 TOKENS = 16384
@@ -37,14 +37,17 @@ def _sdpa(backend) -> Callable:
     return f
 
 
-def providers() -> list[tuple[str, Callable]]:
+def providers(quick: bool = False) -> list[tuple[str, Callable]]:
+    """SDPA per backend (flash first: the baseline), then ``kernels.attention``.  ``quick``
+    leaves out the memory-efficient backend (the slowest of the three on Hopper)."""
     import kernels
     from torch.nn.attention import SDPBackend
 
     out = [("sdpa-flash", _sdpa(SDPBackend.FLASH_ATTENTION))]
     if hasattr(SDPBackend, "CUDNN_ATTENTION"):
         out.append(("sdpa-cudnn", _sdpa(SDPBackend.CUDNN_ATTENTION)))
-    out.append(("sdpa-efficient", _sdpa(SDPBackend.EFFICIENT_ATTENTION)))
+    if not quick:
+        out.append(("sdpa-efficient", _sdpa(SDPBackend.EFFICIENT_ATTENTION)))
     out.append(("kernels.attention", lambda q, k, v, causal: kernels.attention(q, k, v, causal=causal)))
     return out
 
@@ -75,12 +78,15 @@ def rows(ctx: Context) -> Iterator[dict]:
                                     shape=f"{TOKENS // s}x{D_MODEL // d}x{s}x{d}", dtype="bf16", **{"pass": p})
                         yield from skipped(base, "no CUDA device", ("sdpa-flash", "kernels.attention"))
         return
-    provs = providers()
+    provs = providers(ctx.quick)
+    names = [name for name, _ in provs]
     for d in (128, 64):
         for s in (SEQS_QUICK if ctx.quick else SEQS):
             b, h = TOKENS // s, D_MODEL // d
             for causal in (False, True):
-                yield from _one(ctx, provs, "bf16", b, h, s, d, causal)
+                base = dict(suite=SUITE, op="attention" + ("-causal" if causal else ""),
+                            shape=f"{b}x{h}x{s}x{d}", dtype="bf16", **{"pass": "fwd+bwd"})
+                yield from guarded(_one(ctx, provs, "bf16", b, h, s, d, causal), base, names)
                 torch.cuda.empty_cache()
 
 

@@ -16,7 +16,7 @@ from typing import Iterator
 import torch
 import torch.nn.functional as F
 
-from .harness import DTYPES, Context, measure, skipped
+from .harness import DTYPES, Context, guarded, measure, skipped
 
 SUITE = "blocksparse"
 DENSITIES = (0.05, 0.1, 0.25, 0.5)
@@ -50,36 +50,54 @@ def rows(ctx: Context) -> Iterator[dict]:
 
 
 def _matmul_rows(ctx: Context, n: int, block: int, dtype: str, dev: str = "cuda") -> Iterator[dict]:
+    dt = DTYPES[dtype]
+    b = torch.randn(1, 1, n, n, device=dev, dtype=dt)
+    names = ("kernels.matmul (dense)", "kernels.blocksparse_matmul", "torch BSR matmul")
+    for density in (DENSITIES_QUICK if ctx.quick else DENSITIES):
+        base = dict(suite=SUITE, op="bsmm-dsd", shape=f"{n}x{n}x{n} b{block}", dtype=dtype, **{"pass": "fwd"},
+                    note=f"density {density}")
+        yield from guarded(_matmul_density(ctx, b, n, block, dtype, density), base, names)
+        torch.cuda.empty_cache()
+
+
+def _matmul_density(ctx: Context, b: torch.Tensor, n: int, block: int, dtype: str, density: float) -> Iterator[dict]:
     import kernels
 
-    dt = DTYPES[dtype]
+    dev, dt = b.device, b.dtype
     r = n // block
-    b = torch.randn(1, 1, n, n, device=dev, dtype=dt)
-    for density in (DENSITIES_QUICK if ctx.quick else DENSITIES):
-        lay = _random_layout(1, r, density, block)
-        a_dense = torch.randn(1, 1, n, n, device=dev, dtype=dt) * lay.element_mask().to(dev, dt)
-        a_sparse = _to_sparse(a_dense, lay)
-        nnz = lay.nnz
-        esize = b.element_size()
-        base = dict(suite=SUITE, op="bsmm-dsd", shape=f"{n}x{n}x{n} b{block}", **{"pass": "fwd"},
-                    note=_target_note(lay.density))
-        provs = [("kernels.matmul (dense)", lambda: kernels.matmul(a_dense[0, 0], b[0, 0])),
-                 ("kernels.blocksparse_matmul", lambda: kernels.blocksparse_matmul(a_sparse, b, lay, "dsd")[0, 0])]
-        try:
-            a_bsr = a_dense[0, 0].to_sparse_bsr((block, block))
-            provs.append(("torch BSR matmul", lambda: a_bsr @ b[0, 0]))
-        except Exception:
-            pass
-        rows_ = list(measure(ctx, base=base, dtype=dtype, flops=2.0 * nnz * block * block * n,
-                             nbytes=(nnz * block * block + 2 * n * n) * esize, providers=provs,
-                             reference=lambda: a_dense[0, 0].double() @ b[0, 0].double()))
-        # the dense baseline does the full work: report its rate on its own FLOPs
-        for row in rows_:
-            if row["provider"].endswith("(dense)") and row.get("median_ms"):
-                row["tflops"] = 2.0 * n ** 3 / (row["median_ms"] / 1e3) / 1e12
-                row["flops"] = 2.0 * n ** 3
-            yield row
-        torch.cuda.empty_cache()
+    lay = _random_layout(1, r, density, block)
+    a_dense = torch.randn(1, 1, n, n, device=dev, dtype=dt) * lay.element_mask().to(dev, dt)
+    a_sparse = _to_sparse(a_dense, lay)
+    nnz = lay.nnz
+    esize = b.element_size()
+    base = dict(suite=SUITE, op="bsmm-dsd", shape=f"{n}x{n}x{n} b{block}", **{"pass": "fwd"},
+                note=_target_note(lay.density))
+    provs = [("kernels.matmul (dense)", lambda: kernels.matmul(a_dense[0, 0], b[0, 0])),
+             ("kernels.blocksparse_matmul", lambda: kernels.blocksparse_matmul(a_sparse, b, lay, "dsd")[0, 0])]
+    try:
+        # bf16/fp16 BSR @ dense on CUDA runs torch's Triton bsr_dense_mm; a torch without it errors per row
+        a_bsr = a_dense[0, 0].to_sparse_bsr((block, block))
+        provs.append(("torch BSR matmul", lambda: a_bsr @ b[0, 0]))
+    except Exception as exc:  # noqa: BLE001
+        yield dict(base, provider="torch BSR matmul", dtype=dtype, status="skipped",
+                   note=f"no BSR tensor: {type(exc).__name__}: {str(exc)[:120]}")
+    dense_flops = 2.0 * n ** 3
+    rows_ = list(measure(ctx, base=base, dtype=dtype, flops=2.0 * nnz * block * block * n,
+                         nbytes=(nnz * block * block + 2 * n * n) * esize, providers=provs,
+                         reference=lambda: a_dense[0, 0].double() @ b[0, 0].double(), hide_launch="auto"))
+    # the dense baseline does the full work: report its rate on its own FLOPs and bytes
+    for row in rows_:
+        if row["provider"].endswith("(dense)"):
+            row["flops"] = dense_flops
+            row["bytes"] = 3 * n * n * esize
+            if row.get("median_ms"):
+                sec = row["median_ms"] / 1e3
+                row["tflops"] = dense_flops / sec / 1e12
+                row["gbps"] = row["bytes"] / sec / 1e9
+                peak = ctx.ceiling(dtype)
+                row["pct_ceiling"] = 100.0 * dense_flops / sec / peak if peak else None
+            row["note"] = "dense baseline (all blocks): " + (row.get("note") or "")
+        yield row
 
 
 def _to_sparse(x: torch.Tensor, lay) -> torch.Tensor:
@@ -89,41 +107,57 @@ def _to_sparse(x: torch.Tensor, lay) -> torch.Tensor:
 
 
 def _attention_rows(ctx: Context, b, h, s, d, block, dtype, dev="cuda") -> Iterator[dict]:
+    """The dense kernel once (its own unmasked reference and dense FLOPs), then per layout the
+    block-sparse kernel and SDPA with the layout's boolean mask, with the dense median as
+    the baseline of ``speedup``."""
     import kernels
 
     dt = DTYPES[dtype]
     r = s // block
     q, k, v = (torch.randn(b, h, s, d, device=dev, dtype=dt) for _ in range(3))
+    shape = f"{b}x{h}x{s}x{d} b{block}"
+    nbytes = 4 * q.numel() * q.element_size()
+
+    def reference(emask=None):
+        q0, k0, v0 = (t[:1, :1].double() for t in (q, k, v))
+        sc = (q0 @ k0.transpose(-1, -2)) / math.sqrt(d)
+        if emask is not None:
+            sc = sc.masked_fill(~emask[None], float("-inf"))
+        return torch.softmax(sc, -1) @ v0
+
+    base = dict(suite=SUITE, op="bsattn dense", shape=shape, **{"pass": "fwd"},
+                note="dense baseline (every block, no mask)")
+    dense_rows = list(guarded(measure(ctx, base=base, dtype=dtype, flops=4.0 * b * h * d * s * s, nbytes=nbytes,
+                                      providers=[("kernels.attention (dense)", lambda: kernels.attention(q, k, v))],
+                                      reference=reference, check=lambda o: o[:1, :1], hide_launch="auto"),
+                              dict(base, dtype=dtype), ("kernels.attention (dense)",)))
+    yield from dense_rows
+    dense_ms = dense_rows[0].get("median_ms") if dense_rows else None
+    baseline_s = dense_ms / 1e3 if dense_ms else None
+
     layouts = []
     for density in (DENSITIES_QUICK if ctx.quick else DENSITIES):
-        layouts.append((f"random {density}", _random_layout(1, r, density, block)))
-    layouts.append(("local 8", kernels.BlockLayout.local(1, r, 8, block=block, causal=False)))
-    layouts.append(("strided 8", kernels.BlockLayout.strided(1, r, 8, block=block, causal=False)))
-    for name, lay in layouts:
-        pairs = lay.nnz * block * block
-        emask = lay.element_mask().to(dev)  # [1, S, S]
-        base = dict(suite=SUITE, op=f"bsattn {name}", shape=f"{b}x{h}x{s}x{d} b{block}", **{"pass": "fwd"},
-                    note=_target_note(lay.density))
-        provs = [
-            ("kernels.attention (dense)", lambda: kernels.attention(q, k, v)),
-            ("kernels.blocksparse_attention", lambda lay=lay: kernels.blocksparse_attention(q, k, v, lay)),
-            ("sdpa (bool mask)", lambda emask=emask: F.scaled_dot_product_attention(q, k, v, attn_mask=emask[None])),
-        ]
+        layouts.append((f"random {density}", lambda density=density: _random_layout(1, r, density, block)))
+    layouts.append(("local 8", lambda: kernels.BlockLayout.local(1, r, 8, block=block, causal=False)))
+    layouts.append(("strided 8", lambda: kernels.BlockLayout.strided(1, r, 8, block=block, causal=False)))
+    names = ("kernels.blocksparse_attention", "sdpa (bool mask)")
+    for name, make in layouts:
+        base = dict(suite=SUITE, op=f"bsattn {name}", shape=shape, dtype=dtype, **{"pass": "fwd"})
 
-        def reference(emask=emask):
-            q0, k0, v0 = (t[:1, :1].double() for t in (q, k, v))
-            sc = (q0 @ k0.transpose(-1, -2)) / math.sqrt(d)
-            sc = sc.masked_fill(~emask[None], float("-inf"))
-            return torch.softmax(sc, -1) @ v0
+        def one(name=name, make=make) -> Iterator[dict]:
+            lay = make()
+            pairs = lay.nnz * block * block
+            emask = lay.element_mask().to(dev)  # [1, S, S]
+            provs = [
+                ("kernels.blocksparse_attention", lambda: kernels.blocksparse_attention(q, k, v, lay)),
+                ("sdpa (bool mask)", lambda: F.scaled_dot_product_attention(q, k, v, attn_mask=emask[None])),
+            ]
+            note = _target_note(lay.density) + ("; speedup against the dense kernel above" if baseline_s else "")
+            yield from measure(ctx, base=dict(base, note=note), dtype=dtype, flops=4.0 * b * h * d * pairs,
+                               nbytes=nbytes, providers=provs, reference=lambda: reference(emask),
+                               check=lambda o: o[:1, :1], hide_launch="auto", baseline_s=baseline_s)
 
-        rows_ = list(measure(ctx, base=base, dtype=dtype, flops=4.0 * b * h * d * pairs,
-                             nbytes=4 * q.numel() * q.element_size(), providers=provs, reference=reference,
-                             check=lambda o: o[:1, :1]))
-        for row in rows_:
-            if row["provider"].endswith("(dense)"):
-                # the dense kernel computes the full S x S: its reference is the unmasked attention
-                row["note"] = "dense baseline (no mask): " + (row.get("note") or "")
-            yield row
+        yield from guarded(one(), base, names)
         torch.cuda.empty_cache()
 
 

@@ -56,9 +56,9 @@ def rows(ctx: Context) -> Iterator[dict]:
     budget = max(ctx.time_budget_s, 2.0)
     ctx_t = Context(device=ctx.device, quick=ctx.quick, time_budget_s=budget)
     # interleave to share any drift in machine load between the two
-    plain_t = time_fn(step, ctx_t)
-    prof_t = time_fn(profiled, ctx_t)
-    plain_t2 = time_fn(step, ctx_t)
+    plain_t, _ = time_fn(step, ctx_t)
+    prof_t, _ = time_fn(profiled, ctx_t)
+    plain_t2, _ = time_fn(step, ctx_t)
     # On a shared CPU other processes only ever slow a repetition down, so the overhead is
     # taken from the fastest repetitions there; on a GPU from the medians.  The ms and
     # speedup columns are always medians.

@@ -1,20 +1,48 @@
 """Run benchmark suites into one CSV (written row by row) and a Markdown summary.
 
     python -m benchmarks.run [--quick] [--only matmul,attention,...] [--out DIR]
+    python -m benchmarks.run --markdown-from CSV     # rebuild the .md beside a CSV
 
-is the same as ``flopscale bench``.
+is the same as ``flopscale bench``.  A suite that fails ends as an error row and the next
+suite runs.  ``FLOPSCALE_BENCH_TIME_LIMIT_S`` (seconds) stops starting new rows once that
+much time has passed (the rest are listed as skipped), so a run under an outer ``timeout``
+still ends by itself and writes both tables; SIGTERM also ends the run with both tables.
 """
 from __future__ import annotations
 
+import csv
 import importlib
+import os
+import signal
 import sys
+import threading
 import time
 from pathlib import Path
 from typing import Callable, Iterator
 
 import torch
 
-from .harness import WIDTHS, Context, CsvSink, environment, format_row, header_line, markdown
+from .harness import COLUMNS, WIDTHS, Context, CsvSink, environment, format_row, header_line, markdown
+
+# seconds per provider for the timed repetitions (after warm-up); --quick uses less
+TIME_BUDGET_S = 0.5
+TIME_BUDGET_QUICK_S = 0.3
+
+
+class _Terminated(BaseException):
+    """Raised in the main thread when SIGTERM arrives (an outer timeout).  A BaseException, like
+    KeyboardInterrupt, so that the per-provider ``except Exception`` handlers let it through."""
+
+
+def _time_limit_s() -> float | None:
+    raw = os.environ.get("FLOPSCALE_BENCH_TIME_LIMIT_S", "").strip()
+    if not raw:
+        return None
+    try:
+        v = float(raw)
+    except ValueError:
+        return None
+    return v if v > 0 else None
 
 SUITES = ("matmul", "attention", "blocksparse", "overhead", "lawfit", "collectives")
 # what runs without --only; collectives (several processes under torchrun) only with --only collectives
@@ -69,18 +97,37 @@ def run(
 ) -> tuple[list[dict], dict, Path | None, Path | None]:
     """Run the suites; return (rows, environment header, csv path, markdown path)."""
     names = list(only or DEFAULT_SUITES)
+    t_start = time.perf_counter()
+    limit_s = _time_limit_s()
     device = "cuda" if torch.cuda.is_available() else "cpu"
-    ctx = Context(device=device, quick=quick)
+    ctx = Context(device=device, quick=quick, time_budget_s=TIME_BUDGET_QUICK_S if quick else TIME_BUDGET_S)
     ctx.out_dir = out  # suites that write files of their own (collectives) put them beside the table
+    ceiling_note = None
     if device == "cuda":
-        from profiler import calibrate
+        from profiler import devices
 
-        ctx.ceilings = calibrate()
+        try:
+            if progress:
+                progress("measuring ceilings (profiler.calibrate) ...")
+            ctx.ceilings = devices.calibrate()
+        except Exception as exc:  # noqa: BLE001 - fall back to the datasheet, say so in the header
+            ceiling_note = f"calibration failed ({type(exc).__name__}: {str(exc)[:160]}); %ceil uses the datasheet peaks"
+            try:
+                ctx.ceilings = devices.Ceilings.from_spec(devices.current_spec())
+            except Exception:  # noqa: BLE001
+                ctx.ceilings = None
     header = environment()
     header["command"] = "flopscale bench" + (" --quick" if quick else "") + (f" --only {','.join(names)}" if only else "")
     if ctx.ceilings is not None:
+        bw = ctx.ceilings.bandwidth
+        kind = "measured" if ctx.ceilings.source == "measured" else "datasheet"
         header["ceilings"] = ", ".join(f"{k} {v / 1e12:.0f} TFLOP/s" for k, v in ctx.ceilings.flops.items()) + \
-            f"; copy {ctx.ceilings.bandwidth / 1e12:.2f} TB/s (measured, read+write)"
+            (f"; copy {bw / 1e12:.2f} TB/s" if bw else "") + f" ({kind}: {ctx.ceilings.label})"
+    if ceiling_note:
+        header["ceilings_note"] = ceiling_note
+    header["time_budget_per_provider_s"] = ctx.time_budget_s
+    if limit_s:
+        header["time_limit_s"] = limit_s
     csv_path = md_path = None
     sink = None
     if out is not None:
@@ -89,23 +136,65 @@ def run(
         csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
         sink = CsvSink(csv_path)
     rows: list[dict] = []
+
+    def emit(row: dict) -> None:
+        rows.append(row)
+        if sink:
+            sink.write(row)
+        if echo:
+            echo(format_row(row, WIDTHS))
+
+    def over_time() -> bool:
+        return limit_s is not None and time.perf_counter() - t_start > limit_s
+
     if echo:
         echo(header_line(WIDTHS))
+    old_handler = None
+    if threading.current_thread() is threading.main_thread():
+        def _on_term(signum, frame):  # noqa: ARG001
+            raise _Terminated("SIGTERM")
+
+        try:
+            old_handler = signal.signal(signal.SIGTERM, _on_term)
+        except (ValueError, OSError):
+            old_handler = None
     try:
         for name in names:
+            if over_time():
+                emit({"suite": name, "op": "-", "provider": "-", "status": "skipped",
+                      "note": f"time limit of {limit_s:g} s reached before this suite"})
+                continue
             if progress:
                 progress(f"suite {name} ...")
             t0 = time.perf_counter()
-            for row in suite_rows(name, ctx):
-                rows.append(row)
-                if sink:
-                    sink.write(row)
-                if echo:
-                    echo(format_row(row, WIDTHS))
+            gen = suite_rows(name, ctx)
+            try:
+                for row in gen:
+                    emit(row)
+                    if over_time():
+                        emit({"suite": name, "op": "-", "provider": "-", "status": "skipped",
+                              "note": f"time limit of {limit_s:g} s reached: the rest of this suite was not run"})
+                        break
+            except (KeyboardInterrupt, _Terminated):
+                raise
+            except Exception as exc:  # noqa: BLE001 - one failing suite must not end the run
+                text = str(exc).strip()
+                emit({"suite": name, "op": "-", "provider": "-", "status": "error",
+                      "note": f"suite stopped: {type(exc).__name__}: {text.splitlines()[0][:200] if text else ''}"})
+                _settle_cuda()
+            finally:
+                gen.close()
             if progress:
                 progress(f"suite {name} done in {time.perf_counter() - t0:.1f} s")
         header["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
+    except _Terminated:
+        header["finished"] = "terminated (SIGTERM): the table holds the rows that finished"
     finally:
+        if old_handler is not None:
+            try:
+                signal.signal(signal.SIGTERM, old_handler)
+            except (ValueError, OSError):
+                pass
         if sink:
             sink.close()
         if md_path is not None:
@@ -115,11 +204,50 @@ def run(
                 header_end["finished"] = "interrupted: the table holds the rows that finished"
             from .harness import nvml_snapshot
 
-            header_end["at end"] = nvml_snapshot()
+            try:
+                header_end["at end"] = nvml_snapshot()
+            except Exception:  # noqa: BLE001
+                pass
             tmp = md_path.with_suffix(".md.tmp")
             tmp.write_text(markdown(rows, header_end))
             tmp.replace(md_path)
     return rows, header, csv_path, md_path
+
+
+def _settle_cuda() -> None:
+    if torch.cuda.is_available():
+        try:
+            torch.cuda.synchronize()
+            torch.cuda.empty_cache()
+        except Exception:  # noqa: BLE001 - a broken context shows up in the next rows
+            pass
+
+
+def markdown_from_csv(csv_path: Path, md_path: Path | None = None, note: str = "") -> Path:
+    """Write the Markdown table for the rows of a benchmark CSV (e.g. after a run was killed)."""
+    csv_path = Path(csv_path)
+    md_path = Path(md_path) if md_path is not None else csv_path.with_suffix(".md")
+    with open(csv_path, newline="") as fh:
+        rows = []
+        for r in csv.DictReader(fh):
+            row: dict = {}
+            for k in COLUMNS:
+                v = r.get(k, "")
+                if v in ("", None):
+                    continue
+                try:
+                    row[k] = float(v) if k not in ("suite", "op", "shape", "dtype", "pass", "provider", "status",
+                                                    "note", "reps") else v
+                except ValueError:
+                    row[k] = v
+            rows.append(row)
+    header = {"source": f"rebuilt from {csv_path.name}", "rows": len(rows)}
+    if note:
+        header["note"] = note
+    tmp = md_path.with_suffix(".md.tmp")
+    tmp.write_text(markdown(rows, header))
+    tmp.replace(md_path)
+    return md_path
 
 
 def main(argv: list[str] | None = None) -> int:
@@ -129,7 +257,12 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", default=None)
     p.add_argument("--out", default="flopscale-bench")
+    p.add_argument("--markdown-from", default=None, metavar="CSV",
+                   help="only rebuild the Markdown table beside CSV (for a run that was killed)")
     a = p.parse_args(argv)
+    if a.markdown_from:
+        print(markdown_from_csv(Path(a.markdown_from), note="the run did not finish; rows as written"))
+        return 0
     only = a.only.split(",") if a.only else None
     run(only, a.quick, Path(a.out), progress=lambda m: print(m, file=sys.stderr))
     return 0

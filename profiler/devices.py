@@ -480,8 +480,8 @@ def calibrate(device: Any = None, recalibrate: bool = False, quick: bool = False
     cached quick result is not returned for ``quick=False``.
 
     GPU: best rate over large square matmuls per dtype (fp64, fp32 with TF32 off,
-    tf32, bf16, fp16, fp8 via ``torch._scaled_mm`` on sm_89+, int8 via
-    ``torch._int_mm``), and ``dst.copy_(src)`` on buffers far larger than L2
+    tf32, bf16, fp16, fp8 via ``torch._scaled_mm`` with fast accumulation on sm_89+, int8
+    via ``torch._int_mm``), and ``dst.copy_(src)`` on buffers far larger than L2
     (bytes read + written).  CPU: float32 matmul (and float64 in full mode) and a
     64 MiB memory copy, each from its fastest repetition (other processes only ever slow a
     CPU run down); quick mode takes about a second.
@@ -593,7 +593,8 @@ def _measure_cuda(dev: Any, name: str, quick: bool) -> Ceilings:
         a = torch.randn(n, n, device=dev).to(torch.float8_e4m3fn)
         b = torch.randn(n, n, device=dev).to(torch.float8_e4m3fn).t()  # column-major, as required
         one = torch.ones((), device=dev)
-        return lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16)
+        # fast accumulation: the rate Triton's fp8 dot (its default on sm_90) and tuned fp8 GEMMs reach
+        return lambda: torch._scaled_mm(a, b, scale_a=one, scale_b=one, out_dtype=torch.bfloat16, use_fast_accum=True)
 
     def int8(n: int) -> Any:
         a = torch.randint(-8, 8, (n, n), device=dev, dtype=torch.int8)

@@ -646,7 +646,9 @@ class Profile:
         self._active = False
         try:
             if self._pending:
-                torch.cuda.synchronize()  # the one synchronisation: resolve every launch's events
+                # the one synchronisation (per device used): resolve every launch's events
+                for d in sorted({r.device for r, _s, _e in self._pending}):
+                    torch.cuda.synchronize(d)
                 for rec, start, end in self._pending:
                     try:
                         rec.time_s = start.elapsed_time(end) * 1e-3
@@ -682,11 +684,14 @@ class Profile:
             out = func(*args, **kwargs)
             t0 = t1 = math.nan
         elif on_cuda:
+            # the op's device's current stream in *this* thread: in autograd's device thread that
+            # is the stream the forward op ran on, which the engine makes current for the backward
+            stream = torch.cuda.current_stream(dev)
             start = torch.cuda.Event(enable_timing=True)
             end = torch.cuda.Event(enable_timing=True)
-            start.record()
+            start.record(stream)
             out = func(*args, **kwargs)
-            end.record()
+            end.record(stream)
         else:
             t0 = time.perf_counter()
             out = func(*args, **kwargs)

@@ -53,8 +53,12 @@ def decode_reasons(mask: int | None) -> list[str]:
 
 
 def _not_supported(exc: Exception) -> bool:
+    """A query this device/driver/library cannot answer (dropped for good, sampling goes on):
+    NVML's NotSupported, FunctionNotFound (a driver older or newer than the binding, e.g. a
+    deprecated query) and NoPermission, or a binding without the function."""
     text = f"{type(exc).__name__} {exc}".lower().replace("_", "").replace(" ", "")
-    return "notsupported" in text or isinstance(exc, (AttributeError, NotImplementedError))
+    return any(k in text for k in ("notsupported", "functionnotfound", "nopermission")) or \
+        isinstance(exc, (AttributeError, NotImplementedError))
 
 
 @dataclass(frozen=True)
@@ -82,6 +86,9 @@ class Telemetry:
     device gives an empty result with a note).  ``interval_s``: seconds between
     samples.  ``nvml``: an NVML module to use instead of ``pynvml`` (tests).
     """
+
+    #: seconds to wait for the sampler thread at exit before leaving it behind (a hung NVML call)
+    join_timeout_s = 5.0
 
     def __init__(self, device: Any = None, interval_s: float = 0.05, nvml: Any = None) -> None:
         if not (interval_s > 0):
@@ -185,12 +192,20 @@ class Telemetry:
     def __exit__(self, *exc: Any) -> bool:
         self._stop.set()
         t = self._thread
+        stuck = False
         if t is not None:
-            # join in slices so a second Ctrl-C during the join still gets through
-            while t.is_alive():
+            # join in slices so a second Ctrl-C during the join still gets through; an NVML call
+            # that never returns (a GPU fallen off the bus) must not hang the measured program
+            give_up = time.perf_counter() + max(self.join_timeout_s, 10 * self.interval_s)
+            while t.is_alive() and time.perf_counter() < give_up:
                 t.join(timeout=max(self.interval_s, 0.05) * 4)
+            stuck = t.is_alive()
             self._thread = None
         self.duration_s = time.perf_counter() - self._t0
+        if stuck:
+            self.note = "sampler thread did not stop (an NVML call is not returning); left running as a daemon"
+            self._initialised = False  # no nvmlShutdown under a thread still inside NVML
+            return False
         if self.available and self._nvml is not None:
             if self.note is None:
                 try:

@@ -11,7 +11,15 @@ then times every repetition separately and returns the whole distribution.
   (``flush_l2=True``), so a kernel does not get its inputs from a warm cache.  The
   flush itself is outside the timed interval.
 * ``cuda_graph=True`` captures ``fn`` once into a CUDA graph and times its replay:
-  use it when launch overhead would dominate (small kernels).
+  use it when launch overhead would dominate (small kernels).  ``fn`` must be
+  capturable (no host synchronisation, no CPU work between kernels that matters); on
+  torch < 2.12 a capture that fails can leave the caching allocator believing a capture
+  is still under way, so do not use it speculatively.
+* ``hide_launch=True`` is the capture-free alternative: before each repetition's start
+  event the device is given a spin (``torch.cuda._sleep``) longer than twice the host
+  time of one call, so the host has queued the whole call before the device reaches the
+  start event and the interval measures device time only (launch overhead and the gaps
+  between a call's kernels excluded).
 * On the CPU the clock is ``time.perf_counter`` (monotonic, ns resolution) and the
   "L2" flush writes a buffer twice the size of the last-level cache.
 
@@ -46,6 +54,7 @@ class Timing:
     flush_l2: bool = False
     cuda_graph: bool = False
     warmup: int = 0
+    hide_launch: bool = False  # a device spin before each start event hid the launch overhead
 
     @classmethod
     def from_times(cls, times_s: Any, **meta: Any) -> "Timing":
@@ -145,11 +154,42 @@ def _capture_graph(fn: Callable[[], Any]) -> Callable[[], Any]:
         for _ in range(2):  # warm up on a side stream, as capture requires
             fn()
     torch.cuda.current_stream().wait_stream(side)
+    torch.cuda.synchronize()
     graph = torch.cuda.CUDAGraph()
     with torch.cuda.graph(graph):
         fn()
     torch.cuda.synchronize()
-    return graph.replay
+    return graph.replay  # the bound method keeps the graph (and its memory pool) alive
+
+
+_SPIN_RATE: dict[int, float | None] = {}
+
+
+def _spin_cycles_per_s(index: int) -> float | None:
+    """Clock cycles per second of ``torch.cuda._sleep`` on device ``index`` (measured once
+    with CUDA events), or None when the spin is not available."""
+    import torch
+
+    if index in _SPIN_RATE:
+        return _SPIN_RATE[index]
+    rate = None
+    sleep = getattr(torch.cuda, "_sleep", None)
+    if sleep is not None:
+        try:
+            sleep(1000)
+            start = torch.cuda.Event(enable_timing=True)
+            end = torch.cuda.Event(enable_timing=True)
+            cycles = 2_000_000  # ~1 ms at 2 GHz
+            start.record()
+            sleep(cycles)
+            end.record()
+            end.synchronize()
+            ms = start.elapsed_time(end)
+            rate = cycles / (ms * 1e-3) if ms > 0 else None
+        except Exception:  # noqa: BLE001 - no spin: hide_launch falls back to plain timing
+            rate = None
+    _SPIN_RATE[index] = rate
+    return rate
 
 
 def bench(
@@ -163,6 +203,7 @@ def bench(
     device: Any = None,
     min_rep: int = 5,
     max_rep: int = 10_000,
+    hide_launch: bool = False,
 ) -> Timing:
     """Time ``fn()`` (no arguments) and return the distribution of its repetitions.
 
@@ -181,6 +222,11 @@ def bench(
         (not timed).
     cuda_graph:
         capture ``fn`` into a CUDA graph and time graph replays (CUDA only).
+    hide_launch:
+        CUDA only: queue a device spin of twice the host time of one call (at least 20 us,
+        at most 5 ms) before every start event, so the interval is device time without
+        launch overhead.  Ignored on the CPU and where ``torch.cuda._sleep`` is missing
+        (``Timing.hide_launch`` says whether it was applied).
     device:
         where ``fn`` runs: ``"cuda"``/``"cuda:N"`` (CUDA events) or ``"cpu"``
         (``perf_counter``); default the current CUDA device if there is one, else CPU.
@@ -217,10 +263,18 @@ def bench(
                 torch.cuda.synchronize()
         t1 = time.perf_counter()
         call()
+        t_host = time.perf_counter()
         if on_cuda:
             torch.cuda.synchronize()
         t2 = time.perf_counter()
         per_rep = max((t2 - t1) + (t1 - t0), 1e-7)
+        spin_cycles = 0
+        if hide_launch and on_cuda:
+            rate = _spin_cycles_per_s(dev.index if dev.index is not None else torch.cuda.current_device())
+            if rate:
+                pad_s = min(max(2.0 * (t_host - t1), 20e-6), 5e-3)
+                spin_cycles = int(pad_s * rate)
+                per_rep += pad_s
         if rep is None:
             n = int(time_budget_s / per_rep)
             n = max(min_rep, min(max_rep, n))
@@ -228,7 +282,7 @@ def bench(
             n = rep
 
         if on_cuda:
-            times = _time_cuda(call, n, flusher)
+            times = _time_cuda(call, n, flusher, spin_cycles)
         else:
             # a loaded CPU can make later calls far slower than the sizing call: stop at
             # twice the budget once min_rep repetitions are in (only when rep was not given)
@@ -240,6 +294,7 @@ def bench(
         flush_l2=flush_l2,
         cuda_graph=cuda_graph,
         warmup=warmup,
+        hide_launch=bool(on_cuda and spin_cycles > 0),
     )
 
 
@@ -251,7 +306,7 @@ class _nullcontext:
         return False
 
 
-def _time_cuda(call: Callable[[], Any], n: int, flusher: _Flusher | None) -> list[float]:
+def _time_cuda(call: Callable[[], Any], n: int, flusher: _Flusher | None, spin_cycles: int = 0) -> list[float]:
     import torch
 
     starts = [torch.cuda.Event(enable_timing=True) for _ in range(n)]
@@ -259,6 +314,8 @@ def _time_cuda(call: Callable[[], Any], n: int, flusher: _Flusher | None) -> lis
     for i in range(n):
         if flusher is not None:
             flusher()
+        if spin_cycles:
+            torch.cuda._sleep(spin_cycles)  # the device waits here while the host queues the call
         starts[i].record()
         call()
         ends[i].record()

@@ -66,3 +66,101 @@ def test_unknown_suite_is_one_clear_error(capsys):
     assert main(["bench", "--only", "matmul,nonsense"]) == 2
     err = capsys.readouterr().err
     assert "nonsense" in err and "Traceback" not in err
+
+
+def test_a_failing_reference_makes_every_provider_an_error_row():
+    ctx = Context(device="cpu", quick=True)
+
+    def ref():
+        raise RuntimeError("reference exploded")
+
+    rows = list(measure(ctx, base={"op": "x"}, dtype="fp32", flops=1, nbytes=1,
+                        providers=[("a", lambda: torch.ones(2)), ("b", lambda: torch.ones(2))], reference=ref))
+    assert [(r["provider"], r["status"]) for r in rows] == [("a", "error"), ("b", "error")]
+    assert "reference exploded" in rows[0]["note"]
+
+
+def test_guarded_turns_a_crash_into_rows_for_the_providers_not_yet_reported():
+    from benchmarks.harness import guarded
+
+    def shape_rows():
+        yield {"provider": "torch", "status": "ok"}
+        raise RuntimeError("illegal memory access")
+
+    rows = list(guarded(shape_rows(), {"op": "m"}, ("torch", "kernels")))
+    assert [(r["provider"], r["status"]) for r in rows] == [("torch", "ok"), ("kernels", "error")]
+    assert "illegal memory access" in rows[1]["note"] and rows[1]["op"] == "m"
+
+    def oom_rows():
+        raise torch.cuda.OutOfMemoryError("CUDA out of memory")
+        yield  # pragma: no cover
+
+    rows = list(guarded(oom_rows(), {"op": "m"}, ("torch",)))
+    assert rows[0]["status"] == "skipped" and "out of memory" in rows[0]["note"]
+    # everything already reported: the failure still leaves one row
+    rows = list(guarded(shape_rows(), {"op": "m"}, ("torch",)))
+    assert [r["status"] for r in rows] == ["ok", "error"] and rows[1]["provider"] == "-"
+
+
+def test_a_failing_suite_is_a_row_and_the_run_goes_on_with_both_tables(tmp_path, monkeypatch):
+    import benchmarks.run as brun
+
+    def fake_rows(name, ctx):
+        yield {"suite": name, "op": "op1", "provider": "p", "status": "ok"}
+        if name == "matmul":
+            raise RuntimeError("CUDA error: an illegal memory access was encountered")
+
+    monkeypatch.setattr(brun, "suite_rows", fake_rows)
+    rows, header, csv_path, md_path = brun.run(["matmul", "lawfit"], quick=True, out=tmp_path, echo=None)
+    assert [(r["suite"], r["status"]) for r in rows] == [("matmul", "ok"), ("matmul", "error"), ("lawfit", "ok")]
+    assert "illegal memory access" in rows[1]["note"]
+    with open(csv_path) as fh:
+        assert len(list(csv.DictReader(fh))) == 3
+    text = md_path.read_text()
+    assert text.count("| op1 |") == 2 and "interrupted" not in text
+
+
+def test_the_time_limit_skips_the_rest_and_the_markdown_can_be_rebuilt(tmp_path, monkeypatch):
+    import time
+
+    import benchmarks.run as brun
+
+    def slow_rows(name, ctx):
+        for i in range(100):
+            time.sleep(0.02)
+            yield {"suite": name, "op": f"op{i}", "provider": "p", "status": "ok", "median_ms": 1.25}
+
+    monkeypatch.setattr(brun, "suite_rows", slow_rows)
+    monkeypatch.setenv("FLOPSCALE_BENCH_TIME_LIMIT_S", "0.1")
+    rows, header, csv_path, md_path = brun.run(["matmul", "attention"], quick=True, out=tmp_path, echo=None)
+    done = [r for r in rows if r["status"] == "ok"]
+    assert 1 <= len(done) < 20
+    assert [r["suite"] for r in rows if r["status"] == "skipped"] == ["matmul", "attention"]
+    md_path.unlink()
+    rebuilt = brun.markdown_from_csv(csv_path)
+    text = rebuilt.read_text()
+    assert rebuilt == md_path and text.count("| p |") == len(done) and "1.25" in text
+    assert text.count("| skipped |") == 2
+
+
+def test_sigterm_ends_the_run_with_both_tables(tmp_path, monkeypatch):
+    import os
+    import signal
+
+    import benchmarks.run as brun
+
+    def term():  # what `timeout` sends, arriving while a provider runs
+        os.kill(os.getpid(), signal.SIGTERM)
+        return torch.ones(3)
+
+    def rows_then_term(name, ctx):
+        yield {"suite": name, "op": "first", "provider": "p", "status": "ok"}
+        # inside measure(), whose per-provider handler must not swallow the termination
+        yield from measure(ctx, base={"suite": name, "op": "never"}, dtype="fp32", flops=1, nbytes=1,
+                           providers=[("p", term)] * 1000, reference=None)
+
+    before = signal.getsignal(signal.SIGTERM)
+    monkeypatch.setattr(brun, "suite_rows", rows_then_term)
+    rows, header, csv_path, md_path = brun.run(["matmul", "attention"], quick=True, out=tmp_path, echo=None)
+    assert [r["op"] for r in rows][:1] == ["first"] and len(rows) < 10
+    assert "terminated" in md_path.read_text() and signal.getsignal(signal.SIGTERM) == before

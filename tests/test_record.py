@@ -401,3 +401,21 @@ def test_cuda_events_resolved_at_exit_and_peak_memory():
     assert len(prof.records) == 3 and all(r.time_s > 0 for r in prof.records)
     assert prof.peak_memory_bytes >= 3 * 1024 * 1024 * 4
     assert prof.records[0].peak_dtype in ("fp32", "tf32")
+
+
+@pytest.mark.gpu
+def test_backward_launches_are_timed_on_the_stream_they_run_on():
+    # forward on a side stream: autograd runs the backward mm there too, on its device thread
+    w = torch.randn(4096, 4096, device="cuda", requires_grad=True)
+    x = torch.randn(8192, 4096, device="cuda")
+    side = torch.cuda.Stream()
+    side.wait_stream(torch.cuda.current_stream())
+    with Profile() as prof:
+        with torch.cuda.stream(side):
+            loss = (x @ w).square().sum()
+        loss.backward()
+    mms = [r for r in prof.records if r.op == "aten::mm"]
+    assert len(mms) == 2 and len({r.thread for r in mms}) == 2  # forward here, backward on autograd's thread
+    # 2*8192*4096*4096 FLOP each: >= 0.2 ms even on TF32 tensor cores; an event pair on an idle
+    # stream would read a few microseconds
+    assert all(2e-4 < r.time_s < 1.0 and r.start_s >= 0 for r in mms)

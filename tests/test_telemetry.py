@@ -157,6 +157,38 @@ def test_a_failing_sampler_ends_sampling_without_breaking_the_block():
     assert _sampler_threads() == []
 
 
+def test_a_query_missing_from_the_driver_is_dropped_and_sampling_goes_on():
+    class NoTemperature(FakeNVML):
+        def nvmlDeviceGetTemperature(self, h, which):  # e.g. a deprecated query a newer driver lacks
+            raise self.NVMLError("Function Not Found")
+
+    with Telemetry(device=0, interval_s=0.01, nvml=NoTemperature()) as tel:
+        time.sleep(0.06)
+    s = tel.summary()
+    assert s["available"] and s["note"] is None and s["samples"] >= 3
+    assert s["temperature_c_max"] is None and s["sm_clock_mhz"] == 1980 and s["power_w"] == pytest.approx(700.0)
+
+
+def test_a_hung_nvml_call_does_not_hang_the_exit():
+    release = threading.Event()
+
+    class Hangs(FakeNVML):
+        def nvmlDeviceGetPowerUsage(self, h):
+            if self.calls > 6:  # after the entry sample: the next read never returns (until released)
+                release.wait(5)
+            return super().nvmlDeviceGetPowerUsage(h)
+
+    nv = Hangs()
+    tel = Telemetry(device=0, interval_s=0.01, nvml=nv)
+    tel.join_timeout_s = 0.2
+    t0 = time.perf_counter()
+    with tel:
+        time.sleep(0.05)
+    assert time.perf_counter() - t0 < 1.5
+    assert "did not stop" in tel.note and nv.shutdowns == 0
+    release.set()
+
+
 def test_decode_reasons():
     assert decode_reasons(0) == []
     assert decode_reasons(0x1 | 0x40) == ["gpu_idle", "hw_thermal_slowdown"]

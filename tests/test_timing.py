@@ -85,6 +85,11 @@ def test_bad_arguments():
         bench(lambda: None, cuda_graph=True, device="cpu")
 
 
+def test_hide_launch_is_a_no_op_on_the_cpu():
+    t = bench(spin(0.001), warmup=1, rep=5, flush_l2=False, device="cpu", hide_launch=True)
+    assert t.hide_launch is False and t.count == 5 and t.min_s >= 0.001
+
+
 def test_errors_in_fn_propagate():
     def boom():
         raise RuntimeError("boom")
@@ -103,3 +108,20 @@ def test_cuda_events_and_graph_on_a_matmul():
     assert 1e12 < rate < 5e15
     g = bench(lambda: a @ b, time_budget_s=0.2, cuda_graph=True)
     assert g.cuda_graph and g.median_s == pytest.approx(t.median_s, rel=0.5)
+    h = bench(lambda: a @ b, time_budget_s=0.2, hide_launch=True)
+    assert h.hide_launch and h.median_s == pytest.approx(t.median_s, rel=0.5)
+
+
+@pytest.mark.gpu
+def test_hide_launch_excludes_host_time_between_kernels():
+    x = torch.zeros(1024, device="cuda")
+
+    def host_bound():  # two tiny kernels 1 ms of host time apart: the device mostly waits
+        x.add_(1)
+        spin(0.001)()
+        x.add_(1)
+
+    eager = bench(host_bound, warmup=2, time_budget_s=0.1, flush_l2=False)
+    hidden = bench(host_bound, warmup=2, time_budget_s=0.1, flush_l2=False, hide_launch=True)
+    assert eager.median_s > 0.8e-3  # the events saw the host's millisecond
+    assert hidden.hide_launch and hidden.median_s < 0.2e-3  # only the two kernels
