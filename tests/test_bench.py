@@ -164,3 +164,13 @@ def test_sigterm_ends_the_run_with_both_tables(tmp_path, monkeypatch):
     rows, header, csv_path, md_path = brun.run(["matmul", "attention"], quick=True, out=tmp_path, echo=None)
     assert [r["op"] for r in rows][:1] == ["first"] and len(rows) < 10
     assert "terminated" in md_path.read_text() and signal.getsignal(signal.SIGTERM) == before
+
+
+def test_lawfit_suite_is_skipped_with_the_reason_when_its_data_is_absent(monkeypatch, tmp_path):
+    import benchmarks.bench_lawfit as bl
+    from benchmarks.run import suite_rows
+
+    monkeypatch.setattr(bl, "DATA", tmp_path / "missing.csv")
+    rows = list(suite_rows("lawfit", Context(device="cpu", quick=True)))
+    assert len(rows) == 1 and rows[0]["status"] == "skipped"
+    assert "missing.csv" in rows[0]["note"]
