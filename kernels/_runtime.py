@@ -24,3 +24,15 @@ def check_runnable(*tensors: torch.Tensor, op: str) -> None:
         f"{op}: tensors on {dev} need a CUDA device, or the Triton interpreter "
         "(set TRITON_INTERPRET=1 before importing triton) to run on the CPU"
     )
+
+
+def wrap_triton(kernel):
+    """``torch.library.wrap_triton(kernel)`` for launching inside a ``triton_op``; under the
+    Triton interpreter the (interpreted) kernel itself: torch 2.11's ``wrap_triton`` rejects
+    interpreted kernels, newer torch returns them unchanged."""
+    from torch.library import wrap_triton as _wrap
+    from triton.runtime.jit import JITFunction
+
+    if interpreter_on() and not isinstance(kernel, JITFunction):
+        return kernel
+    return _wrap(kernel)

@@ -360,9 +360,24 @@ _BWD_TILES = {  # block_d -> (block_n keys/program, block_m queries/step, num_wa
     256: (32, 32, 8, 2),  # dK/dV accumulators of 256 columns: mma.sync tiles, no wgmma
 }
 # float32 inputs on a GPU (IEEE fp32 runs on FMA units, TF32 when torch allows it): small
-# tiles for every head dim, since FMA dot products hold both operands in registers.
-_FWD_TILES_FP32 = (32, 32, 4, 2)
-_BWD_TILES_FP32 = (16, 16, 4, 2)
+# tiles, since FMA dot products hold both operands in registers.  Chosen so that neither
+# precision spills on sm_90 with Triton 3.6 or 3.9 (32 x 32 forward tiles spilled 0.8 kB
+# per thread at D = 128 and 8 kB at D = 256 with IEEE; 16 x 16 x 4 warps backward spilled
+# at D = 256).  Checked with the kernels' inspect specs for fp32, IEEE and TF32.
+_FWD_TILES_FP32 = {  # block_d -> (block_m, block_n, num_warps, num_stages)
+    16: (32, 32, 4, 2),
+    32: (32, 32, 4, 2),
+    64: (32, 32, 4, 2),
+    128: (16, 16, 4, 2),
+    256: (16, 16, 4, 2),
+}
+_BWD_TILES_FP32 = {  # block_d -> (block_n, block_m, num_warps, num_stages)
+    16: (16, 16, 4, 2),
+    32: (16, 16, 4, 2),
+    64: (16, 16, 4, 1),  # 2 stages: 16 bytes of stack with IEEE on Triton 3.9
+    128: (16, 16, 4, 2),
+    256: (16, 16, 8, 2),
+}
 # Under the Triton interpreter: one small config (tests exercise several tiles per row),
 # in the same order as the tables above.
 _INTERP_FWD = (32, 16, 4, 1)  # block_m, block_n
@@ -399,7 +414,7 @@ def fwd_config(head_dim: int, elem_bytes: int = 2, interpret: bool = False,
     if interpret:
         bm, bn, warps, stages = _INTERP_FWD
     else:
-        bm, bn, warps, stages = _FWD_TILES_FP32 if elem_bytes == 4 else _FWD_TILES[bd]
+        bm, bn, warps, stages = (_FWD_TILES_FP32 if elem_bytes == 4 else _FWD_TILES)[bd]
     assert bm % bn == 0, "forward tiles need BLOCK_M % BLOCK_N == 0"
     # q resident, k and v tiles per stage
     stages = _fit_stages(stages, bm * bd * elem_bytes, 2 * bn * bd * elem_bytes, _smem_budget(capability))
@@ -414,7 +429,7 @@ def bwd_config(head_dim: int, elem_bytes: int = 2, interpret: bool = False,
     if interpret:
         bn, bm, warps, stages = _INTERP_BWD
     else:
-        bn, bm, warps, stages = _BWD_TILES_FP32 if elem_bytes == 4 else _BWD_TILES[bd]
+        bn, bm, warps, stages = (_BWD_TILES_FP32 if elem_bytes == 4 else _BWD_TILES)[bd]
     assert bn % bm == 0, "backward tiles need BLOCK_N % BLOCK_M == 0"
     # k, v resident; q and dO tiles per stage; dS transposed through shared memory
     fixed = 2 * bn * bd * elem_bytes + bn * bm * elem_bytes

@@ -60,12 +60,12 @@ from typing import Optional
 
 import torch
 import triton
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 from torch.utils.flop_counter import register_flop_formula
 
 from . import attention_kernels as _ak
 from ._cost import Cost, register_cost
-from ._runtime import check_runnable, interpreter_on
+from ._runtime import check_runnable, interpreter_on, wrap_triton
 
 __all__ = [
     "attention",
@@ -203,6 +203,26 @@ def launch(kernel, grid, cfg, *args, **consts):
             stages -= 1
 
 
+#: CUDA's limit on grid dimensions y and z (x allows 2**31 - 1): the kernels put
+#: ``batch * heads`` on axis 1, so larger products launch in slices of the batch.
+MAX_GRID_YZ = 65535
+
+
+def batch_slices(B: int, per_batch: int) -> list[tuple[int, int]]:
+    """Ranges ``[b0, b1)`` of the batch with ``(b1 - b0) * per_batch <= MAX_GRID_YZ``."""
+    if per_batch > MAX_GRID_YZ:
+        raise ValueError(f"attention: {per_batch} heads exceed the grid limit of {MAX_GRID_YZ}")
+    step = max(1, MAX_GRID_YZ // per_batch)
+    return [(b0, min(B, b0 + step)) for b0 in range(0, B, step)]
+
+
+def slice_batch(tensors, b0: int, b1: int, B: int):
+    """``t[b0:b1]`` of each tensor (None stays None); the tensors themselves for the whole batch."""
+    if (b0, b1) == (0, B):
+        return tuple(tensors)
+    return tuple(None if t is None else t[b0:b1] for t in tensors)
+
+
 # --------------------------------------------------------------------------------------
 # custom ops
 # --------------------------------------------------------------------------------------
@@ -218,15 +238,17 @@ def attention_fwd(
     o = new_output((B, H, S_q, D), q.dtype, q.device)
     lse = new_output((B, H, S_q), torch.float32, q.device)
     cfg, _ = _configs(D, q.dtype, q.device)
-    grid = (triton.cdiv(S_q, cfg.block_m), B * H)
-    launch(
-        _ak._attn_fwd_kernel, grid, cfg,
-        q, k, v, o, lse,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(o),
-        H, S_q, S_k, sm_scale * _ak.LOG2E,
-        GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
-    )
+    for b0, b1 in batch_slices(B, H):
+        q_, k_, v_, o_, lse_ = slice_batch((q, k, v, o, lse), b0, b1, B)
+        grid = (triton.cdiv(S_q, cfg.block_m), (b1 - b0) * H)
+        launch(
+            _ak._attn_fwd_kernel, grid, cfg,
+            q_, k_, v_, o_, lse_,
+            *_strides(q_), *_strides(k_), *_strides(v_), *_strides(o_),
+            H, S_q, S_k, sm_scale * _ak.LOG2E,
+            GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
+        )
     return o, lse
 
 
@@ -237,12 +259,14 @@ def bwd_delta(o: torch.Tensor, do: torch.Tensor, dlse: Optional[torch.Tensor]) -
     has_dlse = dlse is not None
     dlse_t = dlse.to(torch.float32).contiguous() if has_dlse else delta
     bm = 64 if not interpreter_on() else 32
-    grid = (triton.cdiv(S_q, bm), B * H)
-    launch(
-        _ak._bwd_preprocess_kernel, grid, _ak.AttnConfig(bm, bm, 4, 1),
-        o, do, delta, dlse_t, *_strides(o), *_strides(do), H, S_q,
-        HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=bm, HAS_DLSE=has_dlse,
-    )
+    for b0, b1 in batch_slices(B, H):
+        o_, do_, delta_, dlse_ = slice_batch((o, do, delta, dlse_t), b0, b1, B)
+        grid = (triton.cdiv(S_q, bm), (b1 - b0) * H)
+        launch(
+            _ak._bwd_preprocess_kernel, grid, _ak.AttnConfig(bm, bm, 4, 1),
+            o_, do_, delta_, dlse_, *_strides(o_), *_strides(do_), H, S_q,
+            HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=bm, HAS_DLSE=has_dlse,
+        )
     return delta
 
 
@@ -267,15 +291,16 @@ def attention_bwd(
     dq32 = torch.zeros((B, H, S_q, D), dtype=torch.float32, device=q.device)
     dk = new_output((B, H_kv, S_k, D), q.dtype, q.device)
     dv = new_output((B, H_kv, S_k, D), q.dtype, q.device)
-    grid = (triton.cdiv(S_k, cfg.block_n), B * H_kv)
-    launch(
-        _ak._attn_bwd_kernel, grid, cfg,
-        q, k, v, do, dq32, dk, dv, lse, delta,
-        *_strides(q), *_strides(k), *_strides(v), *_strides(do), *_strides(dq32), *_strides(dk), *_strides(dv),
-        H, H_kv, S_q, S_k, sm_scale, sm_scale * _ak.LOG2E,
-        GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-        CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
-    )
+    for b0, b1 in batch_slices(B, H_kv):
+        t = slice_batch((q, k, v, do, dq32, dk, dv, lse, delta), b0, b1, B)
+        grid = (triton.cdiv(S_k, cfg.block_n), (b1 - b0) * H_kv)
+        launch(
+            _ak._attn_bwd_kernel, grid, cfg,
+            *t, *(st for x in t[:7] for st in _strides(x)),
+            H, H_kv, S_q, S_k, sm_scale, sm_scale * _ak.LOG2E,
+            GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
+            CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
+        )
     dq = dq32 if q.dtype == torch.float32 else dq32.to(q.dtype)
     return dq, dk, dv
 

@@ -52,11 +52,14 @@ def _bsattn_fwd_kernel(
     s_ob, s_oh, s_om, s_od,
     H, S_q, S_k, R, LH, qk_scale,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
-    BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Grid ``(R, B*H)``: query block-row ``r`` of head ``h`` visits the key blocks listed in
-    ``COL_IDX[ROW_PTR[g] : ROW_PTR[g+1]]``, ``g = (h % LH) * R + r``."""
-    r = tl.program_id(0)
+    """Grid ``(R * BLOCK // BLOCK_M, B*H)``: ``BLOCK_M`` query rows of block-row ``r`` of head
+    ``h`` visit the key blocks listed in ``COL_IDX[ROW_PTR[g] : ROW_PTR[g+1]]``,
+    ``g = (h % LH) * R + r``."""
+    SUB_M: tl.constexpr = BLOCK // BLOCK_M
+    pid_m = tl.program_id(0)
+    r = pid_m // SUB_M
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
@@ -66,9 +69,9 @@ def _bsattn_fwd_kernel(
     start = tl.load(ROW_PTR + g)
     end = tl.load(ROW_PTR + g + 1)
 
-    row0 = tl.cast(r * BLOCK, tl.int64)
-    rows = tl.arange(0, BLOCK)
-    offs_m = r * BLOCK + rows
+    row0 = tl.cast(pid_m * BLOCK_M, tl.int64)
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = pid_m * BLOCK_M + rows
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = _dim_mask(offs_d, HEAD_DIM, BLOCK_D)
@@ -81,27 +84,30 @@ def _bsattn_fwd_kernel(
     k_offs = offs_n[:, None] * s_kn + offs_d[None, :] * s_kd
     v_offs = offs_n[:, None] * s_vn + offs_d[None, :] * s_vd
 
-    m_i = tl.full([BLOCK], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK], tl.float32)
-    acc = tl.zeros([BLOCK, BLOCK_D], tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    # one flat loop over (block, sub-tile) pairs, like the block-sparse matmul: a single copy
+    # of the step per loop (unrolling the sub-tiles doubled registers and shared memory and
+    # spilled at block 128 x D 256), and the pipeliner sees one loop across blocks
+    SUB: tl.constexpr = BLOCK // BLOCK_N
     # all blocks but the last of the row: fully visible and in bounds
-    for idx in range(start, end - 1):
-        c = tl.load(COL_IDX + idx)
-        for sub in tl.static_range(0, BLOCK, BLOCK_N):
-            start_n = c * BLOCK + sub
-            n0 = tl.cast(start_n, tl.int64)
-            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + n0 * s_kn, v_base + n0 * s_vn, k_offs, v_offs,
-                                      offs_m, start_n + offs_n, d_mask, S_k, qk_scale,
-                                      False, CAUSAL, DOT_PRECISION)
+    for i in range(start * SUB, (end - 1) * SUB):
+        c = tl.load(COL_IDX + i // SUB)
+        start_n = c * BLOCK + (i % SUB) * BLOCK_N
+        n0 = tl.cast(start_n, tl.int64)
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + n0 * s_kn, v_base + n0 * s_vn, k_offs, v_offs,
+                                  offs_m, start_n + offs_n, d_mask, S_k, qk_scale,
+                                  False, CAUSAL, DOT_PRECISION)
     # the last block: possibly the causal diagonal and/or the ragged last key block
-    if end > start:
-        c = tl.load(COL_IDX + end - 1)
-        for sub in tl.static_range(0, BLOCK, BLOCK_N):
-            start_n = c * BLOCK + sub
-            n0 = tl.cast(start_n, tl.int64)
-            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + n0 * s_kn, v_base + n0 * s_vn, k_offs, v_offs,
-                                      offs_m, start_n + offs_n, d_mask, S_k, qk_scale,
-                                      True, CAUSAL, DOT_PRECISION)
+    last = tl.maximum(end - 1, start)
+    for i in range(last * SUB, end * SUB):
+        c = tl.load(COL_IDX + i // SUB)
+        start_n = c * BLOCK + (i % SUB) * BLOCK_N
+        n0 = tl.cast(start_n, tl.int64)
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + n0 * s_kn, v_base + n0 * s_vn, k_offs, v_offs,
+                                  offs_m, start_n + offs_n, d_mask, S_k, qk_scale,
+                                  True, CAUSAL, DOT_PRECISION)
 
     o_ptrs = O + b * s_ob + h * s_oh + row0 * s_om + rows[:, None] * s_om + offs_d[None, :] * s_od
     lse_ptrs = LSE + pid_bh.to(tl.int64) * S_q + offs_m
@@ -129,6 +135,7 @@ def _bsattn_bwd_kernel(
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     SUB: tl.constexpr = BLOCK // BLOCK_N
+    SUB_M: tl.constexpr = BLOCK // BLOCK_M
     c = pid_n // SUB
     b = (pid_bh // H_kv).to(tl.int64)
     hk = pid_bh % H_kv
@@ -165,16 +172,16 @@ def _bsattn_bwd_kernel(
         # one loop over the column's query blocks (a single copy of the step fits the register
         # budget); with causal the element mask is applied to every block (a select per
         # score): the effective layout holds no block above the diagonal
-        for idx in range(start, end):
-            r = tl.load(ROW_IDX + idx)
-            for sub in range(0, BLOCK, BLOCK_M):
-                start_m = r * BLOCK + sub
-                m0 = tl.cast(start_m, tl.int64)
-                dk, dv = _bwd_step(dk, dv, k, v, q_base + m0 * s_qm, do_base + m0 * s_dom,
-                                   dq_base + m0 * s_dqm, q_offs, do_offs, dq_offs,
-                                   lse_ptrs + start_m, delta_ptrs + start_m,
-                                   start_m + offs_m, offs_n, d_mask, S_q, qk_scale, sm_scale,
-                                   CAUSAL, DOT_PRECISION)
+        # (block, sub-tile) pairs as one flat loop, as in the forward
+        for i in range(start * SUB_M, end * SUB_M):
+            r = tl.load(ROW_IDX + i // SUB_M)
+            start_m = r * BLOCK + (i % SUB_M) * BLOCK_M
+            m0 = tl.cast(start_m, tl.int64)
+            dk, dv = _bwd_step(dk, dv, k, v, q_base + m0 * s_qm, do_base + m0 * s_dom,
+                               dq_base + m0 * s_dqm, q_offs, do_offs, dq_offs,
+                               lse_ptrs + start_m, delta_ptrs + start_m,
+                               start_m + offs_m, offs_n, d_mask, S_q, qk_scale, sm_scale,
+                               CAUSAL, DOT_PRECISION)
 
     dk = dk * sm_scale
     tl.store(DK + b * s_dkb + hk64 * s_dkh + col0 * s_dkn + cols[:, None] * s_dkn + offs_d[None, :] * s_dkd,
@@ -190,12 +197,20 @@ def _bsattn_bwd_kernel(
 
 def bs_fwd_config(block: int, head_dim: int, elem_bytes: int = 2, interpret: bool = False,
                   capability: tuple[int, int] | None = None) -> AttnConfig:
-    """Forward: ``block_m = block`` queries per program, key sub-tiles of ``block_n``."""
+    """Forward: ``block_m`` queries per program (the whole block for 16-bit inputs; float32
+    and the interpreter take the dense kernel's query tile when it is smaller), key sub-tiles
+    of ``block_n``."""
     dense = _dense_fwd_config(head_dim, elem_bytes, interpret, capability)
     bn = min(block, dense.block_n)
+    # float32 runs on FMA units (IEEE) or mma.sync (TF32): a whole 64- or 128-row block of
+    # float32 queries spills on sm_90, so the rows are split like the dense kernel's
+    bm = min(block, dense.block_m) if (elem_bytes == 4 or interpret) else block
+    bm = max(bm, bn)
     # 128-row tiles, or a 64 x 256 accumulator: two warpgroups (one spills on sm_90)
-    warps = 8 if block >= 128 or block * block_d(head_dim) >= 64 * 256 else 4
-    return AttnConfig(block, bn, warps, dense.num_stages)
+    warps = 8 if bm >= 128 or bm * block_d(head_dim) >= 64 * 256 else 4
+    if elem_bytes == 4:
+        warps = dense.num_warps
+    return AttnConfig(bm, bn, warps, dense.num_stages)
 
 
 def bs_bwd_config(block: int, head_dim: int, elem_bytes: int = 2, interpret: bool = False,
@@ -230,8 +245,8 @@ def inspect_specs(capability: int = 90) -> list:
     for blk, d in SHIPPED:
         bd = block_d(d)
         cfg = bs_fwd_config(blk, d, 2, False, cap)
-        consts: dict[str, Any] = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK": blk, "BLOCK_N": cfg.block_n,
-                                  "CAUSAL": True, "DOT_PRECISION": "tf32"}
+        consts: dict[str, Any] = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK": blk, "BLOCK_M": cfg.block_m,
+                                  "BLOCK_N": cfg.block_n, "CAUSAL": True, "DOT_PRECISION": "tf32"}
         sig, consts, aligned = _spec_signature(
             _bsattn_fwd_kernel,
             {"Q": dt, "K": dt, "V": dt, "O": dt, "LSE": "*fp32", "ROW_PTR": "*i32", "COL_IDX": "*i32"},

@@ -49,6 +49,8 @@ from . import blocksparse_attention_kernels as _bk
 from ._cost import Cost, register_cost
 from ._runtime import interpreter_on
 from .attention_layer import (
+    batch_slices,
+    slice_batch,
     attention_reference,
     bwd_cost_from_work,
     causal_pairs,
@@ -178,14 +180,16 @@ def blocksparse_attention_fwd(
     o = new_output((B, H, S_q, D), q.dtype, q.device)
     lse = new_output((B, H, S_q), torch.float32, q.device)
     cfg, _ = _configs(block, D, q.dtype, q.device)
-    launch(
-        _bk._bsattn_fwd_kernel, (R, B * H), cfg,
-        q, k, v, o, lse, row_ptr, col_idx,
-        *q.stride(), *k.stride(), *v.stride(), *o.stride(),
-        H, S_q, S_k, R, LH, sm_scale * _ak.LOG2E,
-        GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK=block, BLOCK_N=cfg.block_n,
-        CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
-    )
+    for b0, b1 in batch_slices(B, H):
+        q_, k_, v_, o_, lse_ = slice_batch((q, k, v, o, lse), b0, b1, B)
+        launch(
+            _bk._bsattn_fwd_kernel, (R * (block // cfg.block_m), (b1 - b0) * H), cfg,
+            q_, k_, v_, o_, lse_, row_ptr, col_idx,
+            *q_.stride(), *k_.stride(), *v_.stride(), *o_.stride(),
+            H, S_q, S_k, R, LH, sm_scale * _ak.LOG2E,
+            GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK=block, BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n, CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
+        )
     return o, lse
 
 
@@ -218,14 +222,16 @@ def blocksparse_attention_bwd(
     dq32 = torch.zeros((B, H, S_q, D), dtype=torch.float32, device=q.device)
     dk = new_output((B, H_kv, S_k, D), q.dtype, q.device)
     dv = new_output((B, H_kv, S_k, D), q.dtype, q.device)
-    launch(
-        _bk._bsattn_bwd_kernel, (C * (block // cfg.block_n), B * H_kv), cfg,
-        q, k, v, do, dq32, dk, dv, lse, delta, col_ptr, row_idx,
-        *q.stride(), *k.stride(), *v.stride(), *do.stride(), *dq32.stride(), *dk.stride(), *dv.stride(),
-        H, H_kv, S_q, S_k, C, LH, sm_scale, sm_scale * _ak.LOG2E,
-        GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK=block, BLOCK_M=cfg.block_m,
-        BLOCK_N=cfg.block_n, CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
-    )
+    for b0, b1 in batch_slices(B, H_kv):
+        t = slice_batch((q, k, v, do, dq32, dk, dv, lse, delta), b0, b1, B)
+        launch(
+            _bk._bsattn_bwd_kernel, (C * (block // cfg.block_n), (b1 - b0) * H_kv), cfg,
+            *t, col_ptr, row_idx,
+            *(st for x in t[:7] for st in x.stride()),
+            H, H_kv, S_q, S_k, C, LH, sm_scale, sm_scale * _ak.LOG2E,
+            GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK=block, BLOCK_M=cfg.block_m,
+            BLOCK_N=cfg.block_n, CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
+        )
     dq = dq32 if q.dtype == torch.float32 else dq32.to(q.dtype)
     return dq, dk, dv
 

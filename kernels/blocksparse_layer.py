@@ -35,12 +35,12 @@ from typing import Any, Optional
 
 import torch
 import triton
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 from torch.utils.flop_counter import register_flop_formula
 
 from . import blocksparse_kernels as bk
 from ._cost import Cost, register_cost
-from ._runtime import check_runnable
+from ._runtime import check_runnable, wrap_triton
 from .matmul_layer import no_launch
 from .layout import BlockLayout
 
@@ -53,6 +53,8 @@ __all__ = [
 ]
 
 OP = "flopscale::blocksparse_matmul"
+#: CUDA's limit on grid dimensions y and z (the batch is the last grid axis).
+MAX_GRID_YZ = 65535
 MODES = ("sdd", "dsd", "dds")
 _DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _FAMILY = {torch.float16: "16", torch.bfloat16: "16", torch.float32: "32"}
@@ -132,22 +134,14 @@ def _new_output(shape: tuple[int, ...], dtype: torch.dtype, device: torch.device
     return torch.empty(shape, dtype=dtype, device=device)
 
 
-def _run(a, b, row_ptr, col_idx, col_ptr, row_idx, block_id, sdd_lut, mode, block, rows, cols, trans):
-    nnz = col_idx.shape[0]
-    heads = (row_ptr.shape[0] - 1) // rows
-    out = _new_output(_out_shape(a.shape, b.shape, nnz, mode, block, rows, cols, trans, heads), a.dtype, a.device)
-    if out.numel() == 0 or no_launch(a, b):
-        return out
+def _launch(a, b, out, row_ptr, col_idx, col_ptr, row_idx, block_id, sdd_lut, mode, block, rows, cols, trans,
+            heads):
+    """One launch over the batch of ``a``/``b``/``out`` (at most MAX_GRID_YZ elements)."""
     cfg = bk.config_for(mode, block, _FAMILY[a.dtype])
     precision = _precision(a.dtype)
-    Z = a.shape[0]
     if mode == "sdd":
-        if trans:
-            raise ValueError("blocksparse_matmul: sdd has no transposed form")
         K = a.shape[-1]
-        if K == 0 or nnz == 0:
-            return out.zero_()
-        grid = (sdd_lut.shape[0], Z)
+        grid = (sdd_lut.shape[0], a.shape[0])
         wrap_triton(bk.sdd_kernel)[grid](
             a, b, out, sdd_lut, col_idx, K, rows,
             a.stride(0), a.stride(1), a.stride(2), a.stride(3),
@@ -164,7 +158,7 @@ def _run(a, b, row_ptr, col_idx, col_ptr, row_idx, block_id, sdd_lut, mode, bloc
         else:
             ptr, idx, bid, n_rows = row_ptr, col_idx, col_idx, rows
             sr, sc = a.stride(2), a.stride(3)
-        grid = (heads * n_rows, triton.cdiv(N, cfg.TILE), Z)
+        grid = (heads * n_rows, triton.cdiv(N, cfg.TILE), a.shape[0])
         wrap_triton(bk.dsd_kernel)[grid](
             a, b, out, ptr, idx, bid, N, n_rows,
             a.stride(0), a.stride(1), sr, sc,
@@ -181,7 +175,7 @@ def _run(a, b, row_ptr, col_idx, col_ptr, row_idx, block_id, sdd_lut, mode, bloc
         else:
             ptr, idx, bid, n_cols = col_ptr, row_idx, block_id, cols
             sr, sc = b.stride(2), b.stride(3)
-        grid = (heads * n_cols, triton.cdiv(M, cfg.TILE), Z)
+        grid = (heads * n_cols, triton.cdiv(M, cfg.TILE), a.shape[0])
         wrap_triton(bk.dds_kernel)[grid](
             a, b, out, ptr, idx, bid, M, n_cols,
             a.stride(0), a.stride(1), a.stride(2), a.stride(3),
@@ -190,6 +184,26 @@ def _run(a, b, row_ptr, col_idx, col_ptr, row_idx, block_id, sdd_lut, mode, bloc
             BLOCK=block, BLOCK_M=cfg.TILE, BLOCK_K=cfg.BLOCK_K, USE_BID=not trans,
             INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
+
+
+def _run(a, b, row_ptr, col_idx, col_ptr, row_idx, block_id, sdd_lut, mode, block, rows, cols, trans):
+    nnz = col_idx.shape[0]
+    heads = (row_ptr.shape[0] - 1) // rows
+    out = _new_output(_out_shape(a.shape, b.shape, nnz, mode, block, rows, cols, trans, heads), a.dtype, a.device)
+    if out.numel() == 0 or no_launch(a, b):
+        return out
+    if mode == "sdd":
+        if trans:
+            raise ValueError("blocksparse_matmul: sdd has no transposed form")
+        if a.shape[-1] == 0 or nnz == 0:
+            return out.zero_()
+    # the batch is the last grid axis, at most MAX_GRID_YZ programs: larger batches in slices
+    Z = a.shape[0]
+    for z0 in range(0, Z, MAX_GRID_YZ):
+        z1 = min(Z, z0 + MAX_GRID_YZ)
+        a_, b_, o_ = (a, b, out) if (z0, z1) == (0, Z) else (a[z0:z1], b[z0:z1], out[z0:z1])
+        _launch(a_, b_, o_, row_ptr, col_idx, col_ptr, row_idx, block_id, sdd_lut, mode, block, rows, cols, trans,
+                heads)
     return out
 
 

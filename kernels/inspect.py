@@ -23,7 +23,8 @@ To add a kernel module, append its import path to :data:`INSPECT_MODULES` and gi
 Results are cached per process; Triton also caches compiled kernels on disk, so a second run
 is fast.  Under the Triton interpreter (``TRITON_INTERPRET=1``, as in the CPU test suite)
 ``@triton.jit`` yields interpreted functions that cannot be compiled, so :func:`inspect` then
-compiles in a child process without the interpreter.
+compiles in child processes without the interpreter; with several CPUs it also compiles in
+parallel child processes (``FLOPSCALE_INSPECT_JOBS`` sets how many; 1 compiles in-process).
 """
 from __future__ import annotations
 
@@ -277,30 +278,59 @@ def _matches(label: str, kernel_filter: str | Sequence[str] | None) -> bool:
 _CHILD_RESULTS: dict[tuple, InspectResult] = {}
 
 
-def _inspect_in_subprocess(cap: int, mods: tuple[str, ...], labels: list[str]) -> list[InspectResult]:
-    """Under the Triton interpreter ``@triton.jit`` gives interpreted functions, which cannot be
-    compiled: compile in a child process without the interpreter instead (once per spec)."""
+def _jobs(n_specs: int) -> int:
+    """Child processes to compile ``n_specs`` specs with: ``$FLOPSCALE_INSPECT_JOBS``, else one
+    per CPU (at most 8), at least 4 specs each.  A Triton compile runs on one core, and the
+    full sm_90 set (about 120 compilations) takes 1-2 minutes on one."""
+    env = os.environ.get("FLOPSCALE_INSPECT_JOBS", "").strip()
+    if env.isdigit() and int(env) >= 1:
+        return int(env)
+    try:
+        cpus = len(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        cpus = os.cpu_count() or 1
+    return max(1, min(cpus, 8, n_specs // 4))
+
+
+def _inspect_in_subprocess(cap: int, mods: tuple[str, ...], labels: list[str], jobs: int = 1) -> list[InspectResult]:
+    """Compile in child processes without the interpreter, ``jobs`` of them side by side (once
+    per spec).  Under the Triton interpreter ``@triton.jit`` gives interpreted functions, which
+    cannot be compiled; on a GPU machine the children compile in parallel."""
     missing = [lb for lb in labels if (cap, mods, lb) not in _CHILD_RESULTS]
     if missing:
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
-        if "TRITON_CACHE_DIR" not in env:
+        if interpreter_on() and "TRITON_CACHE_DIR" not in env:
             # a cache of our own, so repeated runs (the test suite) reuse compiled kernels
             from .matmul_layer import cache_dir
 
             env["TRITON_CACHE_DIR"] = str(cache_dir() / "triton-inspect")
-        request = json.dumps({"target": cap, "modules": list(mods), "labels": missing})
-        proc = subprocess.run(
-            [sys.executable, "-c", "import sys; from kernels.inspect import _child; _child(sys.stdin.read())"],
-            input=request, capture_output=True, text=True, env=env,
-        )
-        if proc.returncode != 0:
-            tail = (proc.stderr.strip().splitlines() or ["(no output)"])[-1]
-            raise RuntimeError(f"kernel inspection subprocess failed: {tail}")
+        jobs = max(1, min(jobs, len(missing)))
+        chunks = [missing[i::jobs] for i in range(jobs)]  # interleaved: similar kernels spread out
+
+        def run(chunk: list[str]) -> tuple[int, str, str]:
+            request = json.dumps({"target": cap, "modules": list(mods), "labels": chunk})
+            proc = subprocess.run(
+                [sys.executable, "-c", "import sys; from kernels.inspect import _child; _child(sys.stdin.read())"],
+                input=request, capture_output=True, text=True, env=env,
+            )
+            return proc.returncode, proc.stdout, proc.stderr
+
+        if jobs == 1:
+            outputs = [run(chunks[0])]
+        else:
+            from concurrent.futures import ThreadPoolExecutor
+
+            with ThreadPoolExecutor(jobs) as pool:
+                outputs = list(pool.map(run, chunks))
         fields = {f.name for f in dataclasses.fields(InspectResult)}
-        for d in json.loads(proc.stdout):
-            r = InspectResult(**{k: v for k, v in d.items() if k in fields})
-            _CHILD_RESULTS[(cap, mods, _label(r))] = r
+        for code, out, err in outputs:
+            if code != 0:
+                tail = (err.strip().splitlines() or ["(no output)"])[-1]
+                raise RuntimeError(f"kernel inspection subprocess failed: {tail}")
+            for d in json.loads(out):
+                r = InspectResult(**{k: v for k, v in d.items() if k in fields})
+                _CHILD_RESULTS[(cap, mods, _label(r))] = r
     return [_CHILD_RESULTS[(cap, mods, lb)] for lb in labels]
 
 
@@ -328,6 +358,7 @@ def inspect(
     specs = [s for s in collect_specs(cap, mods) if _matches(_label(s), kernel_filter)]
     if not specs:
         return []
-    if interpreter_on():
-        return _inspect_in_subprocess(cap, mods, [_label(s) for s in specs])
+    jobs = _jobs(len(specs))
+    if interpreter_on() or jobs > 1:
+        return _inspect_in_subprocess(cap, mods, [_label(s) for s in specs], jobs)
     return [compile_spec(s, cap) for s in specs]

@@ -21,7 +21,7 @@ compilation.
 """
 from __future__ import annotations
 
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 
 import triton
 import triton.language as tl
@@ -35,6 +35,8 @@ __all__ = [
     "matmul_kernel",
     "matmul_tma_kernel",
     "configs_for",
+    "smem_bytes",
+    "fit_smem",
     "inspect_specs",
 ]
 
@@ -108,6 +110,30 @@ def configs_for(family: str, capability_major: int) -> tuple[MatmulConfig, ...]:
     """Shipped configurations for dtype family ``family`` on a GPU of this major capability."""
     table = HOPPER_CONFIGS if capability_major >= 9 else AMPERE_CONFIGS
     return table[family]
+
+
+def smem_bytes(cfg: MatmulConfig, in_bytes: int, out_bytes: int, tma: bool) -> int:
+    """Upper estimate of the shared memory (bytes per program) a launch of ``cfg`` needs:
+    ``num_stages`` buffered A and B tiles, plus, for the TMA kernel, the output tile staged in
+    shared memory for the descriptor store.  Checked against ``flopscale inspect`` on sm_90
+    (Triton 3.6 and 3.9): exact for 16-bit pointer launches, exact within the few barrier
+    bytes for TMA, an over-estimate for fp8/fp32 pointer launches."""
+    ab = cfg.num_stages * (cfg.BLOCK_M * cfg.BLOCK_K + cfg.BLOCK_K * cfg.BLOCK_N) * in_bytes
+    return ab + (cfg.BLOCK_M * cfg.BLOCK_N * out_bytes if tma else 0)
+
+
+def fit_smem(cfg: MatmulConfig, in_bytes: int, out_bytes: int, tma: bool, limit: int) -> MatmulConfig | None:
+    """``cfg`` with its pipeline stages reduced (down to 2) until it fits ``limit`` bytes of
+    shared memory (1 KiB kept for barriers and scratch); None when even 2 stages do not fit.
+    E.g. the 128x256x64 TMA tile with an fp32 output needs 278.5 kB at 3 stages (over the
+    227 kB of sm_90) and 229 kB at 2."""
+    budget = limit - 1024
+    stages = cfg.num_stages
+    while smem_bytes(replace(cfg, num_stages=stages), in_bytes, out_bytes, tma) > budget:
+        if stages <= 2:
+            return None
+        stages -= 1
+    return cfg if stages == cfg.num_stages else replace(cfg, num_stages=stages)
 
 
 @triton.jit

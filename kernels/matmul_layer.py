@@ -38,12 +38,12 @@ from typing import Any, Callable, Optional, Sequence
 
 import torch
 import triton
-from torch.library import triton_op, wrap_triton
+from torch.library import triton_op
 from torch.utils.flop_counter import register_flop_formula
 
 from . import matmul_kernels as mk
 from ._cost import Cost, register_cost
-from ._runtime import check_runnable, interpreter_on
+from ._runtime import check_runnable, interpreter_on, wrap_triton
 
 __all__ = ["matmul", "matmul_reference", "cache_dir"]
 
@@ -257,6 +257,9 @@ def ensure_tma_allocator(device: torch.device) -> None:
     triton.set_allocator(alloc)
 
 
+#: CUDA's limit on grid dimensions y and z (x allows 2**31 - 1).
+MAX_GRID_YZ = 65535
+
 _NUM_SMS: dict[int, int] = {}
 
 
@@ -303,10 +306,29 @@ def _input_precision(dtype: torch.dtype) -> str:
     return "tf32"
 
 
-def _candidates(family: str, device: torch.device, M: int, N: int) -> tuple[mk.MatmulConfig, ...]:
+_SMEM_OPTIN = {9: 232448, 8: 166912}  # bytes per block by major capability (sm_86/89: 101376)
+
+
+def _smem_limit(device: torch.device) -> int:
+    props = torch.cuda.get_device_properties(device)
+    limit = getattr(props, "shared_memory_per_block_optin", None)
+    if limit:
+        return int(limit)
+    if (props.major, props.minor) in ((8, 6), (8, 7), (8, 9)):
+        return 101376
+    return _SMEM_OPTIN.get(props.major, 101376)
+
+
+def _candidates(family: str, device: torch.device, M: int, N: int, in_bytes: int = 2, out_bytes: int = 2,
+                tma: bool = False) -> tuple[mk.MatmulConfig, ...]:
     if device.type != "cuda":
         return (mk.INTERPRETER_CONFIG,)
     configs = mk.configs_for(family, torch.cuda.get_device_capability(device)[0])
+    # fit the pipeline to shared memory: an fp32 output staged for the TMA store needs twice
+    # the bytes of a 16-bit one (the 128x256 tile would not launch at 3 stages)
+    limit = _smem_limit(device)
+    fitted = [mk.fit_smem(c, in_bytes, out_bytes, tma, limit) for c in configs]
+    configs = tuple(c for c in fitted if c is not None) or configs[-1:]
     # drop tiles much larger than the problem (they only waste work); keep at least one
     fit = tuple(c for c in configs if c.BLOCK_M <= max(64, _bucket(M)) and c.BLOCK_N <= max(64, _bucket(N)))
     return fit or (min(configs, key=lambda c: c.BLOCK_M * c.BLOCK_N),)
@@ -319,15 +341,19 @@ def _heuristic(candidates: Sequence[mk.MatmulConfig]) -> mk.MatmulConfig:
 def _launch_pointer(a3: torch.Tensor, b3: torch.Tensor, c3: torch.Tensor, cfg: mk.MatmulConfig, precision: str) -> None:
     Bt, M, K = a3.shape
     N = b3.shape[-1]
-    grid = (triton.cdiv(M, cfg.BLOCK_M) * triton.cdiv(N, cfg.BLOCK_N), Bt)
-    wrap_triton(mk.matmul_kernel)[grid](
-        a3, b3, c3, M, N, K,
-        a3.stride(0), a3.stride(1), a3.stride(2),
-        b3.stride(0), b3.stride(1), b3.stride(2),
-        c3.stride(0), c3.stride(1), c3.stride(2),
-        BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=cfg.GROUP_M,
-        INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-    )
+    tiles = triton.cdiv(M, cfg.BLOCK_M) * triton.cdiv(N, cfg.BLOCK_N)
+    # the batch is grid axis 1, at most MAX_GRID_YZ programs: larger batches launch in slices
+    for z0 in range(0, Bt, MAX_GRID_YZ):
+        z1 = min(Bt, z0 + MAX_GRID_YZ)
+        a_, b_, c_ = (a3, b3, c3) if (z0, z1) == (0, Bt) else (a3[z0:z1], b3[z0:z1], c3[z0:z1])
+        wrap_triton(mk.matmul_kernel)[(tiles, z1 - z0)](
+            a_, b_, c_, M, N, K,
+            a_.stride(0), a_.stride(1), a_.stride(2),
+            b_.stride(0), b_.stride(1), b_.stride(2),
+            c_.stride(0), c_.stride(1), c_.stride(2),
+            BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=cfg.GROUP_M,
+            INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+        )
 
 
 def _launch_tma(a2: torch.Tensor, b2: torch.Tensor, c2: torch.Tensor, cfg: mk.MatmulConfig, precision: str) -> None:
@@ -425,7 +451,8 @@ def _run(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype], pat
         if path == "tma" and not use_tma:
             raise ValueError("matmul: operands do not meet TMA's layout rules (2-D, unit inner stride, 16-byte aligned strides)")
     kind = "tma" if use_tma else "pointer"
-    candidates = (config,) if config is not None else _candidates(family, a.device, M, N)
+    candidates = (config,) if config is not None else _candidates(
+        family, a.device, M, N, a.element_size(), _itemsize(odt), use_tma)
 
     def run(cfg: mk.MatmulConfig) -> None:
         if use_tma:
@@ -433,9 +460,25 @@ def _run(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype], pat
         else:
             _launch_pointer(a3, b3, c3, cfg, precision)
 
-    shape_key = f"{a.dtype}|{_bucket(M)}x{_bucket(N)}x{_bucket(K)}|b{_bucket(Bt) if Bt > 1 else 1}|{precision}"
+    # the output dtype is part of the key: it changes the candidates (an fp32 output staged
+    # for the TMA store takes fewer pipeline stages) and what is fastest
+    shape_key = (f"{a.dtype}->{odt}|{_bucket(M)}x{_bucket(N)}x{_bucket(K)}|b{_bucket(Bt) if Bt > 1 else 1}"
+                 f"|{precision}")
     cfg = choose_config(f"matmul-{kind}", candidates, shape_key, a.device, run, (a3, b3), heuristic=_heuristic)
-    run(cfg)
+    try:
+        run(cfg)
+    except triton.runtime.errors.OutOfResources:
+        # a remembered or heuristic choice that this device cannot launch: the next candidates
+        rest = [c for c in candidates if c is not cfg]
+        for i, alt in enumerate(rest):
+            try:
+                run(alt)
+                break
+            except triton.runtime.errors.OutOfResources:
+                if i == len(rest) - 1:
+                    raise
+        else:
+            raise
     return c
 
 

@@ -163,6 +163,19 @@ def test_lse_output_and_its_gradient(device):
         assert rel_err(got, want) < 1e-4
 
 
+@pytest.mark.parametrize("causal", [False, True])
+def test_batch_heads_beyond_the_grid_limit_launch_in_slices(causal, device, monkeypatch):
+    """``batch * heads`` is grid axis 1 (at most 65535 programs on CUDA): larger products run in
+    slices of the batch.  A limit of 5 here splits B=3 x H=2 (and H_kv=1 for the backward)."""
+    monkeypatch.setattr(al, "MAX_GRID_YZ", 5)
+    assert al.batch_slices(3, 2) == [(0, 2), (2, 3)]
+    assert al.batch_slices(3, 1) == [(0, 3)]
+    with pytest.raises(ValueError, match="grid limit"):
+        al.batch_slices(1, 6)
+    gen = torch.Generator().manual_seed(11)
+    check_fwd_bwd(*make_qkv(3, 2, 1, 37, 21, 16, torch.float32, device, gen), causal, gen=gen)
+
+
 def test_opcheck_schema_autograd_fake(device):
     gen = torch.Generator().manual_seed(3)
     q, k, v = make_qkv(1, 2, 1, 20, 20, 16, torch.float32, device, gen)

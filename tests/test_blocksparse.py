@@ -92,6 +92,15 @@ def test_large_blocks(mode, block):
 
 
 @pytest.mark.parametrize("mode", bl.MODES)
+def test_batches_beyond_the_grid_limit_launch_in_slices(mode, monkeypatch):
+    """The batch is the last grid axis (at most 65535 on CUDA): larger batches run in slices."""
+    monkeypatch.setattr(bl, "MAX_GRID_YZ", 2)
+    layout = BlockLayout.random(2, 2, 3, density=0.5, seed=3, block=16)
+    a, b = operands(layout, mode, 5, 33)
+    check_forward_backward(layout, mode, a, b, 1e-4)
+
+
+@pytest.mark.parametrize("mode", bl.MODES)
 def test_fp16(mode):
     layout = BlockLayout.causal(2, 3, block=32)
     a, b = operands(layout, mode, 2, 40, dtype=torch.float16)

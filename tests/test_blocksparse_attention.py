@@ -90,6 +90,28 @@ def test_matches_dense_masked_reference(kind, H_l, B, H, H_kv, S_q, S_k, D, bloc
 
 
 @pytest.mark.parametrize("causal", [False, True])
+def test_query_blocks_split_into_row_tiles(causal, device):
+    """Blocks larger than the forward's query tile run as several programs per block-row (the
+    interpreter's tile is 32 rows; float32 on a GPU splits 64- and 128-row blocks likewise)."""
+    from kernels import blocksparse_attention_kernels as bk
+
+    cfg = bk.bs_fwd_config(64, 16, 4, interpret=True)
+    assert cfg.block_m < 64 and 64 % cfg.block_m == 0
+    gen = torch.Generator().manual_seed(5)
+    layout = make_layout("random", 1, 150, 150, 64, gen)
+    check(*qkv(1, 2, 1, 150, 150, 16, torch.float32, device, gen), layout, causal, gen)
+
+
+def test_batch_heads_beyond_the_grid_limit_launch_in_slices(device, monkeypatch):
+    """``batch * heads`` is grid axis 1 (at most 65535 on CUDA): larger products run in batch
+    slices; a limit of 5 splits B=3 x H=2 here."""
+    monkeypatch.setattr(al, "MAX_GRID_YZ", 5)
+    gen = torch.Generator().manual_seed(6)
+    layout = make_layout("random", 2, 40, 40, 16, gen)
+    check(*qkv(3, 2, 1, 40, 40, 16, torch.float32, device, gen), layout, True, gen)
+
+
+@pytest.mark.parametrize("causal", [False, True])
 def test_dense_layout_equals_dense_attention(causal, device):
     gen = torch.Generator().manual_seed(21)
     q, k, v = qkv(1, 2, 1, 45, 45, 16, torch.float32, device, gen)

@@ -139,6 +139,35 @@ def test_interpreter_uses_exactly_one_config():
     assert ml._candidates("16", torch.device("cpu"), 4096, 4096) == (mk.INTERPRETER_CONFIG,)
 
 
+def test_batches_beyond_the_grid_limit_launch_in_slices(device, monkeypatch):
+    """The batch is grid axis 1 of the pointer kernel (at most 65535 on CUDA): larger batches
+    run in slices; a limit of 2 splits this batch of 5 into 3 launches."""
+    monkeypatch.setattr(ml, "MAX_GRID_YZ", 2)
+    a, b = rand(5, 33, 20, device=device), rand(5, 20, 17, device=device)
+    assert rel_err(kernels.matmul(a, b), a.double() @ b.double()) < 1e-4
+
+
+def test_pipeline_stages_fit_shared_memory():
+    """Shared-memory estimate against what Triton allocated on sm_90 (``flopscale inspect``,
+    Triton 3.6 and 3.9): the 128x256x64 TMA tile stages its output for the store, so an fp32
+    output (278.5 kB at 3 stages) exceeds the 227 kB an sm_90 block may use and must drop to 2
+    stages; 16-bit outputs keep the shipped stages."""
+    big = mk.MatmulConfig(128, 256, 64, 8, num_warps=8, num_stages=3)
+    assert mk.smem_bytes(big, 2, 2, tma=False) == 147456  # Triton: 147456
+    assert 0 <= 213016 - mk.smem_bytes(big, 2, 2, tma=True) <= 64  # Triton: 213016 (+ barriers)
+    assert 0 <= 278552 - mk.smem_bytes(big, 2, 4, tma=True) <= 64  # Triton: 278552
+    sm90 = 232448
+    assert mk.fit_smem(big, 2, 2, True, sm90) is big
+    fitted = mk.fit_smem(big, 2, 4, True, sm90)
+    assert fitted.num_stages == 2 and mk.smem_bytes(fitted, 2, 4, True) < sm90
+    assert mk.fit_smem(big, 2, 4, True, 100_000) is None
+    for table in (mk.HOPPER_CONFIGS,):
+        for family, cfgs in table.items():
+            es = {"16": 2, "32": 4, "8": 1}[family]
+            for c in cfgs:  # every shipped Hopper config launches with a 16-bit or fp32 output
+                assert mk.fit_smem(c, es, 4, True, sm90) is not None
+
+
 def test_tf32_follows_torch_setting():
     old = torch.backends.cuda.matmul.allow_tf32
     try:
