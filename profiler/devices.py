@@ -28,10 +28,11 @@ import json
 import os
 import platform
 import re
-import tempfile
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
 from typing import Any, Mapping
+
+from ._io import write_text_atomic
 
 __all__ = [
     "DTYPES",
@@ -460,15 +461,7 @@ def _cache_file(name: str, versions: Mapping[str, Any]) -> Path:
 
 
 def _write_json_atomic(path: Path, obj: Any) -> None:
-    path.parent.mkdir(parents=True, exist_ok=True)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            json.dump(obj, f, indent=2)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
+    write_text_atomic(path, json.dumps(obj, indent=2), make_parents=True)
 
 
 def calibrate(device: Any = None, recalibrate: bool = False, quick: bool = False) -> Ceilings:

@@ -75,7 +75,6 @@ import itertools
 import json
 import math
 import os
-import tempfile
 import threading
 import time
 from dataclasses import asdict, dataclass, field
@@ -85,6 +84,7 @@ from typing import Any, Iterator
 import torch
 from torch.utils._python_dispatch import TorchDispatchMode
 
+from ._io import jsonable, write_text_atomic
 from .devices import dtype_name
 
 __all__ = ["Record", "Profile", "label", "push_label", "pop_label", "current_scope", "torch_op_cost"]
@@ -799,7 +799,7 @@ class Profile:
     def to_csv(self, path: str | os.PathLike, peak: str | None = None, ceilings: Any = None) -> Path:
         """Write :meth:`table` as CSV (atomically); returns the path."""
         text = self.table(peak, ceilings).to_csv(index=False)
-        return _write_atomic(path, text)
+        return write_text_atomic(path, text)
 
     def to_dict(self, peak: str | None = None, ceilings: Any = None) -> dict[str, Any]:
         c = self._ceilings(peak, ceilings)
@@ -813,9 +813,9 @@ class Profile:
     def to_json(self, path: str | os.PathLike | None = None, peak: str | None = None,
                 ceilings: Any = None) -> str:
         """JSON text of records, totals and ceilings (NaN -> null); written to ``path`` if given."""
-        text = json.dumps(_jsonable(self.to_dict(peak, ceilings)), indent=2)
+        text = json.dumps(jsonable(self.to_dict(peak, ceilings)), indent=2)
         if path is not None:
-            _write_atomic(path, text)
+            write_text_atomic(path, text)
         return text
 
     def chrome_trace(self) -> dict[str, Any]:
@@ -841,7 +841,7 @@ class Profile:
 
     def to_chrome_trace(self, path: str | os.PathLike) -> Path:
         """Write the Perfetto-loadable trace JSON; returns the path."""
-        return _write_atomic(path, json.dumps(self.chrome_trace()))
+        return write_text_atomic(path, json.dumps(self.chrome_trace()))
 
 
 def _fmt_shape(s: Any) -> str:
@@ -850,29 +850,4 @@ def _fmt_shape(s: Any) -> str:
     if isinstance(s, list):
         return "[" + ", ".join(_fmt_shape(x) for x in s) + "]"
     return str(s)
-
-
-def _jsonable(obj: Any) -> Any:
-    if isinstance(obj, dict):
-        return {str(k): _jsonable(v) for k, v in obj.items()}
-    if isinstance(obj, (list, tuple)):
-        return [_jsonable(v) for v in obj]
-    if isinstance(obj, float) and not math.isfinite(obj):
-        return None
-    if hasattr(obj, "item") and callable(obj.item) and getattr(obj, "ndim", 1) == 0:
-        return _jsonable(obj.item())
-    return obj
-
-
-def _write_atomic(path: str | os.PathLike, text: str) -> Path:
-    path = Path(path)
-    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".tmp", dir=path.parent)
-    try:
-        with os.fdopen(fd, "w") as f:
-            f.write(text)
-        os.replace(tmp, path)
-    finally:
-        if os.path.exists(tmp):
-            os.unlink(tmp)
-    return path
 

@@ -4,7 +4,6 @@ from __future__ import annotations
 import argparse
 import os
 import platform
-import sys
 from typing import Any
 
 from ._common import print_json
