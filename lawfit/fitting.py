@@ -47,7 +47,7 @@ FIT_TOL = dict(ftol=1e-9, fscale=0.0, gtol=1e-8, maxiter=1000, abandon_after=300
 # representative's outcome.  On the 4,500-start grid and the 240 Epoch runs about half the
 # starts merge (many differ only in a term negligible at every run), saving ~30% of the
 # evaluations; 3 of 4,500 starts then end in a different optimum than when run alone.
-FIT_MERGE = dict(merge_at=(2, 5, 10, 20, 40, 80), merge_tol=1e-6)
+FIT_MERGE = dict(merge_at=(1, 2, 4, 8, 16, 32, 64, 128), merge_tol=1e-6)
 BOOT_TOL = dict(ftol=1e-12, fscale=0.0, gtol=1e-10, maxiter=1000)
 SAME_OPTIMUM_RTOL = 1e-5
 """A start 'reached the best optimum' when its end objective is within this relative gap of the
