@@ -69,13 +69,35 @@ def _dim_mask(offs_d, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr):
 
 
 @triton.jit
-def _fwd_step(acc, l_i, m_i, q, k_base, v_base, k_offs, v_offs, offs_m, offs_n, d_mask, S_k, qk_scale,
-              MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One key tile of the online softmax.
+def _fwd_init(Q, K, V, s_qm, s_qd, s_kn, s_kd, s_vn, s_vd, q_head, k_head, v_head, row0, rows, offs_n, offs_d,
+              m_mask, d_mask, BLOCK_M: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Start of a forward program: its query tile (rows ``row0 + rows`` of the head at offset
+    ``q_head`` of ``Q``), the scalar key/value head bases with 32-bit offset tiles (the loop
+    carries no 64-bit pointer tiles) and the online-softmax state ``(acc, l_i, m_i)``."""
+    q = tl.load(Q + q_head + row0 * s_qm + rows[:, None] * s_qm + offs_d[None, :] * s_qd,
+                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
+    k_base = K + k_head
+    v_base = V + v_head
+    k_offs = offs_n[:, None] * s_kn + offs_d[None, :] * s_kd
+    v_offs = offs_n[:, None] * s_vn + offs_d[None, :] * s_vd
+    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    l_i = tl.zeros([BLOCK_M], tl.float32)
+    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    return q, k_base, v_base, k_offs, v_offs, acc, l_i, m_i
+
+
+@triton.jit
+def _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n, offs_m, offs_n, d_mask,
+              S_k, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One key tile (keys ``start_n + offs_n``) of the online softmax.
 
     ``MASKED`` tiles mask keys ``>= S_k`` and (``CAUSAL``) keys after the query; the others
     are known to be fully visible and in bounds.  ``m_i`` is in log2 units of scaled scores.
     """
+    n0 = tl.cast(start_n, tl.int64)
+    k_base = k_base + n0 * s_kn
+    v_base = v_base + n0 * s_vn
+    offs_n = start_n + offs_n
     if MASKED:
         kv_mask = (offs_n[:, None] < S_k) & d_mask[None, :]
     else:
@@ -103,8 +125,12 @@ def _fwd_step(acc, l_i, m_i, q, k_base, v_base, k_offs, v_offs, offs_m, offs_n, 
 
 
 @triton.jit
-def _fwd_store(acc, l_i, m_i, o_ptrs, lse_ptrs, m_mask, d_mask):
-    """Normalise and store one query block; rows with no visible key give 0 and lse=-inf."""
+def _fwd_store(acc, l_i, m_i, O, LSE, s_om, s_od, o_head, lse_row, row0, rows, offs_m, offs_d, m_mask, d_mask):
+    """Normalise and store one query block (rows ``row0 + rows`` of the head at offset
+    ``o_head`` of ``O``; ``lse`` from row ``lse_row``); rows with no visible key give 0 and
+    lse=-inf."""
+    o_ptrs = O + o_head + row0 * s_om + rows[:, None] * s_om + offs_d[None, :] * s_od
+    lse_ptrs = LSE + (lse_row + offs_m)
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
     o = acc / l_safe[:, None]
@@ -114,15 +140,49 @@ def _fwd_store(acc, l_i, m_i, o_ptrs, lse_ptrs, m_mask, d_mask):
 
 
 @triton.jit
-def _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, q_offs, do_offs, dq_offs, lse_ptrs, delta_ptrs,
-              offs_m, offs_n, d_mask, S_q, qk_scale, sm_scale,
+def _bwd_init(K, V, s_kn, s_kd, s_vn, s_vd, s_qm, s_qd, s_dom, s_dod, s_dqm, s_dqd, k_head, v_head, col0, cols,
+              offs_m, offs_d, kv_mask, BLOCK_N: tl.constexpr, BLOCK_D: tl.constexpr):
+    """Start of a backward program: its key and value tiles (rows ``col0 + cols`` of the head
+    at offset ``k_head``/``v_head``), zero ``dK``/``dV`` accumulators and the 32-bit offset
+    tiles of the query-side tensors."""
+    k = tl.load(K + k_head + col0 * s_kn + cols[:, None] * s_kn + offs_d[None, :] * s_kd, mask=kv_mask, other=0.0)
+    v = tl.load(V + v_head + col0 * s_vn + cols[:, None] * s_vn + offs_d[None, :] * s_vd, mask=kv_mask, other=0.0)
+    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
+    q_offs = offs_m[:, None] * s_qm + offs_d[None, :] * s_qd
+    do_offs = offs_m[:, None] * s_dom + offs_d[None, :] * s_dod
+    dq_offs = offs_m[:, None] * s_dqm + offs_d[None, :] * s_dqd
+    return k, v, dk, dv, q_offs, do_offs, dq_offs
+
+
+@triton.jit
+def _bwd_head(Q, DO, DQ, LSE, DELTA, s_qb, s_qh, s_dob, s_doh, s_dqb, s_dqh, b, h, H, S_q, offs_m):
+    """Bases of query head ``h`` (64-bit) of batch ``b`` in the query-side tensors; ``lse``
+    and ``delta`` pointers of its first query tile."""
+    q_base = Q + b * s_qb + h * s_qh
+    do_base = DO + b * s_dob + h * s_doh
+    dq_base = DQ + b * s_dqb + h * s_dqh
+    row0 = (b * H + h) * S_q
+    return q_base, do_base, dq_base, LSE + row0 + offs_m, DELTA + row0 + offs_m
+
+
+@triton.jit
+def _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs, do_offs, dq_offs,
+              lse_ptrs, delta_ptrs, start_m, offs_m, offs_n, d_mask, S_q, qk_scale, sm_scale,
               MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
-    """One (key block, query tile) step of the backward.
+    """One (key block, query tile) step of the backward: queries ``start_m + offs_m``.
 
     Rows ``>= S_q`` load ``lse = +inf`` so their recomputed probabilities are 0; keys
     ``>= S_k`` were loaded as zeros, so they add nothing to ``dQ`` (and their ``dK``/``dV``
     rows are never stored).  ``MASKED`` applies the causal mask (query ``i`` sees ``j <= i``).
     """
+    m0 = tl.cast(start_m, tl.int64)
+    q_base = q_base + m0 * s_qm
+    do_base = do_base + m0 * s_dom
+    dq_base = dq_base + m0 * s_dqm
+    lse_ptrs = lse_ptrs + start_m
+    delta_ptrs = delta_ptrs + start_m
+    offs_m = start_m + offs_m
     m_mask = offs_m < S_q
     q = tl.load(q_base + q_offs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
     lse = tl.load(lse_ptrs, mask=m_mask, other=float("inf"))
@@ -141,6 +201,16 @@ def _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, q_offs, do_offs, dq_offs, 
     dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PRECISION) * sm_scale
     tl.atomic_add(dq_base + dq_offs, dq, mask=m_mask[:, None] & d_mask[None, :], sem="relaxed")
     return dk, dv
+
+
+@triton.jit
+def _bwd_store(dk, dv, DK, DV, s_dkn, s_dkd, s_dvn, s_dvd, dk_head, dv_head, col0, cols, offs_d, kv_mask, sm_scale):
+    """Store one key block's ``dK`` (scaled by ``sm_scale`` here) and ``dV``."""
+    dk = dk * sm_scale
+    tl.store(DK + dk_head + col0 * s_dkn + cols[:, None] * s_dkn + offs_d[None, :] * s_dkd,
+             dk.to(DK.dtype.element_ty), mask=kv_mask)
+    tl.store(DV + dv_head + col0 * s_dvn + cols[:, None] * s_dvn + offs_d[None, :] * s_dvd,
+             dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
@@ -210,17 +280,9 @@ def _attn_fwd_kernel(
     d_mask = _dim_mask(offs_d, HEAD_DIM, BLOCK_D)
     m_mask = offs_m < S_q
 
-    q = tl.load(Q + b * s_qb + h * s_qh + row0 * s_qm + rows[:, None] * s_qm + offs_d[None, :] * s_qd,
-                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
-    # scalar bases + 32-bit offset tiles: the loop carries no 64-bit pointer tiles
-    k_base = K + b * s_kb + hk * s_kh
-    v_base = V + b * s_vb + hk * s_vh
-    k_offs = offs_n[:, None] * s_kn + offs_d[None, :] * s_kd
-    v_offs = offs_n[:, None] * s_vn + offs_d[None, :] * s_vd
-
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    q, k_base, v_base, k_offs, v_offs, acc, l_i, m_i = _fwd_init(
+        Q, K, V, s_qm, s_qd, s_kn, s_kd, s_vn, s_vd, b * s_qb + h * s_qh, b * s_kb + hk * s_kh,
+        b * s_vb + hk * s_vh, row0, rows, offs_n, offs_d, m_mask, d_mask, BLOCK_M, BLOCK_D)
 
     if CAUSAL:
         hi = tl.minimum(S_k, start_m + BLOCK_M)
@@ -230,20 +292,15 @@ def _attn_fwd_kernel(
         mid = (S_k // BLOCK_N) * BLOCK_N
     # fully visible, in-bounds key tiles: no masking
     for start_n in range(0, mid, BLOCK_N):
-        n0 = tl.cast(start_n, tl.int64)
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + n0 * s_kn, v_base + n0 * s_vn, k_offs, v_offs,
-                                  offs_m, start_n + offs_n, d_mask, S_k, qk_scale,
-                                  False, CAUSAL, DOT_PRECISION)
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n,
+                                  offs_m, offs_n, d_mask, S_k, qk_scale, False, CAUSAL, DOT_PRECISION)
     # the diagonal band (causal) and the ragged last tile: masked
     for start_n in range(mid, hi, BLOCK_N):
-        n0 = tl.cast(start_n, tl.int64)
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + n0 * s_kn, v_base + n0 * s_vn, k_offs, v_offs,
-                                  offs_m, start_n + offs_n, d_mask, S_k, qk_scale,
-                                  True, CAUSAL, DOT_PRECISION)
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n,
+                                  offs_m, offs_n, d_mask, S_k, qk_scale, True, CAUSAL, DOT_PRECISION)
 
-    o_ptrs = O + b * s_ob + h * s_oh + row0 * s_om + rows[:, None] * s_om + offs_d[None, :] * s_od
-    lse_ptrs = LSE + pid_bh.to(tl.int64) * S_q + offs_m
-    _fwd_store(acc, l_i, m_i, o_ptrs, lse_ptrs, m_mask, d_mask)
+    _fwd_store(acc, l_i, m_i, O, LSE, s_om, s_od, b * s_ob + h * s_oh, pid_bh.to(tl.int64) * S_q, row0, rows,
+               offs_m, offs_d, m_mask, d_mask)
 
 
 @triton.jit
@@ -277,41 +334,25 @@ def _attn_bwd_kernel(
     n_mask = offs_n < S_k
     kv_mask = n_mask[:, None] & d_mask[None, :]
     hk64 = hk.to(tl.int64)
-    k = tl.load(K + b * s_kb + hk64 * s_kh + col0 * s_kn + cols[:, None] * s_kn + offs_d[None, :] * s_kd,
-                mask=kv_mask, other=0.0)
-    v = tl.load(V + b * s_vb + hk64 * s_vh + col0 * s_vn + cols[:, None] * s_vn + offs_d[None, :] * s_vd,
-                mask=kv_mask, other=0.0)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    q_offs = offs_m[:, None] * s_qm + offs_d[None, :] * s_qd
-    do_offs = offs_m[:, None] * s_dom + offs_d[None, :] * s_dod
-    dq_offs = offs_m[:, None] * s_dqm + offs_d[None, :] * s_dqd
+    k, v, dk, dv, q_offs, do_offs, dq_offs = _bwd_init(
+        K, V, s_kn, s_kd, s_vn, s_vd, s_qm, s_qd, s_dom, s_dod, s_dqm, s_dqd, b * s_kb + hk64 * s_kh,
+        b * s_vb + hk64 * s_vh, col0, cols, offs_m, offs_d, kv_mask, BLOCK_N, BLOCK_D)
 
     for g in range(GROUP):
         h = (hk * GROUP + g).to(tl.int64)
-        q_base = Q + b * s_qb + h * s_qh
-        do_base = DO + b * s_dob + h * s_doh
-        dq_base = DQ + b * s_dqb + h * s_dqh
-        row0 = (b * H + h) * S_q
-        lse_ptrs = LSE + row0 + offs_m
-        delta_ptrs = DELTA + row0 + offs_m
+        q_base, do_base, dq_base, lse_ptrs, delta_ptrs = _bwd_head(
+            Q, DO, DQ, LSE, DELTA, s_qb, s_qh, s_dob, s_doh, s_dqb, s_dqh, b, h, H, S_q, offs_m)
         # causal: queries before start_n see none of these keys, so the walk starts there (loop
         # bound); one loop with the mask applied (an elementwise select per score) keeps a
         # single copy of the step, which the register budget needs
         lo = start_n if CAUSAL else 0
         for start_m in range(lo, S_q, BLOCK_M):
-            m0 = tl.cast(start_m, tl.int64)
-            dk, dv = _bwd_step(dk, dv, k, v, q_base + m0 * s_qm, do_base + m0 * s_dom,
-                               dq_base + m0 * s_dqm, q_offs, do_offs, dq_offs,
-                               lse_ptrs + start_m, delta_ptrs + start_m,
-                               start_m + offs_m, offs_n, d_mask, S_q, qk_scale, sm_scale,
-                               CAUSAL, DOT_PRECISION)
+            dk, dv = _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs, do_offs,
+                               dq_offs, lse_ptrs, delta_ptrs, start_m, offs_m, offs_n, d_mask, S_q,
+                               qk_scale, sm_scale, CAUSAL, DOT_PRECISION)
 
-    dk = dk * sm_scale
-    tl.store(DK + b * s_dkb + hk64 * s_dkh + col0 * s_dkn + cols[:, None] * s_dkn + offs_d[None, :] * s_dkd,
-             dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + b * s_dvb + hk64 * s_dvh + col0 * s_dvn + cols[:, None] * s_dvn + offs_d[None, :] * s_dvd,
-             dv.to(DV.dtype.element_ty), mask=kv_mask)
+    _bwd_store(dk, dv, DK, DV, s_dkn, s_dkd, s_dvn, s_dvd, b * s_dkb + hk64 * s_dkh, b * s_dvb + hk64 * s_dvh,
+               col0, cols, offs_d, kv_mask, sm_scale)
 
 
 # --------------------------------------------------------------------------------------

@@ -1,8 +1,9 @@
 """Triton kernels for block-sparse attention: forward, backward, configs.
 
 Triton-only module: the custom ops, autograd, reference and costs live in
-:mod:`kernels.blocksparse_attention_layer`.  The per-tile steps (online softmax, backward
-recompute, the ``delta`` pre-pass) are those of :mod:`kernels.attention_kernels`, so the
+:mod:`kernels.blocksparse_attention_layer`.  The per-tile steps (program set-up, online
+softmax, stores, backward recompute, the ``delta`` pre-pass) are those of
+:mod:`kernels.attention_kernels` (only the walk over the layout is this module's), so the
 numerics and the conventions match the dense kernel: top-left causal alignment, rows with
 no visible key give 0 and ``lse = -inf``, scores are scaled and exponentiated in float32.
 
@@ -30,8 +31,12 @@ import triton.language as tl
 
 from .attention_kernels import (
     AttnConfig,
+    _bwd_head,
+    _bwd_init,
     _bwd_step,
+    _bwd_store,
     _dim_mask,
+    _fwd_init,
     _fwd_step,
     _fwd_store,
     _spec_signature,
@@ -76,17 +81,9 @@ def _bsattn_fwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = _dim_mask(offs_d, HEAD_DIM, BLOCK_D)
     m_mask = offs_m < S_q
-    q = tl.load(Q + b * s_qb + h * s_qh + row0 * s_qm + rows[:, None] * s_qm + offs_d[None, :] * s_qd,
-                mask=m_mask[:, None] & d_mask[None, :], other=0.0)
-    # scalar bases + 32-bit offset tiles: the loop carries no 64-bit pointer tiles
-    k_base = K + b * s_kb + hk * s_kh
-    v_base = V + b * s_vb + hk * s_vh
-    k_offs = offs_n[:, None] * s_kn + offs_d[None, :] * s_kd
-    v_offs = offs_n[:, None] * s_vn + offs_d[None, :] * s_vd
-
-    m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
-    l_i = tl.zeros([BLOCK_M], tl.float32)
-    acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    q, k_base, v_base, k_offs, v_offs, acc, l_i, m_i = _fwd_init(
+        Q, K, V, s_qm, s_qd, s_kn, s_kd, s_vn, s_vd, b * s_qb + h * s_qh, b * s_kb + hk * s_kh,
+        b * s_vb + hk * s_vh, row0, rows, offs_n, offs_d, m_mask, d_mask, BLOCK_M, BLOCK_D)
     # one flat loop over (block, sub-tile) pairs, like the block-sparse matmul: a single copy
     # of the step per loop (unrolling the sub-tiles doubled registers and shared memory and
     # spilled at block 128 x D 256), and the pipeliner sees one loop across blocks
@@ -95,23 +92,18 @@ def _bsattn_fwd_kernel(
     for i in range(start * SUB, (end - 1) * SUB):
         c = tl.load(COL_IDX + i // SUB)
         start_n = c * BLOCK + (i % SUB) * BLOCK_N
-        n0 = tl.cast(start_n, tl.int64)
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + n0 * s_kn, v_base + n0 * s_vn, k_offs, v_offs,
-                                  offs_m, start_n + offs_n, d_mask, S_k, qk_scale,
-                                  False, CAUSAL, DOT_PRECISION)
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n,
+                                  offs_m, offs_n, d_mask, S_k, qk_scale, False, CAUSAL, DOT_PRECISION)
     # the last block: possibly the causal diagonal and/or the ragged last key block
     last = tl.maximum(end - 1, start)
     for i in range(last * SUB, end * SUB):
         c = tl.load(COL_IDX + i // SUB)
         start_n = c * BLOCK + (i % SUB) * BLOCK_N
-        n0 = tl.cast(start_n, tl.int64)
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base + n0 * s_kn, v_base + n0 * s_vn, k_offs, v_offs,
-                                  offs_m, start_n + offs_n, d_mask, S_k, qk_scale,
-                                  True, CAUSAL, DOT_PRECISION)
+        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n,
+                                  offs_m, offs_n, d_mask, S_k, qk_scale, True, CAUSAL, DOT_PRECISION)
 
-    o_ptrs = O + b * s_ob + h * s_oh + row0 * s_om + rows[:, None] * s_om + offs_d[None, :] * s_od
-    lse_ptrs = LSE + pid_bh.to(tl.int64) * S_q + offs_m
-    _fwd_store(acc, l_i, m_i, o_ptrs, lse_ptrs, m_mask, d_mask)
+    _fwd_store(acc, l_i, m_i, O, LSE, s_om, s_od, b * s_ob + h * s_oh, pid_bh.to(tl.int64) * S_q, row0, rows,
+               offs_m, offs_d, m_mask, d_mask)
 
 
 @triton.jit
@@ -147,15 +139,9 @@ def _bsattn_bwd_kernel(
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = _dim_mask(offs_d, HEAD_DIM, BLOCK_D)
     kv_mask = (offs_n < S_k)[:, None] & d_mask[None, :]
-    k = tl.load(K + b * s_kb + hk64 * s_kh + col0 * s_kn + cols[:, None] * s_kn + offs_d[None, :] * s_kd,
-                mask=kv_mask, other=0.0)
-    v = tl.load(V + b * s_vb + hk64 * s_vh + col0 * s_vn + cols[:, None] * s_vn + offs_d[None, :] * s_vd,
-                mask=kv_mask, other=0.0)
-    dk = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    dv = tl.zeros([BLOCK_N, BLOCK_D], tl.float32)
-    q_offs = offs_m[:, None] * s_qm + offs_d[None, :] * s_qd
-    do_offs = offs_m[:, None] * s_dom + offs_d[None, :] * s_dod
-    dq_offs = offs_m[:, None] * s_dqm + offs_d[None, :] * s_dqd
+    k, v, dk, dv, q_offs, do_offs, dq_offs = _bwd_init(
+        K, V, s_kn, s_kd, s_vn, s_vd, s_qm, s_qd, s_dom, s_dod, s_dqm, s_dqd, b * s_kb + hk64 * s_kh,
+        b * s_vb + hk64 * s_vh, col0, cols, offs_m, offs_d, kv_mask, BLOCK_N, BLOCK_D)
 
     for gi in range(GROUP):
         h = hk * GROUP + gi
@@ -163,12 +149,8 @@ def _bsattn_bwd_kernel(
         h = h.to(tl.int64)
         start = tl.load(COL_PTR + g)
         end = tl.load(COL_PTR + g + 1)
-        q_base = Q + b * s_qb + h * s_qh
-        do_base = DO + b * s_dob + h * s_doh
-        dq_base = DQ + b * s_dqb + h * s_dqh
-        row0 = (b * H + h) * S_q
-        lse_ptrs = LSE + row0 + offs_m
-        delta_ptrs = DELTA + row0 + offs_m
+        q_base, do_base, dq_base, lse_ptrs, delta_ptrs = _bwd_head(
+            Q, DO, DQ, LSE, DELTA, s_qb, s_qh, s_dob, s_doh, s_dqb, s_dqh, b, h, H, S_q, offs_m)
         # one loop over the column's query blocks (a single copy of the step fits the register
         # budget); with causal the element mask is applied to every block (a select per
         # score): the effective layout holds no block above the diagonal
@@ -176,18 +158,12 @@ def _bsattn_bwd_kernel(
         for i in range(start * SUB_M, end * SUB_M):
             r = tl.load(ROW_IDX + i // SUB_M)
             start_m = r * BLOCK + (i % SUB_M) * BLOCK_M
-            m0 = tl.cast(start_m, tl.int64)
-            dk, dv = _bwd_step(dk, dv, k, v, q_base + m0 * s_qm, do_base + m0 * s_dom,
-                               dq_base + m0 * s_dqm, q_offs, do_offs, dq_offs,
-                               lse_ptrs + start_m, delta_ptrs + start_m,
-                               start_m + offs_m, offs_n, d_mask, S_q, qk_scale, sm_scale,
-                               CAUSAL, DOT_PRECISION)
+            dk, dv = _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs, do_offs,
+                               dq_offs, lse_ptrs, delta_ptrs, start_m, offs_m, offs_n, d_mask, S_q,
+                               qk_scale, sm_scale, CAUSAL, DOT_PRECISION)
 
-    dk = dk * sm_scale
-    tl.store(DK + b * s_dkb + hk64 * s_dkh + col0 * s_dkn + cols[:, None] * s_dkn + offs_d[None, :] * s_dkd,
-             dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + b * s_dvb + hk64 * s_dvh + col0 * s_dvn + cols[:, None] * s_dvn + offs_d[None, :] * s_dvd,
-             dv.to(DV.dtype.element_ty), mask=kv_mask)
+    _bwd_store(dk, dv, DK, DV, s_dkn, s_dkd, s_dvn, s_dvd, b * s_dkb + hk64 * s_dkh, b * s_dvb + hk64 * s_dvh,
+               col0, cols, offs_d, kv_mask, sm_scale)
 
 
 # --------------------------------------------------------------------------------------
