@@ -26,6 +26,7 @@ from typing import Any
 
 import numpy as np
 
+from ._io import atomic_path
 from .devices import Ceilings, calibrate, current_spec
 
 __all__ = ["resolve_ceilings", "annotate", "summarise", "Utilisation", "utilisation", "plot_roofline"]
@@ -254,5 +255,6 @@ def plot_roofline(source: Any, ceilings: Ceilings | None = None, path: str | os.
     if ops or dtypes:
         ax.legend(fontsize=7, loc="lower right")
     path = Path(path)
-    fig.savefig(path, format="png")
+    with atomic_path(path) as tmp:  # no partial PNG if interrupted
+        fig.savefig(tmp, format="png")
     return path

@@ -144,3 +144,14 @@ def test_cli_audit_json_and_bad_input(capsys):
     err = capsys.readouterr().err
     assert rc == 2 and "divisible" in err and len(err.strip().splitlines()) == 1
     assert main(["audit", "--batch", "0"]) == 2
+
+
+def test_sweep_plot_is_written_as_a_png(tmp_path):
+    from profiler.cli import main
+
+    png = tmp_path / "sweep.png"
+    rc = main(["audit", "--n-layer", "1", "--d-model", "32", "--n-head", "2", "--n-ctx", "16", "--vocab", "64",
+               "--batch", "1", "--sweep", "--plot", str(png)])
+    assert rc == 0
+    assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.png"]  # no temporary left behind

@@ -5,7 +5,7 @@ import argparse
 import math
 from typing import Any
 
-from ._common import UserError, atomic_path, print_json
+from ._common import UserError, print_json, save_png
 
 NAME = "audit"
 HELP = "audit C = 6ND against the FLOPs a transformer training step really executes"
@@ -257,10 +257,7 @@ def _plot_sweep(rows: dict[str, list[dict[str, Any]]], cfg, path: str) -> None:
     ax.set_ylabel("model FLOPs / 6ND")
     ax.set_title("Where 6ND holds: training FLOPs against 6ND")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def render(res) -> str:

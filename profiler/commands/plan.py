@@ -6,7 +6,7 @@ import math
 from pathlib import Path
 from typing import Any
 
-from ._common import UserError, atomic_path, print_json, write_text_atomic
+from ._common import UserError, print_json, save_png, write_text_atomic
 from .audit import fmt_count, fmt_rate, fmt_time, table
 
 NAME = "plan"
@@ -622,10 +622,7 @@ def _frontier_figure(path: Path, law, points: list[tuple[str, Any]]) -> None:
     ax.set_ylabel("predicted loss")
     ax.set_title("Loss against compute, plan marked")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _mfu_figure(path: Path, mfu_model: dict[str, Any]) -> None:
@@ -642,10 +639,7 @@ def _mfu_figure(path: Path, mfu_model: dict[str, Any]) -> None:
     ax.set_ylabel("MFU (of the datasheet peak)")
     ax.set_title("MFU against model size")
     ax.legend(fontsize=8)
-    fig.tight_layout()
-    with atomic_path(path) as tmp:
-        fig.savefig(tmp, dpi=120, format="png")
-    plt.close(fig)
+    save_png(fig, path)
 
 
 def _write_report(path: str, result: dict[str, Any]) -> None:
