@@ -87,16 +87,34 @@ class Objective:
         """log(prediction) [S, n] for each row of ``theta`` (the key for merging duplicate starts)."""
         theta = np.asarray(theta, dtype=float)
         with np.errstate(all="ignore"):
-            if self.fast:
-                n = self.n
-                T = np.exp(theta @ self._M)
-                s = T[:, :n] + T[:, n:]
-                s += np.exp(theta[:, 2])[:, None]
-                return np.log(s)
-            return self.law._logpred_backward(theta, self.x)[0]
+            if not self.fast:
+                return self.law._logpred_backward(theta, self.x)[0]
+            n = self.n
+            out = np.empty((len(theta), n))
+            for s0 in range(0, len(theta), self.chunk):    # cache-sized pieces, as in __call__
+                th = theta[s0:s0 + self.chunk]
+                T = np.exp(th @ self._M)
+                s = np.add(T[:, :n], T[:, n:], out=out[s0:s0 + len(th)])
+                s += np.exp(th[:, 2])[:, None]
+                np.log(s, out=s)
+            return out
 
     def value(self, theta: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
         return self(theta, groups)[0]
+
+    def conditioned(self) -> "Conditioned":
+        """This objective in coordinates the optimiser handles better (see :class:`Conditioned`).
+
+        Chinchilla: ``a - alpha log N = (a - alpha c_N) - alpha (log N - c_N)`` with ``c_N`` the
+        mean log N of the data (likewise b, beta, log D).  In the raw parameters ``a`` and
+        ``alpha`` are almost collinear (log N is ~20 with a spread of ~1.5), which makes L-BFGS
+        crawl; the centred intercepts remove that.  Other laws: the identity."""
+        P = self.law.n_params
+        T = np.eye(P)
+        if self.fast:
+            T[3, 0] = float(np.mean(self.x["log_N"]))
+            T[4, 1] = float(np.mean(self.x["log_D"]))
+        return Conditioned(self, T)
 
     def _generic(self, th, w, f_out, g_out):
         lp, backward = self.law._logpred_backward(th, self.x)
@@ -139,6 +157,36 @@ class Objective:
         g_out[:, 2] = ee * c.sum(1)
 
 
+class Conditioned:
+    """An :class:`Objective` in linear coordinates ``z`` with ``theta = z @ T``.
+
+    The model, the objective values and its optima are those of the wrapped objective; only
+    the optimiser's path changes (starts map exactly, ``to_internal``/``to_external``)."""
+
+    def __init__(self, obj: Objective, T: np.ndarray) -> None:
+        self.obj = obj
+        self.T = np.asarray(T, dtype=float)
+        self.Tinv = np.linalg.inv(self.T)
+        self.identity = bool(np.array_equal(self.T, np.eye(len(self.T))))
+
+    def to_internal(self, theta: np.ndarray) -> np.ndarray:
+        theta = np.asarray(theta, dtype=float)
+        return theta.copy() if self.identity else theta @ self.Tinv
+
+    def to_external(self, z: np.ndarray) -> np.ndarray:
+        z = np.asarray(z, dtype=float)
+        return z.copy() if self.identity else z @ self.T
+
+    def __call__(self, z: np.ndarray, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if self.identity:
+            return self.obj(z, groups)
+        f, g = self.obj(np.asarray(z, dtype=float) @ self.T, groups)
+        return f, g @ self.T.T            # chain rule: d f / d z = T (d f / d theta)
+
+    def logpred(self, z: np.ndarray) -> np.ndarray:
+        return self.obj.logpred(self.to_external(z))
+
+
 @dataclass
 class BatchResult:
     x: np.ndarray        # [S, P] end points
@@ -153,12 +201,40 @@ class BatchResult:
     def n_merged(self) -> int:
         return 0 if self.rep is None else int(np.sum(self.rep != np.arange(len(self.rep))))
 
+    def spread(self, uniq: np.ndarray, rep0: np.ndarray) -> "BatchResult":
+        """This result, for the starts ``uniq``, extended to all starts: start ``j`` was merged
+        before the first step into ``rep0[j]`` (one of ``uniq``) and takes its outcome."""
+        S = len(rep0)
+        pos = np.full(S, -1)
+        pos[uniq] = np.arange(len(uniq))
+        src = pos[rep0]
+        if np.any(src < 0):
+            raise ValueError("every representative must be one of the starts that ran")
+        rep_u = uniq[self.rep] if self.rep is not None else uniq
+        nit = np.zeros(S, dtype=int)
+        nit[uniq] = self.nit
+        return BatchResult(self.x[src], self.f[src], self.g[src], nit, self.status[src], self.nfev, rep_u[src])
+
+    @classmethod
+    def join(cls, parts: "list[BatchResult]", index: "list[np.ndarray]", S: int) -> "BatchResult":
+        """One result for ``S`` starts from runs on the blocks ``index[i]`` (start numbers)."""
+        P = parts[0].x.shape[1]
+        out = cls(np.empty((S, P)), np.empty(S), np.empty((S, P)), np.zeros(S, dtype=int),
+                  np.empty(S, dtype=int), 0, np.arange(S))
+        for r, idx in zip(parts, index):
+            out.x[idx], out.f[idx], out.g[idx], out.nit[idx], out.status[idx] = r.x, r.f, r.g, r.nit, r.status
+            out.nfev += r.nfev
+            if r.rep is not None:
+                out.rep[idx] = idx[r.rep]
+        return out
+
 
 def batched_lbfgs(fg: FG, x0: np.ndarray, *, m: int = 10, maxiter: int = 1000, gtol: float = 1e-5,
                   ftol: float = 2.2e-9, fscale: float = 1.0, max_ls: int = 30, c1: float = 1e-4,
                   abandon_after: int | None = None, abandon_ratio: float = 2.0,
                   merge_key: Callable[[np.ndarray, np.ndarray], np.ndarray] | None = None,
-                  merge_at: "tuple[int, ...]" = (), merge_tol: float = 1e-9) -> BatchResult:
+                  merge_at: "tuple[int, ...]" = (), merge_tol: float = 1e-9,
+                  labels: np.ndarray | None = None) -> BatchResult:
     """Minimise ``fg`` from every row of ``x0`` at once with L-BFGS (memory ``m``).
 
     ``fg(X, rows) -> (f [k], G [k, P])`` evaluates the objective and gradient for the rows of
@@ -179,18 +255,24 @@ def batched_lbfgs(fg: FG, x0: np.ndarray, *, m: int = 10, maxiter: int = 1000, g
     ``A/N^alpha`` with ``A = 1, alpha = 2``: their other parameters then follow the same path.)
     A merged start reports its representative's end point, objective, gradient and status;
     ``rep`` says which start that was and ``nit`` counts the iterations it ran itself.
+
+    ``labels`` (one small non-negative int per start) splits the starts into blocks that never
+    interact: starts merge only within their block and the abandonment test compares with the
+    best of their own block.  Every other step is per start, so running the blocks together or
+    one call per block (e.g. in parallel processes) follows the same paths.
     The state is kept parameter-major ([P, starts]) so the many reductions over P are cheap.
     (A dense per-start BFGS was tried too: on the Chinchilla grid it needed ~1.7x more
     evaluations than L-BFGS with m=10, which forgets stale curvature at the Huber kinks.)
     """
     with np.errstate(all="ignore"):
         return _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, fscale, max_ls, c1, abandon_after, abandon_ratio,
-                              merge_key, frozenset(merge_at), merge_tol)
+                              merge_key, frozenset(merge_at), merge_tol, labels)
 
 
-def _duplicates(K: np.ndarray, tol: float) -> np.ndarray:
+def _duplicates(K: np.ndarray, tol: float, labels: np.ndarray | None = None) -> np.ndarray:
     """For each row of ``K`` [A, n], the index of the first row that rounds to the same multiple
-    of ``tol`` in every entry (itself when none does, or when the row is not finite)."""
+    of ``tol`` in every entry (itself when none does, or when the row is not finite); with
+    ``labels``, only rows with the same label count as the same."""
     A = len(K)
     idx = np.arange(A)
     fin = np.all(np.isfinite(K), axis=1) & np.all(np.abs(K) < 1e6, axis=1)
@@ -198,6 +280,8 @@ def _duplicates(K: np.ndarray, tol: float) -> np.ndarray:
         return idx
     rows = np.flatnonzero(fin)
     q = np.round(K[rows] / tol).astype(np.int64)
+    if labels is not None:
+        q = np.column_stack([q, np.asarray(labels, dtype=np.int64)[rows]])
     # hash each row (int64 arithmetic wraps), then check candidates entry by entry
     mult = np.random.default_rng(12345).integers(1, 2 ** 62, size=q.shape[1], dtype=np.int64) | 1
     h = (q * mult).sum(axis=1)
@@ -210,7 +294,7 @@ def _duplicates(K: np.ndarray, tol: float) -> np.ndarray:
 
 
 def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, fscale, max_ls, c1, abandon_after, abandon_ratio,
-                   merge_key=None, merge_at=frozenset(), merge_tol=1e-9):
+                   merge_key=None, merge_at=frozenset(), merge_tol=1e-9, labels=None):
     x0 = np.asarray(x0, dtype=float)
     S, P = x0.shape
     rows = np.arange(S)
@@ -232,7 +316,11 @@ def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, fscale, max_ls, c1, abandon_a
     rho = np.zeros((m, A))
     gamma = np.ones(A)
     first = np.ones(A, dtype=bool)
-    best = float(np.min(f)) if A else np.inf
+    lab_all = np.zeros(S, dtype=np.int64) if labels is None else np.asarray(labels, dtype=np.int64)
+    if lab_all.shape != (S,) or (S and lab_all.min() < 0):
+        raise ValueError("labels must be one non-negative integer per start")
+    best = np.full(int(lab_all.max()) + 1 if S else 1, np.inf)   # best objective so far, per block
+    np.minimum.at(best, lab_all[rows], f)
     n_hist = 0
     for it in range(maxiter):
         if A == 0:
@@ -266,10 +354,17 @@ def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, fscale, max_ls, c1, abandon_a
             if ok.all():
                 break
             w = np.flatnonzero(~ok)
-            # backtrack by quadratic interpolation, kept within [0.1, 0.5] of the last step
-            tq = -gd[w] * t[w] ** 2 / (2.0 * (fn[w] - f[w] - gd[w] * t[w]))
-            tq = np.where(np.isfinite(tq), tq, 0.1 * t[w])
-            t[w] = np.clip(tq, 0.1 * t[w], 0.5 * t[w])
+            # backtrack to the minimiser of the cubic through f and its slope at 0 and at t
+            # (the quadratic through f(0), f'(0), f(t) where the cubic has none), kept within
+            # [0.1, 0.5] of the last step
+            tw, g0, f1 = t[w], gd[w], fn[w]
+            g1 = (Gn[:, w] * d[:, w]).sum(0)
+            d1 = g0 + g1 + 3.0 * (f[w] - f1) / tw
+            d2 = np.sqrt(d1 * d1 - g0 * g1)
+            tc = tw - tw * (g1 + d2 - d1) / (g1 - g0 + 2.0 * d2)
+            tq = -g0 * tw ** 2 / (2.0 * (f1 - f[w] - g0 * tw))
+            tq = np.where(np.isfinite(tc), tc, np.where(np.isfinite(tq), tq, 0.1 * tw))
+            t[w] = np.clip(tq, 0.1 * tw, 0.5 * tw)
             Xw = X[:, w] + t[w] * d[:, w]
             Xn[:, w] = Xw
             fw, Gw = fg(Xw.T, rows[w])
@@ -297,13 +392,13 @@ def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, fscale, max_ls, c1, abandon_a
             X = np.where(ok, Xn, X)
             f = np.where(ok, fn, f)
             Gt = np.where(ok, Gn, Gt)
-        best = min(best, float(f.min()))
+        np.minimum.at(best, lab_all[rows], f)
         small_f = (f_old - f) <= ftol * np.maximum(np.maximum(np.abs(f_old), np.abs(f)), fscale)
         small_g = np.abs(Gt).max(0) <= gtol
         done = ~ok | small_f | small_g
         code = np.where(ok, CONVERGED, LINESEARCH)
         if abandon_after is not None and it + 1 >= abandon_after:
-            far = ~done & (f > abandon_ratio * best)
+            far = ~done & (f > abandon_ratio * best[lab_all[rows]])
             code = np.where(far, ABANDONED, code)
             done |= far
         nit[rows] += 1
@@ -317,7 +412,8 @@ def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, fscale, max_ls, c1, abandon_a
             gamma, first = gamma[keep], first[keep]
             A = len(rows)
         if merge_key is not None and (it + 1) in merge_at and A > 1:
-            dup = _duplicates(np.asarray(merge_key(X.T, rows), dtype=float), merge_tol)
+            dup = _duplicates(np.asarray(merge_key(X.T, rows), dtype=float), merge_tol,
+                              None if labels is None else lab_all[rows])
             keep = dup == np.arange(A)
             if not keep.all():
                 rep[rows[~keep]] = rows[dup[~keep]]
@@ -341,8 +437,9 @@ def _batched_lbfgs(fg, x0, m, maxiter, gtol, ftol, fscale, max_ls, c1, abandon_a
     return BatchResult(out_x, out_f, out_g, nit, status, nfev, root)
 
 
-def polish(obj: Objective, theta0: np.ndarray, group: int | None = None, maxiter: int = 2000):
-    """Refine one start with scipy's L-BFGS-B at tight tolerances (float64, analytic gradient)."""
+def polish(obj: "Objective | Conditioned", theta0: np.ndarray, group: int | None = None, maxiter: int = 2000):
+    """Refine one start with scipy's L-BFGS-B at tight tolerances (float64, analytic gradient),
+    in the coordinates of ``obj``."""
     groups = None if group is None else np.array([group])
 
     def fun(th):

@@ -30,7 +30,8 @@ import pandas as pd
 
 from ._data import load_runs
 from ._errors import LawfitError
-from ._optim import BAD_START, STATUS_TEXT, BatchResult, Objective, batched_lbfgs, polish
+from ._optim import BAD_START, STATUS_TEXT, BatchResult, Objective, _duplicates, batched_lbfgs, polish
+from ._parallel import can_fork, resolve_workers, run_blocks
 from .laws import Chinchilla, Law, get_law, law_from_spec
 
 FORMAT = "lawfit.fit/1"
@@ -41,14 +42,20 @@ FORMAT = "lawfit.fit/1"
 # Starts still running after 300 iterations at more than twice the best objective so far are
 # stopped (slow drifts along degenerate directions, far from any good optimum).
 FIT_TOL = dict(ftol=1e-9, fscale=0.0, gtol=1e-8, maxiter=1000, abandon_after=300, abandon_ratio=2.0)
-# Duplicate starts (see lawfit._optim.batched_lbfgs): after these iterations, running starts whose
-# log predictions agree to 1e-6 at every run (1/1000 of the Huber threshold: the same model, as
+# Duplicate starts (see lawfit._optim.batched_lbfgs): before the first step and after these
+# iterations, running starts whose log predictions agree to 1e-6 at every run (1/1000 of the Huber threshold: the same model, as
 # far as the data can tell) are merged and one runs on; a merged start is counted with its
 # representative's outcome.  On the 4,500-start grid and the 240 Epoch runs about half the
 # starts merge (many differ only in a term negligible at every run), saving ~30% of the
 # evaluations; 3 of 4,500 starts then end in a different optimum than when run alone.
 FIT_MERGE = dict(merge_at=(1, 2, 4, 8, 16, 32, 64, 128), merge_tol=1e-6)
 BOOT_TOL = dict(ftol=1e-12, fscale=0.0, gtol=1e-10, maxiter=1000)
+# From this many starts (after merging duplicates before the first step) or bootstrap starts on,
+# the starts are split into two fixed blocks (first and second half) that never interact; the
+# blocks run in two processes when there are CPUs for them, else together in one batch.  The
+# split is the same on every machine, so the result does not depend on how many CPUs ran it
+# (up to rounding: about 1e-8 relative in the polished parameters).
+SPLIT_MIN = 500
 SAME_OPTIMUM_RTOL = 1e-5
 """A start 'reached the best optimum' when its end objective is within this relative gap of the
 best (or its parameters within 1e-3 of the best, for near-zero objectives)."""
@@ -338,7 +345,7 @@ def _make_starts(law: Law, x, logy, starts, rng) -> tuple[np.ndarray, str]:
 
 def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str, str] | None" = None,
         delta: float = 1e-3, starts: Any = "grid", bootstrap: int = 0, seed: int = 0, *,
-        ci_level: float = 0.95, n_polish: int = 3) -> FitResult:
+        ci_level: float = 0.95, n_polish: int = 3, workers: "int | None" = None) -> FitResult:
     """Fit a scaling law to a table of training runs.
 
     ``table``: a DataFrame or CSV path with the columns the law needs (``N`` parameters, ``D``
@@ -349,6 +356,8 @@ def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str
     residuals (``inf`` gives least squares).  ``starts``: ``"grid"`` (Hoffmann's 4,500 for
     Chinchilla), an int for a random design (seeded by ``seed``), or a list of parameter dicts.
     ``bootstrap``: number of resampled refits for percentile intervals at ``ci_level``.
+    ``workers``: processes for large batches (default ``$LAWFIT_WORKERS`` or the usable CPUs;
+    at most two are used, and the result is the same for any number; see ``SPLIT_MIN``).
     """
     t0 = time.perf_counter()
     base = get_law(law).unbound()
@@ -363,9 +372,16 @@ def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str
     logy = np.log(df["loss"].to_numpy(dtype=float))
     rng = np.random.default_rng(seed)
     theta0, start_desc = _make_starts(base, x, logy, starts, rng)
-    obj = Objective(base, x, logy, delta)
-    res = batched_lbfgs(lambda X, rows: obj(X), theta0, merge_key=lambda X, rows: obj.logpred(X),
-                        **FIT_TOL, **FIT_MERGE)
+    n_workers = resolve_workers(workers)
+    obj = Objective(base, x, logy, delta).conditioned()
+    z0 = obj.to_internal(theta0)
+    rep0 = _duplicates(obj.logpred(z0), FIT_MERGE["merge_tol"])    # the same model before any step
+    uniq = np.flatnonzero(rep0 == np.arange(len(z0)))
+    res = _run_split(lambda Z, rows, lab: batched_lbfgs(lambda Zs, r: obj(Zs), Z, merge_key=lambda Zs, r: obj.logpred(Zs),
+                                                        labels=lab, **FIT_TOL, **FIT_MERGE),
+                     z0[uniq], n_workers).spread(uniq, rep0)
+    res.x = obj.to_external(res.x)
+    res.g = res.g @ obj.Tinv.T            # gradient with respect to the law's own parameters
     finite = np.isfinite(res.f)
     if not finite.any():
         raise LawfitError(f"the {base.name} fit failed: the objective is not finite at any start")
@@ -373,8 +389,8 @@ def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str
     cand = _distinct(res.x, order, n_polish, tol=1e-3)
     best = None
     for i in cand:
-        p = polish(obj, res.x[i])
-        th, fv = (p.x, float(p.fun)) if np.isfinite(p.fun) and p.fun <= res.f[i] else (res.x[i], float(res.f[i]))
+        p = polish(obj, obj.to_internal(res.x[i]))
+        th, fv = (obj.to_external(p.x), float(p.fun)) if np.isfinite(p.fun) and p.fun <= res.f[i] else (res.x[i], float(res.f[i]))
         # a line-search stall or rounding-error stop at the optimum counts as converged;
         # an iteration limit does not
         ok = bool(p.success) or str(p.message).startswith("ABNORMAL") or "ROUNDING ERRORS" in str(p.message)
@@ -398,7 +414,7 @@ def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str
         # warm starts: the optimum, and other local optima nearly as good (objective within 10%)
         warm = [theta] + [res.x[i] for i in _distinct(res.x, order, 8, tol=1e-2)
                           if np.max(np.abs(res.x[i] - theta)) > 1e-2 and res.f[i] <= 1.1 * fbest][:3]
-        samples, failed = _bootstrap(base, x, logy, delta, np.array(warm), int(bootstrap), rng)
+        samples, failed = _bootstrap(base, x, logy, delta, np.array(warm), int(bootstrap), rng, n_workers)
     message = f"scipy L-BFGS-B polish: {msg}" if ok else f"did not converge: {msg}"
     return FitResult(law=fitted_law, objective=fbest, converged=ok, message=message, n_starts=len(theta0),
                      n_at_best=n_at_best, starts=start_desc, delta=delta, data=df, notes=notes,
@@ -406,8 +422,24 @@ def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str
                      seconds=time.perf_counter() - t0, start_outcomes=outcomes)
 
 
-def _bootstrap(law: Law, x, logy, delta: float, warm: np.ndarray, k: int, rng: np.random.Generator
-               ) -> tuple[dict[str, np.ndarray], int]:
+def _run_split(run, z0: np.ndarray, workers: int, unit: int = 1) -> BatchResult:
+    """``run(Z, rows, labels)`` on all starts ``z0``; from ``SPLIT_MIN`` starts on, as two blocks
+    (halves, cut at a multiple of ``unit`` starts) run in parallel processes, or together in one
+    call with block labels when only one CPU is usable."""
+    S = len(z0)
+    if S < SPLIT_MIN:
+        return run(z0, np.arange(S), None)
+    cut = (S // unit // 2) * unit
+    labels = (np.arange(S) >= cut).astype(np.int64)
+    if workers < 2 or not can_fork():
+        return run(z0, np.arange(S), labels)
+    index = [np.arange(cut), np.arange(cut, S)]
+    parts, _ = run_blocks(lambda i: run(z0[index[i]], index[i], None), 2, workers)
+    return BatchResult.join(parts, index, S)
+
+
+def _bootstrap(law: Law, x, logy, delta: float, warm: np.ndarray, k: int, rng: np.random.Generator,
+               workers: int = 1) -> tuple[dict[str, np.ndarray], int]:
     """Refit ``k`` resamples of the runs (multinomial weights), all replicates and warm starts
     batched together; returns natural-parameter samples (and derived ones) and the failure count."""
     n = len(logy)
@@ -415,8 +447,10 @@ def _bootstrap(law: Law, x, logy, delta: float, warm: np.ndarray, k: int, rng: n
     s = len(warm)
     theta0 = np.tile(warm, (k, 1))
     groups = np.repeat(np.arange(k), s)
-    obj = Objective(law, x, logy, delta, weights=W)
-    res: BatchResult = batched_lbfgs(lambda X, rows: obj(X, groups[rows]), theta0, **BOOT_TOL)
+    obj = Objective(law, x, logy, delta, weights=W).conditioned()
+    res = _run_split(lambda Z, rows, lab: batched_lbfgs(lambda Zs, r: obj(Zs, groups[rows[r]]), Z, **BOOT_TOL),
+                     obj.to_internal(theta0), workers, unit=s)
+    res.x = obj.to_external(res.x)
     f = np.where(np.isfinite(res.f) & (res.status != BAD_START), res.f, np.inf).reshape(k, s)
     pick = np.argmin(f, axis=1)
     thetas = res.x.reshape(k, s, -1)[np.arange(k), pick]
