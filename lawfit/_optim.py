@@ -111,10 +111,13 @@ class Objective:
         crawl; the centred intercepts remove that.  Other laws: the identity."""
         P = self.law.n_params
         T = np.eye(P)
-        if self.fast:
-            T[3, 0] = float(np.mean(self.x["log_N"]))
-            T[4, 1] = float(np.mean(self.x["log_D"]))
-        return Conditioned(self, T)
+        if not self.fast:
+            return Conditioned(self, T)
+        cN, cD = float(np.mean(self.x["log_N"])), float(np.mean(self.x["log_D"]))
+        T[3, 0], T[4, 1] = cN, cD
+        # in z the objective is the same fused Chinchilla objective on centred log N and log D
+        xc = dict(self.x, log_N=np.asarray(self.x["log_N"], float) - cN, log_D=np.asarray(self.x["log_D"], float) - cD)
+        return Conditioned(self, T, Objective(self.law, xc, self.logy, self.delta, self.weights, self.chunk))
 
     def _generic(self, th, w, f_out, g_out):
         lp, backward = self.law._logpred_backward(th, self.x)
@@ -163,8 +166,9 @@ class Conditioned:
     The model, the objective values and its optima are those of the wrapped objective; only
     the optimiser's path changes (starts map exactly, ``to_internal``/``to_external``)."""
 
-    def __init__(self, obj: Objective, T: np.ndarray) -> None:
+    def __init__(self, obj: Objective, T: np.ndarray, direct: Objective | None = None) -> None:
         self.obj = obj
+        self.direct = direct       # the objective written directly in z, when there is one
         self.T = np.asarray(T, dtype=float)
         self.Tinv = np.linalg.inv(self.T)
         self.identity = bool(np.array_equal(self.T, np.eye(len(self.T))))
@@ -178,12 +182,16 @@ class Conditioned:
         return z.copy() if self.identity else z @ self.T
 
     def __call__(self, z: np.ndarray, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
+        if self.direct is not None:
+            return self.direct(z, groups)
         if self.identity:
             return self.obj(z, groups)
         f, g = self.obj(np.asarray(z, dtype=float) @ self.T, groups)
         return f, g @ self.T.T            # chain rule: d f / d z = T (d f / d theta)
 
     def logpred(self, z: np.ndarray) -> np.ndarray:
+        if self.direct is not None:
+            return self.direct.logpred(z)
         return self.obj.logpred(self.to_external(z))
 
 

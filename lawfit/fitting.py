@@ -4,8 +4,8 @@ The objective (Hoffmann et al. 2022, Approach 3; Besiroglu et al. 2024) is the *
 runs of the Huber loss (``delta = 1e-3`` by default) of the residual between the log of the
 predicted and the log of the observed loss.  It is minimised with L-BFGS from a grid of starts
 (for the Chinchilla form the 4,500 starts of Hoffmann et al.), all starts batched in numpy with
-analytic gradients; the best few end points are then refined with scipy's L-BFGS-B at tight
-tolerances.  With ``bootstrap=k`` the runs are resampled with replacement ``k`` times and each
+analytic gradients; the best end point (and up to two distinct others within 0.1% of its
+objective) is then refined with scipy's L-BFGS-B at tight tolerances.  With ``bootstrap=k`` the runs are resampled with replacement ``k`` times and each
 replicate is refitted (batched, warm-started from the optimum and from any other local optimum
 within 10% of its objective); percentile intervals are reported for every parameter and
 derived quantity.
@@ -57,6 +57,7 @@ BOOT_TOL = dict(ftol=1e-12, fscale=0.0, gtol=1e-10, maxiter=1000)
 # (up to rounding: about 1e-8 relative in the polished parameters).
 SPLIT_MIN = 500
 SAME_OPTIMUM_RTOL = 1e-5
+POLISH_GAP = 1e-3
 """A start 'reached the best optimum' when its end objective is within this relative gap of the
 best (or its parameters within 1e-3 of the best, for near-zero objectives)."""
 
@@ -386,7 +387,10 @@ def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str
     if not finite.any():
         raise LawfitError(f"the {base.name} fit failed: the objective is not finite at any start")
     order = np.argsort(np.where(finite, res.f, np.inf))
-    cand = _distinct(res.x, order, n_polish, tol=1e-3)
+    # polish the best end point and up to n_polish - 1 distinct others nearly as good: a
+    # converged end point further than POLISH_GAP above the best cannot overtake it by a polish
+    near_best = res.f <= res.f[order[0]] * (1 + POLISH_GAP)
+    cand = _distinct(res.x, order[near_best[order]], n_polish, tol=1e-3)
     best = None
     for i in cand:
         p = polish(obj, obj.to_internal(res.x[i]))
