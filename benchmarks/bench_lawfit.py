@@ -197,7 +197,7 @@ def run(quick: bool = False, seed: int = 0) -> list[dict]:
     for _ in range(reps):
         for w in worker_counts:
             t0 = time.perf_counter()
-            samples, failed = _bootstrap(law, x, logy, DELTA, warm, k, np.random.default_rng(seed), w)
+            samples, failed, _ = _bootstrap(law, x, logy, DELTA, warm, k, np.random.default_rng(seed), w)
             t_bs.setdefault(w, []).append(time.perf_counter() - t0)
     lo, hi = np.percentile(samples["alpha"], [2.5, 97.5])
     t_boot = min(t_bs[worker_counts[0]])

@@ -204,6 +204,7 @@ class BatchResult:
     status: np.ndarray   # [S] CONVERGED / MAXITER / LINESEARCH / BAD_START / ABANDONED
     nfev: int            # objective evaluations, counted per start
     rep: np.ndarray | None = None   # [S] the start whose run stood for this one (itself if never merged)
+    processes: int = 1   # how many processes ran the starts
 
     @property
     def n_merged(self) -> int:
@@ -221,14 +222,15 @@ class BatchResult:
         rep_u = uniq[self.rep] if self.rep is not None else uniq
         nit = np.zeros(S, dtype=int)
         nit[uniq] = self.nit
-        return BatchResult(self.x[src], self.f[src], self.g[src], nit, self.status[src], self.nfev, rep_u[src])
+        return BatchResult(self.x[src], self.f[src], self.g[src], nit, self.status[src], self.nfev, rep_u[src],
+                           self.processes)
 
     @classmethod
-    def join(cls, parts: "list[BatchResult]", index: "list[np.ndarray]", S: int) -> "BatchResult":
+    def join(cls, parts: "list[BatchResult]", index: "list[np.ndarray]", S: int, processes: int = 1) -> "BatchResult":
         """One result for ``S`` starts from runs on the blocks ``index[i]`` (start numbers)."""
         P = parts[0].x.shape[1]
         out = cls(np.empty((S, P)), np.empty(S), np.empty((S, P)), np.zeros(S, dtype=int),
-                  np.empty(S, dtype=int), 0, np.arange(S))
+                  np.empty(S, dtype=int), 0, np.arange(S), processes)
         for r, idx in zip(parts, index):
             out.x[idx], out.f[idx], out.g[idx], out.nit[idx], out.status[idx] = r.x, r.f, r.g, r.nit, r.status
             out.nfev += r.nfev
@@ -281,23 +283,30 @@ def _duplicates(K: np.ndarray, tol: float, labels: np.ndarray | None = None) -> 
     """For each row of ``K`` [A, n], the index of the first row that rounds to the same multiple
     of ``tol`` in every entry (itself when none does, or when the row is not finite); with
     ``labels``, only rows with the same label count as the same."""
+    K = np.asarray(K, dtype=float)
     A = len(K)
     idx = np.arange(A)
-    fin = np.all(np.isfinite(K), axis=1) & np.all(np.abs(K) < 1e6, axis=1)
-    if fin.sum() < 2:
-        return idx
+    with np.errstate(invalid="ignore"):
+        fin = np.all(np.abs(K) < 1e6, axis=1)          # false for NaN and inf too
     rows = np.flatnonzero(fin)
-    q = np.round(K[rows] / tol).astype(np.int64)
-    if labels is not None:
-        q = np.column_stack([q, np.asarray(labels, dtype=np.int64)[rows]])
-    # hash each row (int64 arithmetic wraps), then check candidates entry by entry
-    mult = np.random.default_rng(12345).integers(1, 2 ** 62, size=q.shape[1], dtype=np.int64) | 1
-    h = (q * mult).sum(axis=1)
+    if len(rows) < 2:
+        return idx
+    q = np.rint((K if len(rows) == A else K[rows]) * (1.0 / tol))    # whole numbers, exact in float64
+    lab = None if labels is None else np.asarray(labels, dtype=np.int64)[rows]
+    # hash each row (exact int64 arithmetic, wrapping), then check every entry of each row
+    # against the first row with its hash
+    mult = np.random.default_rng(12345).integers(1, 2 ** 62, size=q.shape[1] + 1, dtype=np.int64) | 1
+    h = q.astype(np.int64) @ mult[:-1]
+    if lab is not None:
+        h += lab * mult[-1]
     _, first, inv = np.unique(h, return_index=True, return_inverse=True)
     cand = first[inv.ravel()]
-    same = np.all(q == q[cand], axis=1)
+    other = np.flatnonzero(cand != np.arange(len(rows)))
+    same = np.all(q[other] == q[cand[other]], axis=1)
+    if lab is not None:
+        same &= lab[other] == lab[cand[other]]
     out = idx.copy()
-    out[rows[same]] = rows[cand[same]]
+    out[rows[other[same]]] = rows[cand[other[same]]]
     return out
 
 

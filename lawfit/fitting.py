@@ -107,7 +107,7 @@ class FitResult:
                  n_at_best: int, starts: str, delta: float, data: pd.DataFrame, notes: list[str],
                  bootstrap_samples: Mapping[str, np.ndarray] | None = None, ci_level: float = 0.95,
                  bootstrap_failed: int = 0, seed: int = 0, seconds: float = math.nan,
-                 start_outcomes: Mapping[str, int] | None = None) -> None:
+                 start_outcomes: Mapping[str, int] | None = None, processes: int = 1) -> None:
         self.law = law
         self.objective = float(objective)
         self.converged = bool(converged)
@@ -122,6 +122,7 @@ class FitResult:
         self.bootstrap_failed = int(bootstrap_failed)
         self.seed = int(seed)
         self.seconds = float(seconds)
+        self.processes = int(processes)
         self.start_outcomes = dict(start_outcomes or {})
         self.bootstrap_samples: dict[str, np.ndarray] = {k: np.asarray(v, float) for k, v in (bootstrap_samples or {}).items()}
         self.ci: dict[str, tuple[float, float]] = {
@@ -220,6 +221,9 @@ class FitResult:
         lines.append(f"  residuals of log loss: RMS {np.sqrt(np.mean(r ** 2)):.4f}, max |r| {np.max(np.abs(r)):.4f}")
         if self.bootstrap_failed:
             lines.append(f"  {self.bootstrap_failed} bootstrap replicates failed and were left out")
+        if math.isfinite(self.seconds):
+            lines.append(f"  time: {self.seconds:.2f} s wall clock, {self.processes} "
+                         f"process{'es' if self.processes > 1 else ''}")
         return "\n".join(lines)
 
     def __repr__(self) -> str:
@@ -246,6 +250,7 @@ class FitResult:
             "notes": self.notes,
             "seed": self.seed,
             "seconds": self.seconds,
+            "processes": self.processes,
             "ci_level": self.ci_level,
             "ci": {k: list(v) for k, v in self.ci.items()},
             "n_bootstrap": self.n_bootstrap,
@@ -286,7 +291,8 @@ class FitResult:
                       data=pd.DataFrame({k: np.asarray(v, float) for k, v in (d.get("data") or {}).items()}),
                       notes=d.get("notes", []), bootstrap_samples=samples, ci_level=d.get("ci_level", 0.95),
                       bootstrap_failed=d.get("bootstrap_failed", 0), seed=d.get("seed", 0),
-                      seconds=_num(d.get("seconds")), start_outcomes=d.get("start_outcomes"))
+                      seconds=_num(d.get("seconds")), start_outcomes=d.get("start_outcomes"),
+                      processes=int(d.get("processes", 1)))
         except (KeyError, TypeError, ValueError) as exc:
             if isinstance(exc, LawfitError):
                 raise
@@ -413,17 +419,17 @@ def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str
     if res.n_merged:
         outcomes["merged with a duplicate start (counted in its outcome)"] = res.n_merged
     samples: dict[str, np.ndarray] = {}
-    failed = 0
+    failed = boot_proc = 0
     if bootstrap:
         # warm starts: the optimum, and other local optima nearly as good (objective within 10%)
         warm = [theta] + [res.x[i] for i in _distinct(res.x, order, 8, tol=1e-2)
                           if np.max(np.abs(res.x[i] - theta)) > 1e-2 and res.f[i] <= 1.1 * fbest][:3]
-        samples, failed = _bootstrap(base, x, logy, delta, np.array(warm), int(bootstrap), rng, n_workers)
+        samples, failed, boot_proc = _bootstrap(base, x, logy, delta, np.array(warm), int(bootstrap), rng, n_workers)
     message = f"scipy L-BFGS-B polish: {msg}" if ok else f"did not converge: {msg}"
     return FitResult(law=fitted_law, objective=fbest, converged=ok, message=message, n_starts=len(theta0),
                      n_at_best=n_at_best, starts=start_desc, delta=delta, data=df, notes=notes,
                      bootstrap_samples=samples, ci_level=ci_level, bootstrap_failed=failed, seed=seed,
-                     seconds=time.perf_counter() - t0, start_outcomes=outcomes)
+                     seconds=time.perf_counter() - t0, start_outcomes=outcomes, processes=max(res.processes, boot_proc))
 
 
 def _run_split(run, z0: np.ndarray, workers: int, unit: int = 1) -> BatchResult:
@@ -438,12 +444,12 @@ def _run_split(run, z0: np.ndarray, workers: int, unit: int = 1) -> BatchResult:
     if workers < 2 or not can_fork():
         return run(z0, np.arange(S), labels)
     index = [np.arange(cut), np.arange(cut, S)]
-    parts, _ = run_blocks(lambda i: run(z0[index[i]], index[i], None), 2, workers)
-    return BatchResult.join(parts, index, S)
+    parts, in_children = run_blocks(lambda i: run(z0[index[i]], index[i], None), 2, workers)
+    return BatchResult.join(parts, index, S, processes=1 + in_children)
 
 
 def _bootstrap(law: Law, x, logy, delta: float, warm: np.ndarray, k: int, rng: np.random.Generator,
-               workers: int = 1) -> tuple[dict[str, np.ndarray], int]:
+               workers: int = 1) -> tuple[dict[str, np.ndarray], int, int]:
     """Refit ``k`` resamples of the runs (multinomial weights), all replicates and warm starts
     batched together; returns natural-parameter samples (and derived ones) and the failure count."""
     n = len(logy)
@@ -464,4 +470,4 @@ def _bootstrap(law: Law, x, logy, delta: float, warm: np.ndarray, k: int, rng: n
     out = {name: np.asarray(p[name], float) for name in law.param_names}
     for name, v in law.derived(out).items():
         out[name] = np.asarray(v, float)
-    return out, int(k - good.sum())
+    return out, int(k - good.sum()), res.processes

@@ -4,6 +4,7 @@ from __future__ import annotations
 import csv
 import math
 
+import numpy as np
 import pytest
 import torch
 
@@ -174,3 +175,40 @@ def test_lawfit_suite_is_skipped_with_the_reason_when_its_data_is_absent(monkeyp
     rows = list(suite_rows("lawfit", Context(device="cpu", quick=True)))
     assert len(rows) == 1 and rows[0]["status"] == "skipped"
     assert "missing.csv" in rows[0]["note"]
+
+
+def test_lawfit_baselines_evaluate_the_same_objective_as_lawfit():
+    """The per-start loops of the lawfit benchmark time the objective lawfit minimises: the
+    replication-form function and the analytic one agree with lawfit's fused objective, and the
+    analytic gradient with central differences."""
+    import benchmarks.bench_lawfit as bl
+    import lawfit
+    from lawfit._optim import Objective
+    from lawfit.fitting import _inputs_of
+
+    if not bl.DATA.exists():
+        pytest.skip(f"benchmark data not found: {bl.DATA}")
+    df = bl._data()
+    x = _inputs_of(df, ["N", "D"])
+    logy = np.log(df["loss"].to_numpy())
+    obj = Objective(lawfit.Chinchilla(), x, logy, bl.DELTA)
+    rng = np.random.default_rng()
+    theta = np.column_stack([rng.uniform(3, 9, 20), rng.uniform(3, 9, 20), rng.uniform(0.3, 0.8, 20),
+                             rng.uniform(0.1, 0.6, 20), rng.uniform(0.1, 0.6, 20)])
+    f, g = obj(theta)
+    w = rng.integers(0, 3, len(logy)).astype(float)
+    fw, _ = Objective(lawfit.Chinchilla(), x, logy, bl.DELTA, weights=w)(theta)
+    for i, th in enumerate(theta):
+        assert bl.replication_objective(th, df["N"].to_numpy(), df["D"].to_numpy(), df["loss"].to_numpy()) \
+            == pytest.approx(f[i], rel=1e-12)
+        fa, ga = bl.objective_and_gradient(th, x["log_N"], x["log_D"], logy)
+        assert fa == pytest.approx(f[i], rel=1e-12)
+        np.testing.assert_allclose(ga, g[i], rtol=1e-9, atol=1e-12 * np.abs(g[i]).max())
+        assert bl.objective_and_gradient(th, x["log_N"], x["log_D"], logy, w)[0] == pytest.approx(fw[i], rel=1e-12)
+    th = theta[0]
+    for j in range(5):
+        e = np.zeros(5)
+        e[j] = 1e-6
+        fd = (bl.objective_and_gradient(th + e, x["log_N"], x["log_D"], logy)[0]
+              - bl.objective_and_gradient(th - e, x["log_N"], x["log_D"], logy)[0]) / 2e-6
+        assert bl.objective_and_gradient(th, x["log_N"], x["log_D"], logy)[1][j] == pytest.approx(fd, rel=1e-4, abs=1e-9)

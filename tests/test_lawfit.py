@@ -307,7 +307,7 @@ def test_bootstrap_replicates_reach_the_same_optimum_as_scipy():
     y = np.log(df["loss"].to_numpy())
     law = lawfit.Chinchilla()
     warm = law._to_theta({"E": 1.8172, "A": 477.8, "B": 2142.9, "alpha": 0.3473, "beta": 0.3672})[None]
-    samples, failed = _bootstrap(law, x, y, 1e-3, warm, 3, np.random.default_rng(11))
+    samples, failed, _ = _bootstrap(law, x, y, 1e-3, warm, 3, np.random.default_rng(11))
     W = np.random.default_rng(11).multinomial(len(y), np.full(len(y), 1 / len(y)), size=3)
     assert failed == 0
     for i in range(3):

@@ -41,6 +41,7 @@ def test_fit_text_json_save_and_plot(runs_csv, tmp_path, capsys):
     out = capsys.readouterr().out
     assert rc == 0
     assert "chinchilla fit" in out and "95% interval" in out and "alpha" in out and "loss*params^alpha" in out
+    assert "s wall clock, 1 process" in out           # 200 starts: one batch, never split
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     fit = lawfit.load_fit(save)
     assert fit.params["alpha"] == pytest.approx(0.35, abs=0.03) and fit.n_bootstrap + fit.bootstrap_failed == 30
@@ -95,6 +96,7 @@ def test_bad_input_is_one_line_and_nonzero(runs_csv, tmp_path, capsys):
         (["fit", str(runs_csv), "--columns", "N=params,D=tokens,loss=val", "--law", "chinchila"], "unknown law"),
         (["fit", str(runs_csv), "--columns", "N=nope"], "not in the table"),
         (["fit", str(runs_csv), "--columns", "N=params,D=tokens,loss=val", "--starts", "many"], "--starts"),
+        (["fit", str(runs_csv), "--columns", "N=params,D=tokens,loss=val", "--workers", "0"], "workers must be a positive"),
         (["allocate"], "--compute"),
         (["allocate", "--compute", "abc"], "must be a number"),
         (["allocate", "--compute", "0"], "positive"),

@@ -133,6 +133,7 @@ def test_the_grid_fit_is_the_same_with_one_or_two_workers():
     one = lawfit.fit(df, columns=COLS, workers=1)
     two = lawfit.fit(df, columns=COLS, workers=2)
     assert one.n_starts == two.n_starts == 4500
+    assert one.processes == 1 and two.processes == (2 if can_fork() else 1)
     for k, v in one.params.items():
         assert two.params[k] == pytest.approx(v, rel=1e-6)
     assert one.objective == pytest.approx(two.objective, rel=1e-12)

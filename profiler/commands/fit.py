@@ -33,6 +33,9 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--ci-level", type=float, default=0.95, help="interval level (default 0.95)")
     parser.add_argument("--plot", default=None, metavar="PNG", help="write a figure of the data and the fit")
     parser.add_argument("--save", default=None, metavar="JSON", help="save the fit (reusable: flopscale allocate --fit)")
+    parser.add_argument("--workers", type=int, default=None, metavar="N",
+                        help="processes for large batches of starts and for the bootstrap (default: "
+                             "$LAWFIT_WORKERS or the usable CPUs; at most 2 are used; the fit is the same for any N)")
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
 
 
@@ -72,7 +75,8 @@ def run(args: argparse.Namespace) -> int:
                                         seed=args.seed, ci_level=args.ci_level)
             else:
                 result = lawfit.fit(args.table, law=args.law, columns=args.columns, delta=args.delta, starts=starts,
-                                    bootstrap=args.bootstrap, seed=args.seed, ci_level=args.ci_level)
+                                    bootstrap=args.bootstrap, seed=args.seed, ci_level=args.ci_level,
+                                    workers=args.workers)
         except lawfit.LawfitError as exc:
             _warn_to_stderr(caught)
             raise UserError(str(exc)) from None
