@@ -6,7 +6,10 @@ Everything is numpy: the objective and its analytic gradient are evaluated for a
 recursion and the backtracking line search run on whole arrays of starts.  Starts that have converged
 leave the working set, so late iterations only pay for the starts still moving, and starts
 whose predictions have become the same (to ``merge_tol`` at every data point) are merged into
-one (see :func:`batched_lbfgs`).
+one (see :func:`batched_lbfgs`).  :meth:`Objective.conditioned` gives the same objective in
+coordinates the optimiser handles better (for Chinchilla, intercepts centred on the mean log N
+and log D); ``labels`` split the starts into blocks that never interact, so that blocks can
+run in separate processes (``lawfit._parallel``) with the same result.
 """
 from __future__ import annotations
 
