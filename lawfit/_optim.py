@@ -5,8 +5,8 @@ Everything is numpy: the objective and its analytic gradient are evaluated for a
 (rows of ``theta``) in one pass over the data, in cache-sized chunks, and the L-BFGS two-loop
 recursion and the backtracking line search run on whole arrays of starts.  Starts that have converged
 leave the working set, so late iterations only pay for the starts still moving, and starts
-whose predictions have become the same (to ``merge_tol`` at every data point) are merged into
-one (see :func:`batched_lbfgs`).  :meth:`Objective.conditioned` gives the same objective in
+that have become the same model (:meth:`Objective.merge_key`) are merged into one (see
+:func:`batched_lbfgs`).  :meth:`Objective.conditioned` gives the same objective in
 coordinates the optimiser handles better (for Chinchilla, intercepts centred on the mean log N
 and log D); ``labels`` split the starts into blocks that never interact, so that blocks can
 run in separate processes (``lawfit._parallel``) with the same result.
@@ -105,6 +105,27 @@ class Objective:
     def value(self, theta: np.ndarray, groups: np.ndarray | None = None) -> np.ndarray:
         return self(theta, groups)[0]
 
+    def merge_key(self, theta: np.ndarray, floor: float = 1e-7) -> "np.ndarray | None":
+        """What two starts must share to be merged (see :func:`batched_lbfgs`), or None where
+        this objective has no such key (then nothing is merged).
+
+        Chinchilla: the log of each term, ``A/N^alpha`` and ``B/D^beta`` at every run and ``E``,
+        each clamped from below at ``log(floor * observed loss)``.  Two starts with equal keys
+        (to the merge tolerance) have the same terms wherever a term is not negligible in
+        absolute size, so they are the same model and stay the same.  Equal *predictions*
+        alone are not enough: a start dominated by one huge term (``A = e^25``) predicts the
+        same losses for any B, beta and E, yet those come back once A shrinks."""
+        if not self.fast:
+            return None
+        theta = np.asarray(theta, dtype=float)
+        lo = np.log(floor) + self.logy
+        K = np.empty((len(theta), 2 * self.n + 1))
+        np.matmul(theta, self._M, out=K[:, :-1])
+        np.maximum(K[:, :self.n], lo, out=K[:, :self.n])
+        np.maximum(K[:, self.n:-1], lo, out=K[:, self.n:-1])
+        K[:, -1] = np.maximum(theta[:, 2], lo.min())
+        return K
+
     def conditioned(self) -> "Conditioned":
         """This objective in coordinates the optimiser handles better (see :class:`Conditioned`).
 
@@ -197,6 +218,11 @@ class Conditioned:
             return self.direct.logpred(z)
         return self.obj.logpred(self.to_external(z))
 
+    def merge_key(self, z: np.ndarray, floor: float = 1e-7) -> "np.ndarray | None":
+        if self.direct is not None:          # the terms are the same in z (centred logs)
+            return self.direct.merge_key(z, floor)
+        return self.obj.merge_key(self.to_external(z), floor)
+
 
 @dataclass
 class BatchResult:
@@ -260,12 +286,15 @@ def batched_lbfgs(fg: FG, x0: np.ndarray, *, m: int = 10, maxiter: int = 1000, g
     ``abandon_ratio`` times the best found so far are stopped (status ABANDONED).
 
     Duplicate starts: after each iteration listed in ``merge_at``, ``merge_key(X, rows)`` gives a
-    vector per running start (for a fit, its log predictions at every data point); starts whose
+    vector per running start (for a fit, :meth:`Objective.merge_key`: the log of every term of
+    the model at every data point, terms negligible in absolute size clamped); starts whose
     vectors round to the same multiple of ``merge_tol`` in every entry (so they differ by less
     than ``merge_tol`` everywhere) describe the same model, with the same objective and the same
     gradient in every parameter that matters, and only the lowest-numbered one runs on.  (On a
     grid many starts differ only in a term that is negligible at every data point, e.g.
-    ``A/N^alpha`` with ``A = 1, alpha = 2``: their other parameters then follow the same path.)
+    ``A/N^alpha`` with ``A = 1, alpha = 2``: their other parameters then follow the same path.
+    Equal predictions alone are not enough: a dominant term can hide the others.)  Merging
+    before the first step is the caller's (see ``lawfit.fitting._multistart``).
     A merged start reports its representative's end point, objective, gradient and status;
     ``rep`` says which start that was and ``nit`` counts the iterations it ran itself.
 
