@@ -204,7 +204,8 @@ class FitResult:
         lines.append(f"  objective: {self.objective:.6e} (sum over runs of Huber(delta={self.delta:g}) "
                      f"of log-loss residuals); converged: {'yes' if self.converged else 'NO'} ({self.message})")
         lines.append(f"  starts: {self.n_starts} ({self.starts}); {self.n_at_best} reached the best optimum "
-                     f"(objective within {SAME_OPTIMUM_RTOL:g} relative, or parameters within 1e-3)")
+                     f"(objective within {SAME_OPTIMUM_RTOL:g} relative, or parameters within 1e-3; batched "
+                     f"L-BFGS, a count that depends on the optimiser's path)")
         has_ci = bool(self.ci)
         ci_head = f"{int(round(self.ci_level * 100))}% interval (bootstrap, n={self.n_bootstrap})" if has_ci else ""
         rows = [(n, v, law.unit(n)) for n, v in self.params.items()]
