@@ -40,7 +40,7 @@ def test_conditioned_objective_is_the_same_function_in_new_coordinates():
     np.testing.assert_allclose(z[:, 0], theta[:, 0] - theta[:, 3] * x["log_N"].mean(), rtol=1e-13, atol=1e-12)
     f0, g0 = obj(theta)
     f1, g1 = con(z)
-    np.testing.assert_allclose(f1, f0, rtol=1e-12)
+    np.testing.assert_allclose(f1, f0, rtol=1e-10)   # the exponents round differently
     # gradient in z against central differences of f_z
     i = int(np.argmin(np.abs(f1 - np.median(f1))))
     for j in range(5):
@@ -48,7 +48,7 @@ def test_conditioned_objective_is_the_same_function_in_new_coordinates():
         e[j] = 1e-6 * max(1.0, abs(z[i, j]))
         fd = (con(z[i:i + 1] + e)[0][0] - con(z[i:i + 1] - e)[0][0]) / (2 * e[j])
         assert g1[i, j] == pytest.approx(fd, rel=1e-4, abs=1e-9)
-    np.testing.assert_allclose(con.logpred(z), obj.logpred(theta), rtol=1e-12)
+    np.testing.assert_allclose(con.logpred(z), obj.logpred(theta), rtol=1e-12, atol=1e-11)   # log space
     # laws without a conditioning are left alone
     assert Objective(lawfit.laws.KaplanN(), x, y, 1e-3).conditioned().identity
 
