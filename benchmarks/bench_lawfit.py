@@ -165,7 +165,7 @@ def run(quick: bool = False, seed: int = 0) -> list[dict]:
     for w in worker_counts:
         fw = fits[w]
         tw = min(times[f"w{w}"])
-        how = (f"{w} forked processes, half of the starts each" if w > 1 else "one process")
+        how = (f"{fw.processes} forked processes, half of the starts each" if fw.processes > 1 else "one process")
         rows.append(dict(op="chinchilla_fit", shape=shape, provider=f"lawfit batched, {w} worker{'s' if w > 1 else ''}",
                          status="ok", time_s=tw, reps=len(times[f"w{w}"]), speedup=tw / t_ref,
                          objective=fw.objective, rel_err=(fw.objective - fit.objective) / fit.objective, **fw.params,

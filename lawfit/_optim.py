@@ -120,7 +120,8 @@ class Objective:
         theta = np.asarray(theta, dtype=float)
         lo = np.log(floor) + self.logy
         K = np.empty((len(theta), 2 * self.n + 1))
-        np.matmul(theta, self._M, out=K[:, :-1])
+        for s0 in range(0, len(theta), self.chunk):    # small products: see _blas_safe
+            np.matmul(theta[s0:s0 + self.chunk], self._M, out=K[s0:s0 + self.chunk, :-1])
         np.maximum(K[:, :self.n], lo, out=K[:, :self.n])
         np.maximum(K[:, self.n:-1], lo, out=K[:, self.n:-1])
         K[:, -1] = np.maximum(theta[:, 2], lo.min())
@@ -199,19 +200,24 @@ class Conditioned:
 
     def to_internal(self, theta: np.ndarray) -> np.ndarray:
         theta = np.asarray(theta, dtype=float)
-        return theta.copy() if self.identity else theta @ self.Tinv
+        return theta.copy() if self.identity else _small_matmul(theta, self.Tinv)
 
     def to_external(self, z: np.ndarray) -> np.ndarray:
         z = np.asarray(z, dtype=float)
-        return z.copy() if self.identity else z @ self.T
+        return z.copy() if self.identity else _small_matmul(z, self.T)
+
+    def gradient_to_external(self, g: np.ndarray) -> np.ndarray:
+        """A gradient with respect to z, as one with respect to the law's parameters."""
+        g = np.asarray(g, dtype=float)
+        return g.copy() if self.identity else _small_matmul(g, self.Tinv.T)
 
     def __call__(self, z: np.ndarray, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
         if self.direct is not None:
             return self.direct(z, groups)
         if self.identity:
             return self.obj(z, groups)
-        f, g = self.obj(np.asarray(z, dtype=float) @ self.T, groups)
-        return f, g @ self.T.T            # chain rule: d f / d z = T (d f / d theta)
+        f, g = self.obj(self.to_external(z), groups)
+        return f, _small_matmul(g, self.T.T)     # chain rule: d f / d z = T (d f / d theta)
 
     def logpred(self, z: np.ndarray) -> np.ndarray:
         if self.direct is not None:
@@ -222,6 +228,18 @@ class Conditioned:
         if self.direct is not None:          # the terms are the same in z (centred logs)
             return self.direct.merge_key(z, floor)
         return self.obj.merge_key(self.to_external(z), floor)
+
+
+def _small_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
+    """``a @ b`` for a [..., P] by [P, P] product without BLAS (see :data:`_blas_safe`)."""
+    return np.einsum("...j,jk->...k", a, b)
+
+
+_blas_safe = None
+"""Why the large products here are chunked or done without BLAS: a multithreaded BLAS (OpenBLAS
+by default) answers one large product with worker threads that then spin for a while; with
+two worker processes on two cores the spinning threads take the core the other process needs
+(measured: a 4,500-row product before the split made the two-process fit slower than one)."""
 
 
 @dataclass

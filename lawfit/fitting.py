@@ -447,7 +447,7 @@ def _multistart(obj: "Objective | Conditioned", theta0: np.ndarray, workers: int
                                                         **FIT_TOL),
                      z0[uniq], workers).spread(uniq, rep0)
     res.x = obj.to_external(res.x)
-    res.g = res.g @ obj.Tinv.T            # gradient with respect to the law's own parameters
+    res.g = obj.gradient_to_external(res.g)
     return res
 
 
