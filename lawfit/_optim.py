@@ -96,7 +96,7 @@ class Objective:
             out = np.empty((len(theta), n))
             for s0 in range(0, len(theta), self.chunk):    # cache-sized pieces, as in __call__
                 th = theta[s0:s0 + self.chunk]
-                T = np.exp(th @ self._M)
+                T = np.exp(self._exponents(th, np.empty((len(th), 2 * n))))
                 s = np.add(T[:, :n], T[:, n:], out=out[s0:s0 + len(th)])
                 s += np.exp(th[:, 2])[:, None]
                 np.log(s, out=s)
@@ -120,12 +120,18 @@ class Objective:
         theta = np.asarray(theta, dtype=float)
         lo = np.log(floor) + self.logy
         K = np.empty((len(theta), 2 * self.n + 1))
-        for s0 in range(0, len(theta), self.chunk):    # small products: see _blas_safe
-            np.matmul(theta[s0:s0 + self.chunk], self._M, out=K[s0:s0 + self.chunk, :-1])
+        self._exponents(theta, K[:, :-1])
         np.maximum(K[:, :self.n], lo, out=K[:, :self.n])
         np.maximum(K[:, self.n:-1], lo, out=K[:, self.n:-1])
         K[:, -1] = np.maximum(theta[:, 2], lo.min())
         return K
+
+    def _exponents(self, theta: np.ndarray, out: np.ndarray) -> np.ndarray:
+        """``out = [a - alpha log N | b - beta log D]`` per row, in row chunks (no large BLAS
+        product, see _small_matmul)."""
+        for s0 in range(0, len(theta), self.chunk):
+            np.matmul(theta[s0:s0 + self.chunk], self._M, out=out[s0:s0 + self.chunk])
+        return out
 
     def conditioned(self) -> "Conditioned":
         """This objective in coordinates the optimiser handles better (see :class:`Conditioned`).
@@ -163,8 +169,7 @@ class Objective:
         if self._ws is None:
             self._ws = [np.empty((self.chunk, 2 * n))] + [np.empty((self.chunk, n)) for _ in range(3)]
         T, sb, r, c = (b[:k] for b in self._ws)
-        np.matmul(th, self._M, out=T)
-        np.exp(T, out=T)
+        np.exp(self._exponents(th, T), out=T)
         t1, t2 = T[:, :n], T[:, n:]
         ee = np.exp(th[:, 2])
         np.add(t1, t2, out=sb)
@@ -193,10 +198,12 @@ class Conditioned:
 
     def __init__(self, obj: Objective, T: np.ndarray, direct: Objective | None = None) -> None:
         self.obj = obj
-        self.direct = direct       # the objective written directly in z, when there is one
         self.T = np.asarray(T, dtype=float)
         self.Tinv = np.linalg.inv(self.T)
         self.identity = bool(np.array_equal(self.T, np.eye(len(self.T))))
+        if direct is None and not self.identity:
+            raise ValueError("a change of coordinates needs the objective written directly in z")
+        self.direct = obj if direct is None else direct    # the objective as a function of z
 
     def to_internal(self, theta: np.ndarray) -> np.ndarray:
         theta = np.asarray(theta, dtype=float)
@@ -212,34 +219,23 @@ class Conditioned:
         return g.copy() if self.identity else _small_matmul(g, self.Tinv.T)
 
     def __call__(self, z: np.ndarray, groups: np.ndarray | None = None) -> tuple[np.ndarray, np.ndarray]:
-        if self.direct is not None:
-            return self.direct(z, groups)
-        if self.identity:
-            return self.obj(z, groups)
-        f, g = self.obj(self.to_external(z), groups)
-        return f, _small_matmul(g, self.T.T)     # chain rule: d f / d z = T (d f / d theta)
+        return self.direct(z, groups)
 
     def logpred(self, z: np.ndarray) -> np.ndarray:
-        if self.direct is not None:
-            return self.direct.logpred(z)
-        return self.obj.logpred(self.to_external(z))
+        return self.direct.logpred(z)
 
     def merge_key(self, z: np.ndarray, floor: float = 1e-7) -> "np.ndarray | None":
-        if self.direct is not None:          # the terms are the same in z (centred logs)
-            return self.direct.merge_key(z, floor)
-        return self.obj.merge_key(self.to_external(z), floor)
+        return self.direct.merge_key(z, floor)     # the terms are the same in z (centred logs)
 
 
+# Large products here are done in row chunks (Objective._exponents) or without BLAS
+# (_small_matmul): a multithreaded BLAS (OpenBLAS by default) answers one large product with
+# worker threads that then spin for a while, and with two worker processes on two cores the
+# spinning threads take the core the other process needs (measured: one 4,500-row product
+# before the split made the two-process fit slower than one).
 def _small_matmul(a: np.ndarray, b: np.ndarray) -> np.ndarray:
-    """``a @ b`` for a [..., P] by [P, P] product without BLAS (see :data:`_blas_safe`)."""
+    """``a @ b`` for a [..., P] by [P, P] product, without BLAS."""
     return np.einsum("...j,jk->...k", a, b)
-
-
-_blas_safe = None
-"""Why the large products here are chunked or done without BLAS: a multithreaded BLAS (OpenBLAS
-by default) answers one large product with worker threads that then spin for a while; with
-two worker processes on two cores the spinning threads take the core the other process needs
-(measured: a 4,500-row product before the split made the two-process fit slower than one)."""
 
 
 @dataclass
