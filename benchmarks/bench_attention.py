@@ -40,7 +40,7 @@ def _sdpa(backend) -> Callable:
 def providers(quick: bool = False) -> list[tuple[str, Callable]]:
     """SDPA per backend (flash first: the baseline), then ``kernels.attention``.  ``quick``
     leaves out the memory-efficient backend (the slowest of the three on Hopper)."""
-    import kernels
+    from flopscale import kernels
     from torch.nn.attention import SDPBackend
 
     out = [("sdpa-flash", _sdpa(SDPBackend.FLASH_ATTENTION))]
@@ -134,7 +134,7 @@ def _one(ctx, provs, dtype, b, h, s, d, causal) -> Iterator[dict]:
 
 def _interpreter_pass(ctx: Context) -> Iterator[dict]:
     """Tiny correctness rows under the Triton interpreter (fp32 and fp16)."""
-    import kernels
+    from flopscale import kernels
 
     for dtype in ("fp32", "fp16"):
         for causal in (False, True):

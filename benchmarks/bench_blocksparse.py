@@ -25,7 +25,7 @@ DENSITIES_QUICK = (0.1, 0.25, 0.5)
 
 def _random_layout(h: int, r: int, density: float, block: int, seed: int = 0):
     """Random blocks plus the diagonal, so no row is empty (torch's masked SDPA gives NaN there)."""
-    import kernels
+    from flopscale import kernels
 
     lay = kernels.BlockLayout.random(h, r, r, density=density, seed=seed, block=block)
     mask = lay.mask | torch.eye(r, dtype=torch.bool).expand(h, r, r)
@@ -61,7 +61,7 @@ def _matmul_rows(ctx: Context, n: int, block: int, dtype: str, dev: str = "cuda"
 
 
 def _matmul_density(ctx: Context, b: torch.Tensor, n: int, block: int, dtype: str, density: float) -> Iterator[dict]:
-    import kernels
+    from flopscale import kernels
 
     dev, dt = b.device, b.dtype
     r = n // block
@@ -101,7 +101,7 @@ def _matmul_density(ctx: Context, b: torch.Tensor, n: int, block: int, dtype: st
 
 
 def _to_sparse(x: torch.Tensor, lay) -> torch.Tensor:
-    from kernels.blocksparse_layer import dense_to_sparse
+    from flopscale.kernels.blocksparse_layer import dense_to_sparse
 
     return dense_to_sparse(x, lay)
 
@@ -110,7 +110,7 @@ def _attention_rows(ctx: Context, b, h, s, d, block, dtype, dev="cuda") -> Itera
     """The dense kernel once (its own unmasked reference and dense FLOPs), then per layout the
     block-sparse kernel and SDPA with the layout's boolean mask, with the dense median as
     the baseline of ``speedup``."""
-    import kernels
+    from flopscale import kernels
 
     dt = DTYPES[dtype]
     r = s // block
@@ -163,7 +163,7 @@ def _attention_rows(ctx: Context, b, h, s, d, block, dtype, dev="cuda") -> Itera
 
 def _interpreter_pass(ctx: Context) -> Iterator[dict]:
     """Tiny correctness rows under the Triton interpreter."""
-    import kernels
+    from flopscale import kernels
 
     block, r = 16, 3
     lay = _random_layout(1, r, 0.4, block, seed=1)

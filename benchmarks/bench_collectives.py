@@ -1,6 +1,6 @@
 """Collective bandwidth: all-reduce, all-gather, reduce-scatter and broadcast over message sizes.
 
-Runs ``python -m profiler.distributed collectives`` under torchrun on this machine (through
+Runs ``python -m flopscale.profiler.distributed collectives`` under torchrun on this machine (through
 :func:`profiler.distributed.run_collectives`: a deadline, a failing or hanging rank named, the
 rows measured before a failure kept) and maps its rows onto the harness table:
 
@@ -77,7 +77,7 @@ def raw_csv_path(ctx: Context) -> Path:
 
 
 def _row(r: dict, why: str | None, csv_path: Path) -> dict:
-    from profiler.collectives import bus_factor
+    from flopscale.profiler.collectives import bus_factor
 
     n = int(r["world_size"])
     t, alg, bus = float(r["time_s"]), float(r["algbw_Bps"]), float(r["busbw_Bps"])
@@ -92,7 +92,7 @@ def _row(r: dict, why: str | None, csv_path: Path) -> dict:
 
 
 def rows(ctx: Context) -> Iterator[dict]:
-    from profiler.distributed import DistributedRunError, run_collectives
+    from flopscale.profiler.distributed import DistributedRunError, run_collectives
 
     n, sizes, reps, why = settings(ctx)
     base = dict(suite=SUITE, op="all_reduce", shape=sizes, dtype="fp32", **{"pass": "-"}, provider=f"x{n}")

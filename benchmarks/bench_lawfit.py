@@ -24,7 +24,7 @@ one process.  ``--quick`` runs the scipy loops on a random 5% of the starts and 
 their time to 4,500 (said in the note); the full run loops over all 4,500 starts twice (about
 3 minutes on 2 cores).  Run as a program, BLAS is pinned to one thread for every provider.
 
-    python -m benchmarks.bench_lawfit [--quick] [--out DIR]
+    python -m flopscale.benchmarks.bench_lawfit [--quick] [--out DIR]
 """
 from __future__ import annotations
 
@@ -118,9 +118,9 @@ def _params(law, theta) -> dict:
 
 def run(quick: bool = False, seed: int = 0) -> list[dict]:
     """Benchmark rows (dicts with the keys in ``COLUMNS``)."""
-    import lawfit
-    from lawfit._parallel import can_fork, usable_cpus
-    from lawfit.fitting import _bootstrap, _inputs_of
+    from flopscale import lawfit
+    from flopscale.lawfit._parallel import can_fork, usable_cpus
+    from flopscale.lawfit.fitting import _bootstrap, _inputs_of
 
     df = _data()
     law = lawfit.Chinchilla()
@@ -274,7 +274,7 @@ def main(argv: list[str] | None = None) -> int:
         path = out / f"lawfit-cpu{env['cpus']}-{_dt.date.today().isoformat()}{'-quick' if args.quick else ''}.csv"
         with open(path, "w", newline="") as fh:
             fh.write("# " + ", ".join(f"{k}={v}" for k, v in env.items()) + "\n")
-            fh.write(f"# command: python -m benchmarks.bench_lawfit {' '.join(argv or sys.argv[1:])}\n")
+            fh.write(f"# command: python -m flopscale.benchmarks.bench_lawfit {' '.join(argv or sys.argv[1:])}\n")
             wr = csv.DictWriter(fh, fieldnames=list(COLUMNS), extrasaction="ignore")
             wr.writeheader()
             for r in rows:

@@ -34,7 +34,7 @@ def _dtypes(ctx: Context):
 
 
 def rows(ctx: Context) -> Iterator[dict]:
-    import kernels
+    from flopscale import kernels
 
     if not ctx.on_gpu:
         # a tiny correctness pass under the Triton interpreter, then the GPU rows as skipped

@@ -17,7 +17,7 @@ SUITE = "overhead"
 
 
 def _config(ctx: Context):
-    from profiler.model import GPTConfig
+    from flopscale.profiler.model import GPTConfig
 
     if ctx.on_gpu:
         # mid-size: 24 x 1024, 2k context, 8 sequences per step
@@ -26,9 +26,9 @@ def _config(ctx: Context):
 
 
 def rows(ctx: Context) -> Iterator[dict]:
-    import profiler
-    from profiler.audit import make_step
-    from profiler.model import GPT
+    from flopscale import profiler
+    from flopscale.profiler.audit import make_step
+    from flopscale.profiler.model import GPT
 
     cfg, batch = _config(ctx)
     device = "cuda" if ctx.on_gpu else "cpu"

@@ -91,7 +91,7 @@ def time_fn(fn: Callable[[], Any], ctx: Context, cuda_graph: bool = False, hide_
     :func:`profiler.bench`); ``"auto"`` = time eagerly and, on a GPU, retime that way when
     the eager median is under ``LAUNCH_BOUND_BELOW_S``.  Returns ``(Timing, note)``.
     """
-    from profiler import bench
+    from flopscale.profiler import bench
 
     kw = dict(time_budget_s=ctx.time_budget_s, flush_l2=ctx.on_gpu, cuda_graph=bool(cuda_graph))
     if hide_launch == "auto":

@@ -1,7 +1,7 @@
 """Run benchmark suites into one CSV (written row by row) and a Markdown summary.
 
-    python -m benchmarks.run [--quick] [--only matmul,attention,...] [--out DIR]
-    python -m benchmarks.run --markdown-from CSV     # rebuild the .md beside a CSV
+    python -m flopscale.benchmarks.run [--quick] [--only matmul,attention,...] [--out DIR]
+    python -m flopscale.benchmarks.run --markdown-from CSV     # rebuild the .md beside a CSV
 
 is the same as ``flopscale bench``.  A suite that fails ends as an error row and the next
 suite runs.  ``FLOPSCALE_BENCH_TIME_LIMIT_S`` (seconds) stops starting new rows once that
@@ -61,7 +61,7 @@ def card_slug() -> str:
 
 
 def suite_rows(name: str, ctx: Context) -> Iterator[dict]:
-    mod = importlib.import_module(f"benchmarks.bench_{name}")
+    mod = importlib.import_module(f"flopscale.benchmarks.bench_{name}")
     if name == "lawfit":
         yield from _lawfit_rows(mod, ctx)
     else:
@@ -109,7 +109,7 @@ def run(
     ctx.out_dir = out  # suites that write files of their own (collectives) put them beside the table
     ceiling_note = None
     if device == "cuda":
-        from profiler import devices
+        from flopscale.profiler import devices
 
         try:
             if progress:
@@ -258,7 +258,7 @@ def markdown_from_csv(csv_path: Path, md_path: Path | None = None, note: str = "
 def main(argv: list[str] | None = None) -> int:
     import argparse
 
-    p = argparse.ArgumentParser(prog="python -m benchmarks.run", description=__doc__)
+    p = argparse.ArgumentParser(prog="python -m flopscale.benchmarks.run", description=__doc__)
     p.add_argument("--quick", action="store_true")
     p.add_argument("--only", default=None)
     p.add_argument("--out", default="flopscale-bench")

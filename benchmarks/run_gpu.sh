@@ -23,7 +23,7 @@ left() { echo $(( BUDGET - ($(date +%s) - T0) )); }
 cap() { local l; l=$(( $(left) - $2 )); [ "$l" -lt "$1" ] && echo $(( l > 0 ? l : 0 )) || echo "$1"; }
 
 log "environment (budget ${BUDGET} s)"
-timeout -k 5 60 $PY -m profiler.cli env --json > "$OUT_DIR/env.json" 2>>"$OUT_DIR/run.log"
+timeout -k 5 60 $PY -m flopscale env --json > "$OUT_DIR/env.json" 2>>"$OUT_DIR/run.log"
 log "env exit $?"
 timeout 20 nvidia-smi > "$OUT_DIR/nvidia-smi.txt" 2>&1 || true
 
@@ -40,7 +40,7 @@ T=$(cap 300 45)
 if [ "$T" -ge 60 ]; then
   # the benchmark stops starting rows 40 s before its limit, so it ends by itself with both tables
   log "flopscale bench --quick (limit ${T} s)"
-  FLOPSCALE_BENCH_TIME_LIMIT_S=$(( T - 40 )) timeout -k 15 "$T" $PY -m profiler.cli bench --quick \
+  FLOPSCALE_BENCH_TIME_LIMIT_S=$(( T - 40 )) timeout -k 15 "$T" $PY -m flopscale bench --quick \
     --only matmul,attention,blocksparse,overhead --out "$OUT_DIR" > "$OUT_DIR/bench.txt" 2>>"$OUT_DIR/run.log"
   log "bench exit $? (1 = some rows wrong or failed, 124 = cut at the time limit)"
 else
@@ -51,14 +51,14 @@ for c in "$OUT_DIR"/*.csv; do
   md="${c%.csv}.md"
   if [ ! -s "$md" ]; then
     log "rebuilding $md from $c"
-    timeout 60 $PY -m benchmarks.run --markdown-from "$c" >>"$OUT_DIR/run.log" 2>&1
+    timeout 60 $PY -m flopscale.benchmarks.run --markdown-from "$c" >>"$OUT_DIR/run.log" 2>&1
   fi
 done
 
 T=$(cap 90 5)
 if [ "$T" -ge 20 ]; then
   log "flopscale inspect (offline compile report, limit ${T} s)"
-  timeout -k 5 "$T" $PY -m profiler.cli inspect --json > "$OUT_DIR/inspect.json" 2>>"$OUT_DIR/run.log"
+  timeout -k 5 "$T" $PY -m flopscale inspect --json > "$OUT_DIR/inspect.json" 2>>"$OUT_DIR/run.log"
   log "inspect exit $?"
 else
   log "inspect skipped: ${T} s left (it needs no GPU: run it anywhere)"
@@ -68,8 +68,8 @@ NGPU=$(timeout 30 $PY -c "import torch; print(torch.cuda.device_count())" 2>/dev
 T=$(cap 180 0)
 if [ "${NGPU:-0}" -ge 2 ] && [ "$T" -ge 60 ]; then
   log "collectives and a data-parallel step on $NGPU GPUs (limit ${T} s)"
-  timeout -k 10 $(( T / 2 )) $PY -m benchmarks.run --only collectives --out "$OUT_DIR" > "$OUT_DIR/collectives.txt" 2>>"$OUT_DIR/run.log"
-  timeout -k 10 $(( T / 2 )) $PY -m torch.distributed.run --standalone --nproc-per-node "$NGPU" -m profiler.distributed ddp --fsdp \
+  timeout -k 10 $(( T / 2 )) $PY -m flopscale.benchmarks.run --only collectives --out "$OUT_DIR" > "$OUT_DIR/collectives.txt" 2>>"$OUT_DIR/run.log"
+  timeout -k 10 $(( T / 2 )) $PY -m torch.distributed.run --standalone --nproc-per-node "$NGPU" -m flopscale.profiler.distributed ddp --fsdp \
     --n-layer 24 --d-model 1024 --n-head 16 --n-ctx 2048 --vocab 32000 --batch 8 > "$OUT_DIR/ddp.txt" 2>>"$OUT_DIR/run.log"
   log "distributed exit $?"
 fi

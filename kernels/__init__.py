@@ -15,6 +15,9 @@ registered FLOP formula, so ``torch.utils.flop_counter.FlopCounterMode`` and
 ``torch.compile`` see it.  ``kernels`` never imports ``profiler``.
 """
 from __future__ import annotations
+from flopscale._namespace import require_namespaced as _require_namespaced
+
+_require_namespaced(__name__, 'kernels')
 
 import importlib
 from typing import Any

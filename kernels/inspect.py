@@ -58,10 +58,10 @@ __all__ = [
 
 #: Kernel modules scanned by ``flopscale inspect``; each defines ``inspect_specs(capability)``.
 INSPECT_MODULES: tuple[str, ...] = (
-    "kernels.matmul_kernels",
-    "kernels.blocksparse_kernels",
-    "kernels.attention_kernels",
-    "kernels.blocksparse_attention_kernels",
+    "flopscale.kernels.matmul_kernels",
+    "flopscale.kernels.blocksparse_kernels",
+    "flopscale.kernels.attention_kernels",
+    "flopscale.kernels.blocksparse_attention_kernels",
 )
 
 #: Target names accepted by ``--target`` -> compute capability.
@@ -311,7 +311,7 @@ def _inspect_in_subprocess(cap: int, mods: tuple[str, ...], labels: list[str], j
         def run(chunk: list[str]) -> tuple[int, str, str]:
             request = json.dumps({"target": cap, "modules": list(mods), "labels": chunk})
             proc = subprocess.run(
-                [sys.executable, "-c", "import sys; from kernels.inspect import _child; _child(sys.stdin.read())"],
+                [sys.executable, "-c", "import sys; from flopscale.kernels.inspect import _child; _child(sys.stdin.read())"],
                 input=request, capture_output=True, text=True, env=env,
             )
             return proc.returncode, proc.stdout, proc.stderr

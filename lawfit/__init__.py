@@ -4,12 +4,15 @@ compute-optimal allocation.  Pure numpy/scipy/pandas: never imports torch.
 Units: N counts parameters, D training tokens, C training compute in FLOP
 (1 PF-day = 8.64e19 FLOP); losses are as given (nats/token for the published fits).
 
-    import lawfit
+    from flopscale import lawfit
     fit = lawfit.fit("runs.csv", law="chinchilla", bootstrap=1000)
     print(fit.summary())
     plan = lawfit.allocate(1e24, law=fit)          # or law="besiroglu2024"
     plan.N, plan.D, plan.loss, plan.ci
 """
+from flopscale._namespace import require_namespaced as _require_namespaced
+
+_require_namespaced(__name__, 'lawfit')
 from ._errors import LawfitError, LawfitWarning
 from . import laws, published
 from .laws import (BNSL, PF_DAY, Chinchilla, KaplanC, KaplanD, KaplanN, KaplanND, Law, PowerLaw, Saturating,

@@ -1,6 +1,6 @@
 """Published scaling-law fits, by name.
 
-    >>> from lawfit import published
+    >>> from flopscale.lawfit import published
     >>> published.hoffmann2022.params
     >>> published.get("besiroglu2024").law(N=7e10, D=1.4e12)
 

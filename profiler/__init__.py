@@ -5,6 +5,9 @@ Imports point one way: ``profiler -> kernels`` and ``profiler -> lawfit``.
 Names are loaded lazily so that ``flopscale --help`` stays fast.
 """
 from __future__ import annotations
+from flopscale._namespace import require_namespaced as _require_namespaced
+
+_require_namespaced(__name__, 'profiler')
 
 import importlib
 from typing import Any

@@ -467,7 +467,7 @@ def load_measured(path: str | Path, dtype: str | None = None) -> Measured:
 #: the order of LLaMA's 4M and Chinchilla's 1.5M-3M token batches
 DEFAULT_BATCH_TOKENS = 2**22
 #: assumed share of the gradient all-reduce that runs behind the backward pass: none (an
-#: upper bound on the step time); measure it with ``torchrun -m profiler.distributed ddp``
+#: upper bound on the step time); measure it with ``torchrun -m flopscale.profiler.distributed ddp``
 DEFAULT_OVERLAP = 0.0
 #: the backward pass's share of a step's compute time, taken equal to its share of the model
 #: FLOPs (backward = 2 x forward for every matmul and attention product)

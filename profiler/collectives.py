@@ -291,7 +291,7 @@ _CSV_COLUMNS = ("op", "size_bytes", "world_size", "busbw_Bps")
 
 
 def load_collectives_csv(path: str | os.PathLike) -> MeasuredAllReduce:
-    """Read the all-reduce rows of a collectives CSV (written by ``torchrun -m profiler.distributed
+    """Read the all-reduce rows of a collectives CSV (written by ``torchrun -m flopscale.profiler.distributed
     collectives --out`` or, beside its table, by ``flopscale bench --only collectives``).
 
     Raises :class:`CollectivesFileError` (one line) for a missing or unreadable file, missing

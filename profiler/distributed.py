@@ -1,9 +1,9 @@
 """Profiling on torch.distributed, launched with torchrun.
 
-    torchrun --nproc-per-node N -m profiler.distributed collectives [--sizes 1K:1G] [--out rows.csv]
-    torchrun --nproc-per-node N -m profiler.distributed profile <flopscale profile args>
-    torchrun --nproc-per-node N -m profiler.distributed audit <flopscale audit args>
-    torchrun --nproc-per-node N -m profiler.distributed ddp [--n-layer ...] [--fsdp]
+    torchrun --nproc-per-node N -m flopscale.profiler.distributed collectives [--sizes 1K:1G] [--out rows.csv]
+    torchrun --nproc-per-node N -m flopscale.profiler.distributed profile <flopscale profile args>
+    torchrun --nproc-per-node N -m flopscale.profiler.distributed audit <flopscale audit args>
+    torchrun --nproc-per-node N -m flopscale.profiler.distributed ddp [--n-layer ...] [--fsdp]
 
 NCCL on GPUs (one rank per GPU, ``cuda:LOCAL_RANK``), gloo on CPUs.
 
@@ -63,7 +63,7 @@ def init(timeout_s: float = 60.0):
     if "RANK" not in os.environ or "WORLD_SIZE" not in os.environ:
         raise SystemExit(
             "profiler.distributed must be launched by torchrun, e.g.\n"
-            "  torchrun --nproc-per-node 2 -m profiler.distributed collectives"
+            "  torchrun --nproc-per-node 2 -m flopscale.profiler.distributed collectives"
         )
     backend = "nccl" if torch.cuda.is_available() else "gloo"
     if backend == "nccl":
@@ -168,7 +168,7 @@ def gather_to_rank0(obj: Any) -> list[Any] | None:
 
 def torchrun_command(nproc: int, module_args: Sequence[str]) -> list[str]:
     return [sys.executable, "-m", "torch.distributed.run", "--standalone", f"--nproc-per-node={nproc}",
-            "-m", "profiler.distributed", *module_args]
+            "-m", "flopscale.profiler.distributed", *module_args]
 
 
 def launch(nproc: int, module_args: Sequence[str], *, timeout_s: float, workdir: Path,
@@ -329,7 +329,7 @@ def _in_ranks(kind: str, args: argparse.Namespace, body: Callable[..., int]) -> 
     except UserError as exc:
         progress.beat(f"error: {exc}", state="error")
         if rank == 0:
-            print(f"profiler.distributed {kind}: error: {exc}", file=sys.stderr, flush=True)
+            print(f"flopscale.profiler.distributed {kind}: error: {exc}", file=sys.stderr, flush=True)
         return 2
     except Exception as exc:  # noqa: BLE001 - named in the heartbeat, printed once per rank
         first = str(exc).splitlines()[0] if str(exc) else ""
@@ -688,7 +688,7 @@ def render_audit(records: list[dict[str, Any]], agg: dict[str, Any], rank0_text:
         lines.append("note: the ranks recorded different model FLOPs for the same step")
     lines.append(_telemetry_line(agg["per_rank"]))
     lines.append("  (no gradient all-reduce here: each rank steps alone; "
-                 "'-m profiler.distributed ddp' measures the data-parallel step)")
+                 "'-m flopscale.profiler.distributed ddp' measures the data-parallel step)")
     return "\n".join(lines)
 
 
@@ -1045,7 +1045,7 @@ def render_ddp(r: dict[str, Any]) -> str:
 # --- command line ------------------------------------------------------------------------
 
 def build_parser() -> argparse.ArgumentParser:
-    p = argparse.ArgumentParser(prog="torchrun ... -m profiler.distributed", description=__doc__,
+    p = argparse.ArgumentParser(prog="torchrun ... -m flopscale.profiler.distributed", description=__doc__,
                                 formatter_class=argparse.RawDescriptionHelpFormatter)
     sub = p.add_subparsers(dest="what", required=True)
     c = sub.add_parser("collectives", help="all-reduce, all-gather, reduce-scatter, broadcast bandwidth")

@@ -174,7 +174,7 @@ if torch is not None:
 
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             if self.impl == "kernels":
-                import kernels
+                from flopscale import kernels
 
                 return kernels.matmul(x, self.weight)
             return torch.matmul(x, self.weight)
@@ -193,7 +193,7 @@ if torch is not None:
         def forward(self, x: torch.Tensor) -> torch.Tensor:
             w = self._embedding[0].weight.t()
             if self.impl == "kernels":
-                import kernels
+                from flopscale import kernels
 
                 return kernels.matmul(x, w)
             return torch.matmul(x, w)
@@ -208,7 +208,7 @@ if torch is not None:
 
         def forward(self, q: torch.Tensor, k: torch.Tensor, v: torch.Tensor) -> torch.Tensor:
             if self.impl == "kernels":
-                import kernels
+                from flopscale import kernels
 
                 return kernels.attention(q, k, v, causal=True)
             if self.n_kv_head != self.n_head:

@@ -197,7 +197,7 @@ class LawBackend:
         self.citation: str | None = None
         self.n_counts: str | None = None
         if allocator is None:
-            import lawfit
+            from flopscale import lawfit
 
             if isinstance(law, str):
                 pub = lawfit.published.get(law)  # LawfitError for an unknown name
@@ -220,7 +220,7 @@ class LawBackend:
         if self._allocator is not None:
             res = self._allocator(compute, flops_per_token=flops_per_token, max_tokens=self.max_tokens)
         else:
-            import lawfit
+            from flopscale import lawfit
 
             res = lawfit.allocate(compute, law=self.law, flops_per_token=flops_per_token, max_tokens=self.max_tokens)
         ci = {str(k): (float(v[0]), float(v[1])) for k, v in dict(getattr(res, "ci", None) or {}).items()}
@@ -235,7 +235,7 @@ class LawBackend:
     def loss(self, n_params: float, tokens: float) -> float | None:
         if self._loss_fn is not None:
             return float(self._loss_fn(n_params, tokens))
-        import lawfit
+        from flopscale import lawfit
 
         return float(lawfit.predict_loss(n_params, tokens, law=self.law))
 

@@ -455,7 +455,7 @@ def torch_op_cost(func: Any, args: tuple, kwargs: dict, out: Any, all_ops: bool 
     ns, _, name = qname.partition("::")
     packet = func.overloadpacket
     if ns != "aten":
-        from kernels import cost_of
+        from flopscale.kernels import cost_of
 
         try:
             cost = cost_of(qname, *args, **kwargs)
@@ -618,7 +618,7 @@ class Profile:
         self.records = []
         self._pending = []
         _flop_registry()  # import outside the timed region
-        import kernels  # noqa: F401  (cost declarations)
+        from flopscale import kernels  # noqa: F401  (cost declarations)
 
         dev = self._device
         if dev is None and torch.cuda.is_available():

@@ -14,9 +14,9 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode
 
-import kernels
-from kernels import attention_layer as al  # registers the ops before any FlopCounterMode exists
-from kernels.attention_layer import attention_reference
+from flopscale import kernels
+from flopscale.kernels import attention_layer as al  # registers the ops before any FlopCounterMode exists
+from flopscale.kernels.attention_layer import attention_reference
 
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 

@@ -21,16 +21,16 @@ from pathlib import Path
 import pytest
 
 ROOT = Path(__file__).resolve().parents[1]
-MODULES = ("kernels.attention_kernels", "kernels.blocksparse_attention_kernels")
+MODULES = ("flopscale.kernels.attention_kernels", "flopscale.kernels.blocksparse_attention_kernels")
 
 SUBSET = {
-    "kernels.attention_kernels": [
+    "flopscale.kernels.attention_kernels": [
         ("attention_fwd[bf16]", "D64_causal"),
         ("attention_fwd[bf16]", "D128_causal"),
         ("attention_bwd[bf16]", "D128_causal"),
         ("attention_bwd[bf16]", "D256_full"),
     ],
-    "kernels.blocksparse_attention_kernels": [
+    "flopscale.kernels.blocksparse_attention_kernels": [
         ("blocksparse_attention_fwd[bf16]", "block64_D128"),
         ("blocksparse_attention_bwd[bf16]", "block128_D128"),
     ],
@@ -38,7 +38,7 @@ SUBSET = {
 
 _SCRIPT = r"""
 import json, sys, importlib
-from kernels import inspect as ki
+from flopscale.kernels import inspect as ki
 want = json.loads(sys.argv[1])
 out = []
 for mod, picks in want.items():
@@ -94,8 +94,8 @@ def check_results(results: list[dict]) -> None:
 def test_specs_cover_every_shipped_config():
     """The inspect hooks list exactly the tiles the layers launch on a Hopper GPU."""
     pytest.importorskip("triton")
-    from kernels import attention_kernels as ak
-    from kernels import blocksparse_attention_kernels as bk
+    from flopscale.kernels import attention_kernels as ak
+    from flopscale.kernels import blocksparse_attention_kernels as bk
 
     dense = ak.inspect_specs(90)
     for d in ak.SHIPPED_HEAD_DIMS:

@@ -6,9 +6,9 @@ import json
 import pytest
 import torch
 
-from profiler.audit import run_audit, scope_labels
-from profiler.devices import Ceilings
-from profiler.model import GPT, GPTConfig, param_counts
+from flopscale.profiler.audit import run_audit, scope_labels
+from flopscale.profiler.devices import Ceilings
+from flopscale.profiler.model import GPT, GPTConfig, param_counts
 
 CEILINGS = Ceilings(flops={"fp32": 2.0e11}, bandwidth=2.0e10, device_name="test ceiling")
 
@@ -117,7 +117,7 @@ def test_kernels_path_counts_the_same_model_flops():
 
 
 def test_labels_are_removed_after_the_step():
-    from profiler.record import current_scope
+    from flopscale.profiler.record import current_scope
 
     model = GPT(GPTConfig(1, 16, 2, 8, 11))
     with scope_labels(model) as phase:
@@ -130,7 +130,7 @@ def test_labels_are_removed_after_the_step():
 
 
 def test_cli_audit_json_and_bad_input(capsys):
-    from profiler.cli import main
+    from flopscale.profiler.cli import main
 
     rc = main(["audit", "--n-layer", "1", "--d-model", "32", "--n-head", "2", "--n-ctx", "16", "--vocab", "40",
                "--batch", "2", "--time-budget", "0.05", "--json"])
@@ -147,7 +147,7 @@ def test_cli_audit_json_and_bad_input(capsys):
 
 
 def test_sweep_plot_is_written_as_a_png(tmp_path):
-    from profiler.cli import main
+    from flopscale.profiler.cli import main
 
     png = tmp_path / "sweep.png"
     rc = main(["audit", "--n-layer", "1", "--d-model", "32", "--n-head", "2", "--n-ctx", "16", "--vocab", "64",

@@ -8,8 +8,8 @@ import numpy as np
 import pytest
 import torch
 
-from benchmarks.harness import COLUMNS, Context, CsvSink, markdown, measure, rel_err
-from profiler.cli import main
+from flopscale.benchmarks.harness import COLUMNS, Context, CsvSink, markdown, measure, rel_err
+from flopscale.profiler.cli import main
 
 
 def test_rel_err_is_relative_and_nan_never_passes():
@@ -82,7 +82,7 @@ def test_a_failing_reference_makes_every_provider_an_error_row():
 
 
 def test_guarded_turns_a_crash_into_rows_for_the_providers_not_yet_reported():
-    from benchmarks.harness import guarded
+    from flopscale.benchmarks.harness import guarded
 
     def shape_rows():
         yield {"provider": "torch", "status": "ok"}
@@ -104,7 +104,7 @@ def test_guarded_turns_a_crash_into_rows_for_the_providers_not_yet_reported():
 
 
 def test_a_failing_suite_is_a_row_and_the_run_goes_on_with_both_tables(tmp_path, monkeypatch):
-    import benchmarks.run as brun
+    import flopscale.benchmarks.run as brun
 
     def fake_rows(name, ctx):
         yield {"suite": name, "op": "op1", "provider": "p", "status": "ok"}
@@ -124,7 +124,7 @@ def test_a_failing_suite_is_a_row_and_the_run_goes_on_with_both_tables(tmp_path,
 def test_the_time_limit_skips_the_rest_and_the_markdown_can_be_rebuilt(tmp_path, monkeypatch):
     import time
 
-    import benchmarks.run as brun
+    import flopscale.benchmarks.run as brun
 
     def slow_rows(name, ctx):
         for i in range(100):
@@ -148,7 +148,7 @@ def test_sigterm_ends_the_run_with_both_tables(tmp_path, monkeypatch):
     import os
     import signal
 
-    import benchmarks.run as brun
+    import flopscale.benchmarks.run as brun
 
     def term():  # what `timeout` sends, arriving while a provider runs
         os.kill(os.getpid(), signal.SIGTERM)
@@ -168,8 +168,8 @@ def test_sigterm_ends_the_run_with_both_tables(tmp_path, monkeypatch):
 
 
 def test_lawfit_suite_is_skipped_with_the_reason_when_its_data_is_absent(monkeypatch, tmp_path):
-    import benchmarks.bench_lawfit as bl
-    from benchmarks.run import suite_rows
+    import flopscale.benchmarks.bench_lawfit as bl
+    from flopscale.benchmarks.run import suite_rows
 
     monkeypatch.setattr(bl, "DATA", tmp_path / "missing.csv")
     rows = list(suite_rows("lawfit", Context(device="cpu", quick=True)))
@@ -181,10 +181,10 @@ def test_lawfit_baselines_evaluate_the_same_objective_as_lawfit():
     """The per-start loops of the lawfit benchmark time the objective lawfit minimises: the
     replication-form function and the analytic one agree with lawfit's fused objective, and the
     analytic gradient with central differences."""
-    import benchmarks.bench_lawfit as bl
-    import lawfit
-    from lawfit._optim import Objective
-    from lawfit.fitting import _inputs_of
+    import flopscale.benchmarks.bench_lawfit as bl
+    from flopscale import lawfit
+    from flopscale.lawfit._optim import Objective
+    from flopscale.lawfit.fitting import _inputs_of
 
     if not bl.DATA.exists():
         pytest.skip(f"benchmark data not found: {bl.DATA}")

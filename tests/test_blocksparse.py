@@ -9,10 +9,10 @@ from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 from torch.utils.flop_counter import FlopCounterMode
 
-import kernels
-from kernels import BlockLayout
-from kernels import blocksparse_kernels as bk
-from kernels import blocksparse_layer as bl
+from flopscale import kernels
+from flopscale.kernels import BlockLayout
+from flopscale.kernels import blocksparse_kernels as bk
+from flopscale.kernels import blocksparse_layer as bl
 
 HAS_CUDA = torch.cuda.is_available()
 DEV = "cuda" if HAS_CUDA else "cpu"

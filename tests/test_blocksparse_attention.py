@@ -9,11 +9,11 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import kernels
-from kernels import BlockLayout
-from kernels import attention_layer as al
-from kernels import blocksparse_attention_layer as bl  # registers the ops before FlopCounterMode
-from kernels.blocksparse_attention_layer import blocksparse_attention_reference
+from flopscale import kernels
+from flopscale.kernels import BlockLayout
+from flopscale.kernels import attention_layer as al
+from flopscale.kernels import blocksparse_attention_layer as bl  # registers the ops before FlopCounterMode
+from flopscale.kernels.blocksparse_attention_layer import blocksparse_attention_reference
 
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
 
@@ -93,7 +93,7 @@ def test_matches_dense_masked_reference(kind, H_l, B, H, H_kv, S_q, S_k, D, bloc
 def test_query_blocks_split_into_row_tiles(causal, device):
     """Blocks larger than the forward's query tile run as several programs per block-row (the
     interpreter's tile is 32 rows; float32 on a GPU splits 64- and 128-row blocks likewise)."""
-    from kernels import blocksparse_attention_kernels as bk
+    from flopscale.kernels import blocksparse_attention_kernels as bk
 
     cfg = bk.bs_fwd_config(64, 16, 4, interpret=True)
     assert cfg.block_m < 64 and 64 % cfg.block_m == 0

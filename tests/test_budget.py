@@ -6,8 +6,8 @@ import math
 
 import pytest
 
-from profiler import budget
-from profiler.budget import (
+from flopscale.profiler import budget
+from flopscale.profiler.budget import (
     PF_DAY,
     MFUModel,
     MeasuredFileError,

@@ -7,13 +7,13 @@ import sys
 
 import pytest
 
-from profiler.cli import build_parser, main
-from profiler.commands import COMMANDS
+from flopscale.profiler.cli import build_parser, main
+from flopscale.profiler.commands import COMMANDS
 
 
 def run_cli(*args: str) -> subprocess.CompletedProcess:
     return subprocess.run(
-        [sys.executable, "-m", "profiler.cli", *args], capture_output=True, text=True, timeout=120
+        [sys.executable, "-m", "flopscale", *args], capture_output=True, text=True, timeout=120
     )
 
 

@@ -6,8 +6,8 @@ import json
 import pytest
 import torch
 
-from profiler import devices
-from profiler.devices import DTYPES, SPECS, Ceilings, calibrate, estimate_spec, get_spec, match
+from flopscale.profiler import devices
+from flopscale.profiler.devices import DTYPES, SPECS, Ceilings, calibrate, estimate_spec, get_spec, match
 
 T = 1e12
 

@@ -3,8 +3,8 @@ from __future__ import annotations
 
 import pytest
 
-from profiler.collectives import OPS, allreduce_time_s, bus_factor, hierarchical_allreduce_time_s, parse_size
-from profiler.distributed import DistributedRunError, run_collectives
+from flopscale.profiler.collectives import OPS, allreduce_time_s, bus_factor, hierarchical_allreduce_time_s, parse_size
+from flopscale.profiler.distributed import DistributedRunError, run_collectives
 
 
 def test_bus_bandwidth_factors_are_the_standard_ones():

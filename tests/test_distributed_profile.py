@@ -13,9 +13,9 @@ from types import SimpleNamespace
 
 import pytest
 
-from profiler.cli import main
-from profiler.collectives import bus_factor, hierarchical_allreduce_time_s
-from profiler.distributed import launch, profile_aggregate, render_profile
+from flopscale.profiler.cli import main
+from flopscale.profiler.collectives import bus_factor, hierarchical_allreduce_time_s
+from flopscale.profiler.distributed import launch, profile_aggregate, render_profile
 
 TINY = ["--n-layer", "2", "--d-model", "64", "--n-head", "2", "--n-ctx", "32", "--vocab", "256", "--batch", "2"]
 
@@ -81,8 +81,8 @@ def test_profile_aggregate_names_the_straggler():
 
 
 def test_audit_on_two_ranks_counts_the_exact_flops_everywhere(tmp_path):
-    from profiler import flopcount
-    from profiler.model import GPTConfig
+    from flopscale.profiler import flopcount
+    from flopscale.profiler.model import GPTConfig
 
     rec_dir = tmp_path / "records"
     out = _run(tmp_path, 2, ["audit", *TINY, "--time-budget", "0.1", "--json", "--records-dir", str(rec_dir)])
@@ -102,8 +102,8 @@ def test_audit_on_two_ranks_counts_the_exact_flops_everywhere(tmp_path):
 
 
 def test_ddp_step_reports_compute_comm_and_overlap(tmp_path):
-    from profiler import flopcount
-    from profiler.model import GPTConfig, param_counts
+    from flopscale.profiler import flopcount
+    from flopscale.profiler.model import GPTConfig, param_counts
 
     out = _run(tmp_path, 2, ["ddp", *TINY, "--reps", "3", "--fsdp", "--json"])
     cfg = GPTConfig(2, 64, 2, 32, 256)
@@ -140,7 +140,7 @@ def test_ddp_step_reports_compute_comm_and_overlap(tmp_path):
 
 
 def test_bench_collectives_rows_feed_a_measured_plan(tmp_path, monkeypatch, capsys):
-    from benchmarks.run import DEFAULT_SUITES, SUITES, run
+    from flopscale.benchmarks.run import DEFAULT_SUITES, SUITES, run
 
     assert "collectives" in SUITES and "collectives" not in DEFAULT_SUITES  # only with --only
     monkeypatch.setenv("FLOPSCALE_COLLECTIVES_SIZES", "1K:64K")
@@ -276,11 +276,11 @@ def test_bad_cluster_input_is_one_line(capsys, argv, needle):
 
 
 def test_profile_distributed_prints_the_torchrun_line(capsys):
-    from profiler.distributed import build_parser
+    from flopscale.profiler.distributed import build_parser
 
     assert main(["profile", "matmul", "--shape", "48x40x56", "--provider", "torch", "--distributed", "4"]) == 0
     line = capsys.readouterr().out.splitlines()[0].split()
-    assert line[:5] == ["torchrun", "--nproc-per-node=4", "-m", "profiler.distributed", "profile"]
+    assert line[:5] == ["torchrun", "--nproc-per-node=4", "-m", "flopscale.profiler.distributed", "profile"]
     args = build_parser().parse_args(line[4:])  # the module accepts what the line passes
     assert (args.op, args.shape, args.provider) == ("matmul", "48x40x56", "torch")
     assert main(["profile", "matmul", "--shape", "8x8x8", "--distributed", "0"]) == 2
@@ -288,7 +288,7 @@ def test_profile_distributed_prints_the_torchrun_line(capsys):
 
 
 def test_a_failing_profile_rank_is_named_and_finished_rows_are_kept(tmp_path):
-    from profiler.distributed import DistributedRunError
+    from flopscale.profiler.distributed import DistributedRunError
 
     rec_dir = tmp_path / "records"
     # heartbeats: 1 initialised, 2 before the first row, 3 before the second: rank 1 fails there

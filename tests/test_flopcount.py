@@ -15,8 +15,8 @@ import random
 
 import pytest
 
-from profiler import flopcount
-from profiler.flopcount import (
+from flopscale.profiler import flopcount
+from flopscale.profiler.flopcount import (
     causal_pairs,
     chinchilla_appendix_f,
     estimates,
@@ -26,7 +26,7 @@ from profiler.flopcount import (
     six_nd,
     step_flops,
 )
-from profiler.model import GPTConfig, param_counts
+from flopscale.profiler.model import GPTConfig, param_counts
 
 
 def random_configs(n, seed):
@@ -151,7 +151,7 @@ def test_flop_counter_mode_agrees_on_the_matmuls():
     import torch
     from torch.utils.flop_counter import FlopCounterMode
 
-    from profiler.model import GPT
+    from flopscale.profiler.model import GPT
 
     cfg = GPTConfig(2, 48, 4, 24, 61, n_kv_head=2, d_ff=80)
     torch.manual_seed(0)

@@ -15,8 +15,8 @@ import os
 
 import pytest
 
-from kernels import inspect as kinspect
-from profiler.cli import main
+from flopscale.kernels import inspect as kinspect
+from flopscale.profiler.cli import main
 
 SM90 = 90
 
@@ -59,7 +59,7 @@ def assert_healthy(r: kinspect.InspectResult) -> None:
 
 def test_modules_are_one_tuple_and_each_has_the_hook():
     assert isinstance(kinspect.INSPECT_MODULES, tuple)
-    assert {"kernels.matmul_kernels", "kernels.blocksparse_kernels"} <= set(kinspect.INSPECT_MODULES)
+    assert {"flopscale.kernels.matmul_kernels", "flopscale.kernels.blocksparse_kernels"} <= set(kinspect.INSPECT_MODULES)
     assert len(set(kinspect.INSPECT_MODULES)) == len(kinspect.INSPECT_MODULES)
     for name in kinspect.INSPECT_MODULES:
         mod = importlib.import_module(name)
@@ -71,8 +71,8 @@ def test_modules_are_one_tuple_and_each_has_the_hook():
 
 
 def test_specs_cover_every_shipped_config(all_specs):
-    from kernels import blocksparse_kernels as bk
-    from kernels import matmul_kernels as mk
+    from flopscale.kernels import blocksparse_kernels as bk
+    from flopscale.kernels import matmul_kernels as mk
 
     for dt, fam in (("bf16", "16"), ("fp16", "16"), ("fp32", "32"), ("fp8", "8")):
         for kernel in (f"matmul[{dt}]", f"matmul_tma[{dt}]"):
@@ -128,7 +128,7 @@ def toy_dot(a_ptr, c_ptr, BLOCK: tl.constexpr):
 
 
 def inspect_specs(capability=90):
-    from kernels.inspect import KernelSpec
+    from flopscale.kernels.inspect import KernelSpec
 
     sig = {"a_ptr": "*bf16", "c_ptr": "*bf16", "BLOCK": "constexpr"}
     return [

@@ -7,7 +7,7 @@ import math
 import numpy as np
 import pytest
 
-from profiler._io import atomic_path, dumps, write_text_atomic
+from flopscale.profiler._io import atomic_path, dumps, write_text_atomic
 
 
 def test_failed_write_leaves_neither_target_nor_temporary(tmp_path):

@@ -14,9 +14,9 @@ import pytest
 from scipy.optimize import minimize
 from scipy.special import huber, logsumexp
 
-import lawfit
-from lawfit import laws, published
-from lawfit._optim import Objective, batched_lbfgs
+from flopscale import lawfit
+from flopscale.lawfit import laws, published
+from flopscale.lawfit._optim import Objective, batched_lbfgs
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 CHINCHILLA_CSV = DATA / "chinchilla_fig4_epoch.csv"
@@ -217,7 +217,7 @@ def test_batched_lbfgs_matches_scipy_on_a_random_quadratic():
 
 
 def test_duplicate_detection_merges_only_rows_that_agree_within_the_tolerance():
-    from lawfit._optim import _duplicates
+    from flopscale.lawfit._optim import _duplicates
 
     rng = np.random.default_rng()
     n, tol = int(rng.integers(3, 40)), 1e-6
@@ -299,7 +299,7 @@ def test_bootstrap_intervals_cover_every_parameter_and_derived_value(epoch_fit):
 
 def test_bootstrap_replicates_reach_the_same_optimum_as_scipy():
     """Each bootstrap replicate is a weighted refit; check three against scipy's L-BFGS-B."""
-    from lawfit.fitting import _bootstrap, _inputs_of
+    from flopscale.lawfit.fitting import _bootstrap, _inputs_of
 
     df = chinchilla_240().rename(columns={"Model Size": "N"})
     df["D"] = df["Training FLOP"] / (6 * df["N"])
@@ -440,9 +440,10 @@ def test_bad_tables_give_one_clear_error_and_dropped_rows_warn(tmp_path):
 
 
 def test_import_lawfit_does_not_import_torch():
-    code = ("import sys, lawfit, numpy as np\n"
+    code = ("import sys, numpy as np\n"
+            "from flopscale import lawfit\n"
             "lawfit.allocate(1e24, law='hoffmann2022')\n"
-            "import lawfit.plotting\n"
+            "import flopscale.lawfit.plotting\n"
             "assert 'torch' not in sys.modules, 'torch was imported'\n"
             "assert 'triton' not in sys.modules\n"
             "print('ok')\n")

@@ -6,8 +6,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import lawfit
-from lawfit import published
+from flopscale import lawfit
+from flopscale.lawfit import published
 
 
 def test_hoffmann2022_allocation_of_the_chinchilla_budget():

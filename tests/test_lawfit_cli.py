@@ -8,8 +8,8 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import lawfit
-from profiler.cli import main
+from flopscale import lawfit
+from flopscale.profiler.cli import main
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

@@ -8,7 +8,7 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import lawfit
+from flopscale import lawfit
 
 DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 

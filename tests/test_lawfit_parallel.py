@@ -7,11 +7,11 @@ import numpy as np
 import pandas as pd
 import pytest
 
-import lawfit
-from lawfit._errors import LawfitError
-from lawfit._optim import BatchResult, Objective, _duplicates, batched_lbfgs
-from lawfit._parallel import can_fork, resolve_workers, run_blocks
-from lawfit.fitting import SAME_OPTIMUM_RTOL, SPLIT_MIN, _inputs_of, _multistart
+from flopscale import lawfit
+from flopscale.lawfit._errors import LawfitError
+from flopscale.lawfit._optim import BatchResult, Objective, _duplicates, batched_lbfgs
+from flopscale.lawfit._parallel import can_fork, resolve_workers, run_blocks
+from flopscale.lawfit.fitting import SAME_OPTIMUM_RTOL, SPLIT_MIN, _inputs_of, _multistart
 
 from test_lawfit import chinchilla_240
 

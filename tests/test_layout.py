@@ -7,7 +7,7 @@ import torch
 from hypothesis import given, settings
 from hypothesis import strategies as st
 
-from kernels import BlockLayout
+from flopscale.kernels import BlockLayout
 
 
 @st.composite

@@ -9,9 +9,9 @@ import pytest
 import torch
 from torch.utils.flop_counter import FlopCounterMode
 
-import kernels
-from kernels import matmul_kernels as mk
-from kernels import matmul_layer as ml
+from flopscale import kernels
+from flopscale.kernels import matmul_kernels as mk
+from flopscale.kernels import matmul_layer as ml
 
 HAS_CUDA = torch.cuda.is_available()
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}

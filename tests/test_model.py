@@ -7,7 +7,7 @@ import random
 import pytest
 import torch
 
-from profiler.model import GPT, GPTConfig, param_counts
+from flopscale.profiler.model import GPT, GPTConfig, param_counts
 
 
 def configs(n, seed):

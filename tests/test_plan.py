@@ -16,10 +16,10 @@ from types import SimpleNamespace
 
 import pytest
 
-from profiler import budget
-from profiler.flopcount import flops_per_token
-from profiler.model import param_counts
-from profiler.plan import LawBackend, family, neighbours, plan_budget, shape_for
+from flopscale.profiler import budget
+from flopscale.profiler.flopcount import flops_per_token
+from flopscale.profiler.model import param_counts
+from flopscale.profiler.plan import LawBackend, family, neighbours, plan_budget, shape_for
 
 E, A, B_, ALPHA, BETA = 1.69, 406.4, 410.7, 0.34, 0.28
 G = (ALPHA * A / (BETA * B_)) ** (1 / (ALPHA + BETA))
@@ -143,7 +143,7 @@ def test_bad_budgets():
 
 
 def run_main(capsys, *argv):
-    from profiler.cli import main
+    from flopscale.profiler.cli import main
 
     rc = main(list(argv))
     cap = capsys.readouterr()
@@ -210,7 +210,7 @@ def test_cli_measured_file_from_another_card(capsys, tmp_path):
 
 def test_cli_fit_with_bootstrap_gives_intervals(capsys, tmp_path):
     """A user's fit (Besiroglu et al. 2024's data, a few bootstrap refits) brings intervals into the plan."""
-    import lawfit
+    from flopscale import lawfit
     import pandas as pd
 
     data = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch.csv"
@@ -237,7 +237,7 @@ def test_cli_fit_with_bootstrap_gives_intervals(capsys, tmp_path):
 def test_flopscale_plan_without_arguments_end_to_end():
     """The README's first command: measures this machine, plans a day of it and a default card's table."""
     env = dict(os.environ)
-    proc = subprocess.run([sys.executable, "-m", "profiler.cli", "plan", "--json"], capture_output=True, text=True,
+    proc = subprocess.run([sys.executable, "-m", "flopscale", "plan", "--json"], capture_output=True, text=True,
                           timeout=180, env=env, cwd=Path(__file__).resolve().parents[1])
     assert proc.returncode == 0, proc.stderr
     d = json.loads(proc.stdout)

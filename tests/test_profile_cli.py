@@ -7,11 +7,11 @@ import json
 import pytest
 import torch
 
-from profiler.cli import main
+from flopscale.profiler.cli import main
 
 ON_CPU = not torch.cuda.is_available()
-HAVE_KERNELS = all(importlib.util.find_spec(f"kernels.{m}") is not None for m in ("matmul_layer", "attention_layer"))
-HAVE_BLOCKSPARSE = all(importlib.util.find_spec(f"kernels.{m}") is not None
+HAVE_KERNELS = all(importlib.util.find_spec(f"flopscale.kernels.{m}") is not None for m in ("matmul_layer", "attention_layer"))
+HAVE_BLOCKSPARSE = all(importlib.util.find_spec(f"flopscale.kernels.{m}") is not None
                        for m in ("blocksparse_attention_layer", "blocksparse_layer"))
 needs_kernels = pytest.mark.skipif(not HAVE_KERNELS, reason="kernels.matmul / kernels.attention not in the tree yet")
 

@@ -12,11 +12,11 @@ import torch
 import torch.nn.functional as F
 from torch.utils.flop_counter import FlopCounterMode, register_flop_formula
 
-import profiler
-from kernels import Cost, register_cost
-from profiler.devices import Ceilings
-from profiler.record import Profile, label, pop_label, push_label, torch_op_cost
-from profiler.roofline import annotate, plot_roofline, utilisation
+from flopscale import profiler
+from flopscale.kernels import Cost, register_cost
+from flopscale.profiler.devices import Ceilings
+from flopscale.profiler.record import Profile, label, pop_label, push_label, torch_op_cost
+from flopscale.profiler.roofline import annotate, plot_roofline, utilisation
 
 aten = torch.ops.aten
 
@@ -343,13 +343,13 @@ def test_annotate_handles_zero_time_and_zero_bytes():
 # ------------------------------------------------------------- with the real kernels
 
 def _have(mod):
-    return importlib.util.find_spec(f"kernels.{mod}") is not None
+    return importlib.util.find_spec(f"flopscale.kernels.{mod}") is not None
 
 
 @pytest.mark.skipif(not (_have("matmul_layer") and _have("attention_layer")),
                     reason="kernels.matmul / kernels.attention not in the tree yet")
 def test_profile_records_kernels_matmul_and_causal_attention(device):
-    import kernels
+    from flopscale import kernels
 
     M, N, K = 37, 23, 29
     a = torch.randn(M, K, device=device)
@@ -373,7 +373,7 @@ def test_profile_records_kernels_matmul_and_causal_attention(device):
 @pytest.mark.skipif(not (_have("blocksparse_layer") and _have("blocksparse_attention_layer")),
                     reason="block-sparse kernels not in the tree yet")
 def test_profile_records_blocksparse_kernels_and_flop_counter_agrees(device):
-    import kernels
+    from flopscale import kernels
 
     blk, R, K = 16, 3, 20
     layout = kernels.BlockLayout.random(1, R, R, 0.5, seed=1, block=blk)

@@ -7,7 +7,7 @@ import time
 import pytest
 import torch
 
-from profiler.telemetry import Telemetry, decode_reasons
+from flopscale.profiler.telemetry import Telemetry, decode_reasons
 
 
 class FakeNVML:

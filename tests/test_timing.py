@@ -6,8 +6,8 @@ import time
 import pytest
 import torch
 
-from profiler import bench
-from profiler.timing import Timing, _Flusher
+from flopscale.profiler import bench
+from flopscale.profiler.timing import Timing, _Flusher
 
 
 def spin(seconds: float):

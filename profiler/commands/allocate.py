@@ -62,7 +62,7 @@ def _fmt_ci(ci, key):
 
 
 def run(args: argparse.Namespace) -> int:
-    import lawfit
+    from flopscale import lawfit
 
     computes = _values(args.compute, "compute")
     params = _values(args.params, "params")
@@ -87,7 +87,7 @@ def run(args: argparse.Namespace) -> int:
     except lawfit.LawfitError as exc:
         raise UserError(str(exc)) from None
     if args.plot:
-        from lawfit import plotting
+        from flopscale.lawfit import plotting
 
         with atomic_path(args.plot) as tmp:
             plotting.plot_allocation(computes or [a.compute for a in inverse], law, tmp)

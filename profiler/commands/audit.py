@@ -141,7 +141,7 @@ def run(args: argparse.Namespace) -> int:
     dev = _device(args)
     impl = None if args.impl == "auto" else args.impl
     if impl == "kernels" and dev.type == "cpu":
-        from kernels._runtime import interpreter_on
+        from flopscale.kernels._runtime import interpreter_on
 
         if not interpreter_on():
             raise UserError("--impl kernels on a CPU needs the Triton interpreter (TRITON_INTERPRET=1); "

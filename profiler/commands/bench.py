@@ -39,7 +39,7 @@ def run(args: argparse.Namespace) -> int:
     if not torch.cuda.is_available():
         # the kernels' correctness pass runs under the Triton interpreter; set before triton loads
         os.environ.setdefault("TRITON_INTERPRET", "1")
-    from benchmarks.run import SUITES, run as run_suites
+    from flopscale.benchmarks.run import SUITES, run as run_suites
 
     only = None
     if args.only:

@@ -45,7 +45,7 @@ def _warn_to_stderr(caught) -> None:
 
 
 def run(args: argparse.Namespace) -> int:
-    import lawfit
+    from flopscale import lawfit
 
     starts: object = args.starts
     if isinstance(starts, str) and starts != "grid":
@@ -93,7 +93,7 @@ def run(args: argparse.Namespace) -> int:
             write_text_atomic(args.save, result.to_json() + "\n")
         written.append(("fit", args.save))
     if args.plot:
-        from lawfit import plotting
+        from flopscale.lawfit import plotting
 
         try:
             with atomic_path(args.plot) as tmp:

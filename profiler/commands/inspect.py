@@ -45,7 +45,7 @@ def _fmt(v, yes="yes", no="no") -> str:
 
 def run(args: argparse.Namespace) -> int:
     try:
-        from kernels import inspect as kinspect
+        from flopscale.kernels import inspect as kinspect
     except ImportError as exc:  # pragma: no cover - triton missing
         raise UserError(f"cannot inspect kernels: {exc}") from None
     try:

@@ -64,11 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
                     help="inter-node bandwidth per GPU in Gbit/s (e.g. 400 for one NDR InfiniBand NIC per GPU); "
                          "the intra-node figure comes from the card's NVLink/PCIe link rate")
     bw.add_argument("--measured-collectives", default=None, metavar="CSV",
-                    help="all-reduce bus bandwidth from a collectives run (torchrun -m profiler.distributed "
+                    help="all-reduce bus bandwidth from a collectives run (torchrun -m flopscale.profiler.distributed "
                          "collectives --out c.csv, or the collectives-*.csv of 'flopscale bench --only collectives')")
     c.add_argument("--overlap", type=float, default=None,
                    help="share of the all-reduce hidden behind the backward pass, in [0, 1] (default 0, assumed; "
-                        "measure it with torchrun -m profiler.distributed ddp)")
+                        "measure it with torchrun -m flopscale.profiler.distributed ddp)")
     c.add_argument("--batch-tokens", type=float, default=None,
                    help="tokens per optimizer step, the global batch (default 4,194,304, assumed)")
     c.add_argument("--grad-dtype", choices=("fp32", "bf16", "fp16"), default=None,
@@ -94,7 +94,7 @@ def _law(args: argparse.Namespace, max_tokens: float | None):
 
     count = None if args.law_params is None else args.law_params.replace("-", "_")
     try:
-        import lawfit
+        from flopscale import lawfit
     except ImportError as exc:  # pragma: no cover
         raise UserError(f"lawfit is not importable: {exc}") from None
     try:
@@ -226,9 +226,9 @@ def _comm_model(args: argparse.Namespace, spec) -> Any:
          f"{budget.DEFAULT_BATCH_TOKENS:,} tokens per optimizer step (default; --batch-tokens)")
     ov = args.overlap if args.overlap is not None else budget.DEFAULT_OVERLAP
     part("overlap", ov, "given" if args.overlap is not None else "assumed",
-         "--overlap (e.g. measured by torchrun -m profiler.distributed ddp)" if args.overlap is not None else
+         "--overlap (e.g. measured by torchrun -m flopscale.profiler.distributed ddp)" if args.overlap is not None else
          "no overlap (default; an upper bound on the step time; measure it with "
-         "torchrun -m profiler.distributed ddp and pass --overlap)")
+         "torchrun -m flopscale.profiler.distributed ddp and pass --overlap)")
     part("backward_share", budget.BACKWARD_SHARE, "assumed",
          "the backward pass takes 2/3 of the compute time (its share of the model FLOPs): at most that much "
          "communication can hide behind it")

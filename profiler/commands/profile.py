@@ -77,7 +77,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--plot", metavar="PATH", help="also write a roofline PNG")
     parser.add_argument("--distributed", type=int, default=None, metavar="N",
                         help="print the torchrun line that profiles the same cases on N ranks "
-                             "(python -m profiler.distributed profile ...) and exit")
+                             "(python -m flopscale.profiler.distributed profile ...) and exit")
 
 
 # ------------------------------------------------------------------ parsing
@@ -196,7 +196,7 @@ def _randn(shape: tuple, dtype: Any, device: Any, gen: Any) -> Any:
 
 def _layout(case: Case, rows: int, cols: int) -> Any:
     """One layout (shared by all heads) of ``rows x cols`` blocks in the case's pattern."""
-    import kernels
+    from flopscale import kernels
 
     BL = kernels.BlockLayout
     if case.pattern == "dense":
@@ -229,7 +229,7 @@ def validate_case(case: Case) -> None:
 
 def _blocksparse_api(name: str) -> Any:
     try:
-        import kernels
+        from flopscale import kernels
 
         return getattr(kernels, name)
     except (ImportError, AttributeError) as exc:
@@ -248,7 +248,7 @@ def _prepare_blocksparse_matmul(case: Case, provider: str, device: Any, gen: Any
     if provider == "torch":
         return Prepared(lambda: torch.matmul(a, b), note="dense torch.matmul (every block)")
     bsm = _blocksparse_api("blocksparse_matmul")
-    from kernels.blocksparse_layer import dense_to_sparse
+    from flopscale.kernels.blocksparse_layer import dense_to_sparse
 
     layout = _layout(case, sparse_dims[0] // blk, sparse_dims[1] // blk)
     if mode == "dsd":
@@ -278,7 +278,7 @@ def prepare(case: Case, provider: str, device: Any, seed: int) -> Prepared:
             a = _randn((M, K), dt, device, gen)
             b = _randn((K, N), dt, device, gen)
             if provider == "flopscale":
-                import kernels
+                from flopscale import kernels
 
                 return Prepared(lambda: kernels.matmul(a, b))
             bt = b.t().contiguous().t()  # column-major, as torch._scaled_mm requires
@@ -288,7 +288,7 @@ def prepare(case: Case, provider: str, device: Any, seed: int) -> Prepared:
         a = _randn((M, K), dt, device, gen)
         b = _randn((K, N), dt, device, gen)
         if provider == "flopscale":
-            import kernels
+            from flopscale import kernels
 
             return Prepared(lambda: kernels.matmul(a, b), interpreted=interpreted)
         return Prepared(lambda: torch.matmul(a, b), note="torch.matmul")
@@ -301,7 +301,7 @@ def prepare(case: Case, provider: str, device: Any, seed: int) -> Prepared:
     v = _randn((B, Hkv, S, D), dt, device, gen)
     if case.op == "attention":
         if provider == "flopscale":
-            import kernels
+            from flopscale import kernels
 
             return Prepared(lambda: kernels.attention(q, k, v, causal=case.causal), interpreted=interpreted)
         kw = {"enable_gqa": True} if Hkv != H else {}
@@ -615,7 +615,7 @@ def distributed_line(args: argparse.Namespace, nproc: int) -> list[str]:
             argv.append(flag)
         else:
             argv += [flag, str(value)]
-    return ["torchrun", f"--nproc-per-node={nproc}", "-m", "profiler.distributed", "profile", *argv]
+    return ["torchrun", f"--nproc-per-node={nproc}", "-m", "flopscale.profiler.distributed", "profile", *argv]
 
 
 def _print_distributed(args: argparse.Namespace) -> int:
