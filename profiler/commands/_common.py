@@ -4,6 +4,7 @@ from __future__ import annotations
 import contextlib
 import os
 import sys
+import tempfile
 from pathlib import Path
 from typing import Any, Iterator
 
@@ -12,6 +13,32 @@ from .. import _io
 
 class UserError(Exception):
     """Bad input from the user: printed as one line, exit status 2, no traceback."""
+
+
+def check_output_path(path: str | os.PathLike | None, what: str = "output") -> Path | None:
+    """Check, before any long work, that ``path`` can be written: its directory exists and is
+    writable, and it is not a directory. Raises UserError naming ``what`` (e.g. '--save')."""
+    if path is None:
+        return None
+    p = Path(path)
+    if str(p) in ("", ".") or p.is_dir():
+        raise UserError(f"{what}: {p} is a directory, not a file path")
+    parent = p.parent if str(p.parent) else Path(".")
+    if not parent.exists():
+        raise UserError(f"{what}: directory does not exist: {parent}")
+    if not parent.is_dir():
+        raise UserError(f"{what}: {parent} is not a directory")
+    if str(p.resolve()).startswith(("/proc/", "/sys/", "/dev/")):
+        raise UserError(f"{what}: {p} is not a regular file path")
+    try:  # a probe file beside the target: the write that will follow needs exactly this
+        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=parent)
+        os.close(fd)
+        os.unlink(probe)
+    except OSError as exc:
+        raise UserError(f"{what}: cannot write in {parent} ({exc.strerror or exc})") from None
+    if p.exists() and not os.access(p, os.W_OK):
+        raise UserError(f"{what}: cannot write {p} (permission denied)")
+    return p
 
 
 def dumps(obj: Any) -> str:
