@@ -47,6 +47,7 @@ BREAKDOWN_GROUPS = (
     "attn_pv",
     "out_proj",
     "mlp",
+    "router",
     "logits",
     "softmax_norm_elementwise",
     "optimizer",
@@ -59,7 +60,8 @@ GROUP_LABELS = {
     "attn_scores": "attention scores (Q K^T)",
     "attn_pv": "attention x V",
     "out_proj": "output projection",
-    "mlp": "MLP",
+    "mlp": "MLP (experts for an MoE)",
+    "router": "MoE router",
     "logits": "logits (output layer)",
     "softmax_norm_elementwise": "softmax / norm / elementwise",
     "optimizer": "optimizer (AdamW)",
@@ -89,7 +91,9 @@ def group_of(scope: str | None) -> str | None:
         return "attention"
     if leaf.endswith("attn.proj"):
         return "out_proj"
-    if leaf.endswith("mlp.fc") or leaf.endswith("mlp.proj"):
+    if leaf.endswith("mlp.router"):
+        return "router"
+    if (leaf.endswith(".fc") or leaf.endswith(".proj")) and (".mlp." in f".{leaf}"):
         return "mlp"
     if leaf == "lm_head" or leaf.endswith(".lm_head"):
         return "logits"
@@ -174,7 +178,7 @@ def scope_labels(model: Any, label_fn: Callable[[str], Any] | None = None) -> It
     stack = _LabelStack()
     handles = []
     counter = iter(range(1, 1 << 62))
-    leaf_types = (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.Embedding)
+    leaf_types = (torch.nn.Linear, torch.nn.LayerNorm, torch.nn.RMSNorm, torch.nn.Embedding)
     from . import model as _m
 
     leaf_types = leaf_types + (_m.Linear, _m.TiedHead, _m.CausalAttention)
@@ -536,7 +540,7 @@ def run_audit(
     breakdown, gnotes = _group_records(records)
     notes += gnotes
 
-    matmul_groups = ("qkv", "attn_scores", "attn_pv", "out_proj", "mlp", "logits", "other")
+    matmul_groups = ("qkv", "attn_scores", "attn_pv", "out_proj", "mlp", "router", "logits", "other")
     model_flops = int(sum(breakdown[g]["model_flops"] for g in matmul_groups))
     executed_flops = model_flops + int(breakdown["backward_recompute"]["executed_flops"]) + int(
         breakdown["masked_work"]["executed_flops"])
@@ -642,5 +646,6 @@ def default_sweep_configs(cfg: GPTConfig, factors=(0.25, 0.5, 1, 2, 4)) -> list[
         ratio = cfg.n_head // kv
         kv_new = heads // ratio if heads % ratio == 0 and heads >= ratio else heads
         d_ff = None if cfg.d_ff is None else max(1, int(round(cfg.ff * d / cfg.d_model)))
-        out.append(GPTConfig(cfg.n_layer, d, heads, cfg.n_ctx, cfg.vocab, n_kv_head=kv_new, d_ff=d_ff, tied=cfg.tied))
+        out.append(GPTConfig(cfg.n_layer, d, heads, cfg.n_ctx, cfg.vocab, n_kv_head=kv_new, d_ff=d_ff, tied=cfg.tied,
+                             arch=cfg.arch, n_experts=cfg.n_experts, top_k=cfg.top_k))
     return out

@@ -13,7 +13,11 @@ Conventions (``../shared/DESIGN.md``):
   and are not part of them.
 
 :func:`step_flops` is the exact model count of one training step of
-:class:`profiler.model.GPT`, group by group; :func:`flops_per_token` divides it by the tokens.
+:class:`profiler.model.GPT` for every ``GPTConfig.arch`` (gpt2, llama, moe), group by group;
+:func:`flops_per_token` divides it by the tokens.  Per token and layer, forward: QKV
+``2 d (d_attn + 2 d_kv)``, attention ``4 H D P / S``, output projection ``2 d_attn d``, MLP
+``2 m d d_ff`` with ``m`` = 2 matrices (GELU) or 3 (SwiGLU), times ``top_k`` for an MoE, router
+``2 d n_experts`` (MoE only); logits ``2 d V`` once.  Backward = 2x forward.
 The published estimates (:func:`six_nd`, :func:`kaplan_training`, :func:`palm_per_token`,
 :func:`chinchilla_appendix_f`) are written as their papers state them, and
 :func:`estimates` sets each beside a measured count with the terms that explain the gap.
@@ -23,7 +27,7 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Iterable, Mapping
 
-from .model import GPTConfig, param_counts
+from .model import GPTConfig, ParamCounts, param_counts
 
 __all__ = [
     "GROUPS",
@@ -38,12 +42,14 @@ __all__ = [
     "palm_per_token",
     "chinchilla_appendix_f",
     "Estimate",
+    "StepShape",
+    "published_estimates",
     "estimates",
     "sweep",
 ]
 
 # matmul groups of the model count, in the order reports show them
-GROUPS = ("qkv", "attn_scores", "attn_pv", "out_proj", "mlp", "logits")
+GROUPS = ("qkv", "attn_scores", "attn_pv", "out_proj", "mlp", "router", "logits")
 
 
 def causal_pairs(s_q: int, s_k: int | None = None) -> int:
@@ -128,7 +134,8 @@ def step_flops(cfg: GPTConfig, batch: int, seq: int | None = None, recompute: bo
         "attn_scores": L * half_attn,
         "attn_pv": L * half_attn,
         "out_proj": L * 2 * T * cfg.d_attn * d,
-        "mlp": L * 2 * T * 2 * d * cfg.ff,
+        "mlp": L * 2 * T * cfg.top_k_ * cfg.mlp_matrices * d * cfg.ff,
+        "router": L * 2 * T * d * cfg.experts_ if cfg.arch == "moe" else 0,
         "logits": 2 * T * d * cfg.vocab,
     }
     bwd = {g: 2 * v for g, v in fwd.items()}
@@ -137,7 +144,10 @@ def step_flops(cfg: GPTConfig, batch: int, seq: int | None = None, recompute: bo
 
 
 def flops_per_token(cfg: GPTConfig, seq: int | None = None) -> float:
-    """Exact training model FLOPs per token of ``GPT(cfg)`` (forward + backward), in FLOP."""
+    """Exact training model FLOPs per token of ``GPT(cfg)`` (forward + backward), in FLOP.
+
+    Honours ``cfg.arch``; for ``"moe"`` it counts the ``top_k`` experts a token runs and the
+    router.  ``seq`` defaults to ``cfg.n_ctx`` (the attention term depends on it)."""
     return step_flops(cfg, 1, seq).per_token
 
 
@@ -194,6 +204,10 @@ def chinchilla_appendix_f(
     reduction ``2 S S (k H)``, the final linear ``2 S (k H) d``, the dense block
     ``2 S (d f + d f)``; final logits ``2 S d V``.  Backward = 2x forward, so ``training = 3 x
     forward``.  Every (query, key) pair is counted and the softmax is included.
+
+    ``training`` is the formula as printed; ``training_table_a4`` leaves the embeddings and the
+    final logits out, the convention that reproduces the paper's Table A4 ratios (the printed
+    formula with them does not: a known misprint).
     """
     S, V, d, H, k, f = seq_len, vocab_size, d_model, num_heads, key_size, ffw_size
     t = {
@@ -211,6 +225,8 @@ def chinchilla_appendix_f(
     t["per_layer"] = per_layer
     t["forward"] = forward
     t["training"] = 3.0 * forward
+    t["forward_table_a4"] = num_layers * per_layer
+    t["training_table_a4"] = 3.0 * num_layers * per_layer
     return t
 
 
@@ -255,95 +271,125 @@ class Estimate:
         }
 
 
-def estimates(cfg: GPTConfig, batch: int, measured: float | None = None, seq: int | None = None) -> list[Estimate]:
-    """The four published estimates for one training step, each beside ``measured``.
+@dataclass(frozen=True)
+class StepShape:
+    """What the published estimates need to know about a step: tokens ``D``, sequence
+    length, layers, query heads, head dimension, width, MLP width, vocabulary."""
 
-    ``measured`` defaults to this model's exact count (:func:`step_flops`).  D is the step's
-    tokens ``batch * seq``.  Term names: ``attention`` (the estimate's attention term against
-    the causal count), ``logits`` (the output projection), ``embeddings`` (lookups counted as
-    matmuls or as parameters), ``norms`` (LayerNorm parameters counted in N, no matmul),
-    ``softmax`` (non-matmul work an estimate counts), ``grouped_query`` (K/V projections an
-    estimate assumes full-width).
+    tokens: int
+    seq: int
+    n_layer: int
+    n_head: int
+    head_dim: int
+    d_model: int
+    d_ff: int
+    vocab: int
+
+    @property
+    def d_attn(self) -> int:
+        return self.n_head * self.head_dim
+
+
+def published_estimates(
+    shape: StepShape,
+    params: ParamCounts,
+    *,
+    measured: float,
+    attention: float,
+    logits: float,
+    qkv: float | None = None,
+    weights: float | None = None,
+) -> list[Estimate]:
+    """6ND, Kaplan, PaLM and Chinchilla Appendix F (as printed and in Table A4's convention)
+    for one step of ``shape``, each beside the ``measured`` model FLOPs.
+
+    ``attention`` and ``logits`` are the measured model FLOPs of the attention (scores and
+    x V) and of the output layer; everything else measured is taken to be weight matmuls.
+    N is the *active* parameter count (``params.active_non_embedding`` / ``params.active``):
+    for a dense model the plain count, for a mixture of experts the parameters one token
+    touches.  Terms (measured - estimate, in FLOP): ``attention`` (causal pairs against the
+    estimate's attention term), ``logits``, ``embeddings``, ``norms`` (parameters that are not
+    matmul weights: norms, biases -- counted in N, no matmul), ``softmax`` (non-matmul work an
+    estimate counts), ``grouped_query`` (K/V projections Appendix F assumes full-width, when
+    ``qkv`` is given) and ``weights`` (the other weight matmuls against Appendix F's dense
+    block: a SwiGLU's third matrix, experts, router).  ``weights`` (the weight-matmul FLOPs)
+    defaults to ``measured - attention - logits``; give it to see a measured count that
+    differs from a known split in the residual.
+    """
+    T, S, L, H, Q = shape.tokens, shape.seq, shape.n_layer, shape.n_head, shape.head_dim
+    pc = params
+    meas = float(measured)
+    A, Lg = float(attention), float(logits)
+    n_ne, n_tot = pc.active_non_embedding, pc.active
+    moe = pc.active != pc.total
+    what = "active " if moe else ""
+    norms = -6.0 * pc.norms * T
+    out = [
+        Estimate(
+            f"6ND ({what}non-embedding N)",
+            f"6 * N * D, N = {n_ne:,} {what}non-embedding parameters, D = {T:,} tokens",
+            six_nd(n_ne, T), meas, {"attention": A, "logits": Lg, "norms": norms},
+        ),
+        Estimate(
+            f"6ND ({what}total N)",
+            f"6 * N * D, N = {n_tot:,} {what}parameters including embeddings, D = {T:,} tokens",
+            six_nd(n_tot, T), meas,
+            {"attention": A, "logits": Lg - 6.0 * pc.unembedding * T, "embeddings": -6.0 * pc.embedding * T,
+             "norms": norms},
+        ),
+        Estimate(
+            "Kaplan (2N + 2 n_layer n_ctx d_attn) x 3",
+            f"3 * (2N + 2*{L}*{S}*{shape.d_attn}) * D, N = {n_ne:,} {what}non-embedding",
+            kaplan_training(n_ne, L, S, shape.d_attn) * T, meas,
+            {"attention": A - 6.0 * L * S * shape.d_attn * T, "logits": Lg, "norms": norms},
+        ),
+        Estimate(
+            "PaLM 6N + 12 L H Q T",
+            f"(6N + 12*{L}*{H}*{Q}*{S}) * D, N = {n_tot:,} {what}total parameters",
+            palm_per_token(n_tot, L, H, Q, S) * T, meas,
+            {"attention": A - 12.0 * L * H * Q * S * T, "logits": Lg - 6.0 * pc.unembedding * T,
+             "embeddings": -6.0 * pc.embedding * T, "norms": norms},
+        ),
+    ]
+    cf = chinchilla_appendix_f(S, shape.vocab, shape.d_model, L, H, Q, shape.d_ff)
+    n_seq = T / S
+    per = 3.0 * n_seq * L  # training (x3) over the step's sequences and the layers
+    weights = meas - A - Lg if weights is None else float(weights)
+    common = {"attention": A - per * (cf["attn_logits"] + cf["attn_reduce"]), "softmax": -per * cf["softmax"]}
+    if qkv is not None:
+        common["grouped_query"] = float(qkv) - per * cf["qkv"]
+        common["weights"] = weights - float(qkv) - per * (cf["final_linear"] + cf["dense"])
+    else:
+        common["weights"] = weights - per * (cf["qkv"] + cf["final_linear"] + cf["dense"])
+    tag = f"S {S}, V {shape.vocab}, d {shape.d_model}, L {L}, H {H}, k {Q}, f {shape.d_ff}"
+    out.append(Estimate(
+        "Chinchilla Appendix F (as printed)",
+        f"3 x forward per sequence with embeddings and final logits ({tag}) x {n_seq:g} sequences",
+        cf["training"] * n_seq, meas,
+        {**common, "embeddings": -3.0 * n_seq * cf["embeddings"], "logits": Lg - 3.0 * n_seq * cf["logits"]},
+    ))
+    out.append(Estimate(
+        "Chinchilla Appendix F (Table A4 convention)",
+        f"3 x forward per sequence without embeddings and final logits ({tag}) x {n_seq:g} sequences",
+        cf["training_table_a4"] * n_seq, meas, {**common, "logits": Lg},
+    ))
+    return out
+
+
+def estimates(cfg: GPTConfig, batch: int, measured: float | None = None, seq: int | None = None) -> list[Estimate]:
+    """The published estimates (:func:`published_estimates`) for one training step of
+    ``GPT(cfg)``, each beside ``measured`` (default: this model's exact count,
+    :func:`step_flops`).  D is the step's tokens ``batch * seq``.
     """
     S = cfg.n_ctx if seq is None else int(seq)
     sf = step_flops(cfg, batch, S)
-    pc = param_counts(cfg)
-    T = sf.tokens
-    exact = float(sf.total)
-    meas = exact if measured is None else float(measured)
-    A = float(sf.attention)
-    Lg = float(sf.by_group["logits"])
-    norms = -6.0 * pc.norms * T
-    L, H, Q = cfg.n_layer, cfg.n_head, cfg.head_dim
-
-    out = []
-    out.append(
-        Estimate(
-            "6ND (non-embedding N)",
-            f"6 * N * D, N = {pc.non_embedding:,} non-embedding parameters, D = {T:,} tokens",
-            six_nd(pc.non_embedding, T),
-            meas,
-            {"attention": A, "logits": Lg, "norms": norms},
-        )
+    g = sf.by_group
+    shape = StepShape(sf.tokens, S, cfg.n_layer, cfg.n_head, cfg.head_dim, cfg.d_model, cfg.ff, cfg.vocab)
+    return published_estimates(
+        shape, param_counts(cfg), measured=float(sf.total) if measured is None else float(measured),
+        attention=float(sf.attention), logits=float(g["logits"]), qkv=float(g["qkv"]),
+        weights=float(sf.total - sf.attention - g["logits"]),
     )
-    out.append(
-        Estimate(
-            "6ND (total N)",
-            f"6 * N * D, N = {pc.total:,} parameters including embeddings, D = {T:,} tokens",
-            six_nd(pc.total, T),
-            meas,
-            {
-                "attention": A,
-                "logits": Lg - 6.0 * pc.unembedding * T,
-                "embeddings": -6.0 * pc.embedding * T,
-                "norms": norms,
-            },
-        )
-    )
-    kap = kaplan_training(pc.non_embedding, L, S, cfg.d_attn) * T
-    out.append(
-        Estimate(
-            "Kaplan (2N + 2 n_layer n_ctx d_attn) x 3",
-            f"3 * (2N + 2*{L}*{S}*{cfg.d_attn}) * D, N = {pc.non_embedding:,} non-embedding",
-            kap,
-            meas,
-            {"attention": A - 6.0 * L * S * cfg.d_attn * T, "logits": Lg, "norms": norms},
-        )
-    )
-    palm = palm_per_token(pc.total, L, H, Q, S) * T
-    out.append(
-        Estimate(
-            "PaLM 6N + 12 L H Q T",
-            f"(6N + 12*{L}*{H}*{Q}*{S}) * D, N = {pc.total:,} total parameters",
-            palm,
-            meas,
-            {
-                "attention": A - 12.0 * L * H * Q * S * T,
-                "logits": Lg - 6.0 * pc.unembedding * T,
-                "embeddings": -6.0 * pc.embedding * T,
-                "norms": norms,
-            },
-        )
-    )
-    cf = chinchilla_appendix_f(S, cfg.vocab, cfg.d_model, L, H, Q, cfg.ff)
-    n_seq = T / S
-    appf_attn = 3.0 * n_seq * L * (cf["attn_logits"] + cf["attn_reduce"])
-    appf_qkv = 3.0 * n_seq * L * cf["qkv"]
-    out.append(
-        Estimate(
-            "Chinchilla Appendix F",
-            f"3 x forward per sequence (embeddings, K/Q/V, logits, softmax, reductions, dense, output) x {n_seq:g} sequences",
-            cf["training"] * n_seq,
-            meas,
-            {
-                "attention": A - appf_attn,
-                "softmax": -3.0 * n_seq * L * cf["softmax"],
-                "embeddings": -3.0 * n_seq * cf["embeddings"],
-                "grouped_query": float(sf.by_group["qkv"]) - appf_qkv,
-            },
-        )
-    )
-    return out
 
 
 def sweep(configs: Iterable[GPTConfig], seq: int | None = None) -> list[dict]:

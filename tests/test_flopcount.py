@@ -62,6 +62,7 @@ def independent_step_count(cfg: GPTConfig, B: int, S: int) -> dict[str, int]:
         "attn_pv": L * B * cfg.n_head * 2 * hd * P,
         "out_proj": L * 2 * T * (cfg.n_head * hd) * d,
         "mlp": L * (2 * T * d * ff + 2 * T * ff * d),
+        "router": 0,
         "logits": 2 * T * d * V,
     }
     return {k: 3 * v for k, v in fwd.items()}
@@ -166,3 +167,23 @@ def test_flop_counter_mode_agrees_on_the_matmuls():
     assert counts["aten.mm"] == matmuls
     if not any("attention" in k for k in counts):  # the CPU SDPA kernel has no formula
         assert fc.get_total_flops() == matmuls
+
+
+@pytest.mark.parametrize("arch", ["llama", "moe"])
+def test_step_flops_of_each_arch_equals_an_independent_sum(arch):
+    extra = {"n_experts": 6, "top_k": 2} if arch == "moe" else {}
+    cfg = GPTConfig(3, 96, 6, 50, 301, n_kv_head=2, arch=arch, **extra)
+    B, S = 2, 47
+    d, L, T, hd = 96, 3, B * S, 16
+    ff = 256  # 8/3 * 96 = 256, already a multiple of 256
+    P = S * (S + 1) // 2
+    k = 2 if arch == "moe" else 1
+    fwd = (L * (2 * T * d * (6 + 2 * 2) * hd + 4 * B * 6 * hd * P + 2 * T * d * d + k * 3 * 2 * T * d * ff)
+           + (L * 2 * T * d * 6 if arch == "moe" else 0) + 2 * T * d * 301)
+    assert cfg.ff == ff
+    assert step_flops(cfg, B, S).total == 3 * fwd
+    assert flopcount.flops_per_token(cfg, S) == pytest.approx(3 * fwd / T, rel=1e-12)
+    # 6 N_active D covers every weight matmul: the difference is attention + logits - norms
+    pc = param_counts(cfg)
+    sf = step_flops(cfg, B, S)
+    assert sf.total - 6 * pc.active_non_embedding * T == sf.attention + sf.by_group["logits"] - 6 * pc.norms * T

@@ -116,3 +116,70 @@ def test_kernels_path_matches_the_torch_path():
     for n, p in model.named_parameters():
         err = ((p.grad - g_ref[n]).norm() / g_ref[n].norm()).item()
         assert err < 1e-4, n
+
+
+# ---------------------------------------------------------------- architectures (gpt2, llama, moe)
+
+from flopscale.profiler.model import llama_ff  # noqa: E402
+
+
+def test_llama_ff_is_eight_thirds_rounded_up_to_256():
+    # Touvron et al. 2023 (LLaMA): d 4096 -> 11008, d 5120 -> 13824, d 8192 -> 22016 (Llama 2 70B: 28672
+    # uses a multiplier, not the default rule)
+    assert [llama_ff(d) for d in (4096, 5120, 8192)] == [11008, 13824, 22016]
+    assert GPTConfig(1, 64, 4, 8, 10, arch="llama").ff == 256
+    assert GPTConfig(1, 64, 4, 8, 10).ff == 256 and GPTConfig(1, 96, 4, 8, 10).ff == 384
+
+
+@pytest.mark.parametrize("arch,extra", [("llama", {}), ("moe", {"n_experts": 5, "top_k": 2}),
+                                        ("moe", {"n_experts": 3, "top_k": 3})])
+def test_param_counts_match_the_modules_for_each_arch(arch, extra):
+    cfg = GPTConfig(2, 48, 4, 16, 37, n_kv_head=2, d_ff=40, arch=arch, **extra)
+    model = GPT(cfg)
+    pc = param_counts(cfg)
+    named = dict(model.named_parameters())
+    assert pc.total == sum(p.numel() for p in model.parameters())
+    assert pc.embedding == named["tok_emb.weight"].numel() and "pos_emb.weight" not in named
+    assert pc.norms == sum(p.numel() for n, p in named.items() if ".ln" in n or n.startswith("ln_f"))
+    assert pc.norms == (2 * cfg.n_layer + 1) * cfg.d_model  # RMSNorm: a weight only
+    experts = sum(p.numel() for n, p in named.items() if ".experts." in n)
+    router = sum(p.numel() for n, p in named.items() if "router" in n)
+    assert (pc.experts, pc.router) == ((experts, router) if arch == "moe" else (0, 0))
+    if arch == "moe":
+        E, k = cfg.n_experts, cfg.top_k
+        assert pc.total - pc.active == experts * (E - k) // E
+        assert pc.non_embedding - pc.active_non_embedding == pc.total - pc.active
+    else:
+        assert pc.active == pc.total and pc.active_non_embedding == pc.non_embedding
+
+
+def test_moe_routes_each_token_to_top_k_experts_only():
+    """The MoE layer against a dense loop over tokens written here."""
+    torch.manual_seed(0)
+    cfg = GPTConfig(1, 32, 2, 8, 11, d_ff=24, arch="moe", n_experts=4, top_k=2)
+    moe = GPT(cfg).blocks[0].mlp.double()
+    x = torch.randn(3, 5, 32, dtype=torch.float64)
+    out = moe(x)
+    flat = x.reshape(-1, 32)
+    ref = torch.zeros_like(flat)
+    for t in range(flat.shape[0]):
+        s = flat[t] @ moe.router.weight
+        top, which = s.topk(2)
+        w = torch.softmax(top, 0)
+        for j in range(2):
+            e = moe.experts[int(which[j])]
+            h = flat[t] @ e.fc.weight
+            g, u = h.chunk(2)
+            ref[t] += w[j] * ((torch.nn.functional.silu(g) * u) @ e.proj.weight)
+    assert torch.allclose(out.reshape(-1, 32), ref, rtol=1e-10, atol=1e-12)
+
+
+def test_bad_arch_fields_raise():
+    with pytest.raises(ValueError, match="arch"):
+        GPTConfig(1, 16, 2, 8, 10, arch="mamba")
+    with pytest.raises(ValueError, match="apply to arch 'moe'"):
+        GPTConfig(1, 16, 2, 8, 10, n_experts=4)
+    with pytest.raises(ValueError, match="exceeds n_experts"):
+        GPTConfig(1, 16, 2, 8, 10, arch="moe", n_experts=2, top_k=3)
+    with pytest.raises(ValueError, match="even head_dim"):
+        GPTConfig(1, 18, 2, 8, 10, arch="llama")
