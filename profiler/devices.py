@@ -20,17 +20,27 @@ while doing so, and caches the result per device and library versions in
 ``$FLOPSCALE_CACHE_DIR`` (else ``$XDG_CACHE_HOME/flopscale``, else
 ``~/.cache/flopscale``).  On a CPU-only machine it measures the CPU the same way
 (a float32 torch matmul and a memory copy), so every later number has a ceiling.
+
+A cache file is trusted only when every rate in it is a positive finite number (not a JSON
+``true``, not 0, not negative); anything else is ignored with a :class:`CacheWarning` and the
+device measured again.  Calibrations sharing a cache directory take turns (an exclusive
+``fcntl`` lock on ``calibrate.lock`` there): two measurements at once would each see the other
+one's load and cache a rate far below the device's.
 """
 from __future__ import annotations
 
+import contextlib
 import datetime as _dt
 import json
+import math
 import os
 import platform
 import re
+import time
+import warnings
 from dataclasses import asdict, dataclass, field
 from pathlib import Path
-from typing import Any, Mapping
+from typing import Any, Iterator, Mapping
 
 from ._io import write_text_atomic
 
@@ -47,6 +57,8 @@ __all__ = [
     "Ceilings",
     "calibrate",
     "cache_dir",
+    "CacheWarning",
+    "ceilings_problem",
 ]
 
 #: dtype names used as keys of ``peak_flops`` and ``Ceilings.flops``
@@ -464,13 +476,110 @@ def _write_json_atomic(path: Path, obj: Any) -> None:
     write_text_atomic(path, json.dumps(obj, indent=2), make_parents=True)
 
 
+class CacheWarning(UserWarning):
+    """A cache file was unreadable or held impossible values: it was ignored."""
+
+
+#: seconds a calibration waits for another one (same cache directory) to finish
+CALIBRATION_LOCK_WAIT_S = 600.0
+LOCK_NAME = "calibrate.lock"
+
+
+def _is_rate(x: Any) -> bool:
+    """A positive, finite number -- and not a bool (JSON ``true`` is not 1 FLOP/s)."""
+    return isinstance(x, (int, float)) and not isinstance(x, bool) and math.isfinite(x) and x > 0
+
+
+def ceilings_problem(d: Any) -> str | None:
+    """Why the dict ``d`` (a cached :class:`Ceilings`) cannot be trusted, or None when it can."""
+    if not isinstance(d, dict):
+        return f"not a JSON object but {type(d).__name__}"
+    flops = d.get("flops")
+    if not isinstance(flops, dict) or not flops:
+        return "no table of rates under 'flops'"
+    for k, v in flops.items():
+        if not _is_rate(v):
+            return f"flops[{k!r}] = {v!r} is not a positive finite number of FLOP/s"
+    bw = d.get("bandwidth")
+    if bw is not None and not _is_rate(bw):
+        return f"bandwidth = {bw!r} is not a positive finite number of bytes/s"
+    for key, typ in (("device_name", str), ("measured_at", str), ("source", str), ("quick", bool),
+                     ("clocks", dict), ("versions", dict), ("details", dict)):
+        if key in d and not isinstance(d[key], typ):
+            return f"{key} = {d[key]!r} is not a {typ.__name__}"
+    if not isinstance(d.get("device_name"), str):
+        return "no device_name"
+    return None
+
+
+def _read_cache(path: Path, warn: bool = True) -> Ceilings | None:
+    """The cached ceilings at ``path``; None (with a CacheWarning) when absent or not usable."""
+    try:
+        text = path.read_text(encoding="utf-8")
+    except FileNotFoundError:
+        return None
+    except (OSError, UnicodeError) as exc:
+        problem = f"unreadable ({exc})"
+    else:
+        try:
+            d = json.loads(text)
+        except ValueError as exc:
+            problem = f"not JSON ({exc})"
+        else:
+            problem = ceilings_problem(d)
+            if problem is None:
+                return Ceilings.from_dict(d)
+    if warn:
+        warnings.warn(f"ignoring the ceilings cache {path}: {problem}; measuring again", CacheWarning,
+                      stacklevel=3)
+    return None
+
+
+@contextlib.contextmanager
+def _calibration_lock(directory: Path, wait_s: float) -> Iterator[str]:
+    """Hold the exclusive calibration lock of ``directory`` while the block runs.
+
+    Yields ``"held"``; ``"busy"`` when another calibration kept it for ``wait_s`` seconds (the
+    block then runs unlocked and must not cache what it measures); ``"none"`` when no lock file
+    can be made there (a read-only cache directory: nothing will be cached either)."""
+    import fcntl
+
+    try:
+        directory.mkdir(parents=True, exist_ok=True)
+        fd = os.open(directory / LOCK_NAME, os.O_RDWR | os.O_CREAT, 0o666)
+    except OSError:
+        yield "none"
+        return
+    try:
+        deadline = time.monotonic() + wait_s
+        while True:
+            try:
+                fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
+                break
+            except BlockingIOError:
+                if time.monotonic() >= deadline:
+                    yield "busy"
+                    return
+                time.sleep(0.05)
+            except OSError:  # a file system without flock
+                yield "none"
+                return
+        yield "held"
+    finally:
+        os.close(fd)  # releases the lock
+
+
 def calibrate(device: Any = None, recalibrate: bool = False, quick: bool = False) -> Ceilings:
     """Measured ceilings of ``device`` (default: current CUDA device, else the CPU).
 
     Cached per device name and library versions (torch, CUDA, driver; CPU thread
     count on the CPU); ``recalibrate=True`` measures again.  ``quick=True`` uses
     fewer sizes and shorter budgets (and accepts a cached full measurement); a
-    cached quick result is not returned for ``quick=False``.
+    cached quick result is not returned for ``quick=False``.  A cache file with impossible
+    values is ignored (``CacheWarning``) and the device measured again.  Concurrent
+    calibrations sharing the cache directory run one after the other; one that waits finds
+    the other's result in the cache.  A measurement taken while another calibration held the
+    lock for longer than ``CALIBRATION_LOCK_WAIT_S`` is returned but not cached.
 
     GPU: best rate over large square matmuls per dtype (fp64, fp32 with TF32 off,
     tf32, bf16, fp16, fp8 via ``torch._scaled_mm`` with fast accumulation on sm_89+, int8
@@ -483,23 +592,45 @@ def calibrate(device: Any = None, recalibrate: bool = False, quick: bool = False
     name = _device_name(dev)
     versions = _versions(dev)
     path = _cache_file(name, versions)
-    if not recalibrate and path.exists():
-        try:
-            cached = Ceilings.from_dict(json.loads(path.read_text()))
-            if quick or not cached.quick:
+
+    def usable(c: Ceilings | None) -> bool:
+        return c is not None and (quick or not c.quick)
+
+    if not recalibrate:
+        cached = _read_cache(path)
+        if usable(cached):
+            return cached
+    with _calibration_lock(path.parent, CALIBRATION_LOCK_WAIT_S) as lock:
+        if lock == "held" and not recalibrate:  # another process may have measured meanwhile
+            cached = _read_cache(path, warn=False)
+            if usable(cached):
                 return cached
-        except (OSError, ValueError, TypeError):
-            pass  # unreadable cache: measure again
-    if dev.type == "cuda":
-        ceilings = _measure_cuda(dev, name, quick)
-    else:
-        ceilings = _measure_cpu(name, quick)
-    ceilings.versions = versions
-    try:
-        _write_json_atomic(path, ceilings.to_dict())
-        ceilings.details["cache_file"] = str(path)
-    except OSError as exc:
-        ceilings.details["cache_error"] = str(exc)
+        if dev.type == "cuda":
+            ceilings = _measure_cuda(dev, name, quick)
+        else:
+            ceilings = _measure_cpu(name, quick)
+        ceilings.versions = versions
+        bad = {k: v for k, v in ceilings.flops.items() if not _is_rate(v)}
+        if bad:  # never a rate of 0, inf or NaN: an MFU against it would be meaningless
+            ceilings.flops = {k: v for k, v in ceilings.flops.items() if k not in bad}
+            ceilings.details["discarded"] = {k: repr(v) for k, v in bad.items()}
+        if ceilings.bandwidth is not None and not _is_rate(ceilings.bandwidth):
+            ceilings.details.setdefault("discarded", {})["bandwidth"] = repr(ceilings.bandwidth)
+            ceilings.bandwidth = None
+        problem = ceilings_problem(ceilings.to_dict())
+        if lock == "busy":
+            ceilings.details["cache_error"] = (
+                f"not cached: another calibration held {path.parent / LOCK_NAME} for more than "
+                f"{CALIBRATION_LOCK_WAIT_S:g} s, so this measurement may have shared the device")
+            warnings.warn(ceilings.details["cache_error"], CacheWarning, stacklevel=2)
+        elif problem is not None:
+            ceilings.details["cache_error"] = f"not cached: {problem}"
+        else:
+            try:
+                _write_json_atomic(path, ceilings.to_dict())
+                ceilings.details["cache_file"] = str(path)
+            except OSError as exc:
+                ceilings.details["cache_error"] = str(exc)
     return ceilings
 
 

@@ -30,10 +30,15 @@ def check_output_path(path: str | os.PathLike | None, what: str = "output") -> P
         raise UserError(f"{what}: {parent} is not a directory")
     if str(p.resolve()).startswith(("/proc/", "/sys/", "/dev/")):
         raise UserError(f"{what}: {p} is not a regular file path")
+    if p.exists() and not p.is_file():
+        raise UserError(f"{what}: {p} exists and is not a regular file")
+    if len(os.fsencode(p.name)) > 255:
+        raise UserError(f"{what}: file name too long: {p.name[:40]}...")
     try:  # a probe file beside the target: the write that will follow needs exactly this
-        fd, probe = tempfile.mkstemp(prefix=f".{p.name}.", suffix=".probe", dir=parent)
-        os.close(fd)
-        os.unlink(probe)
+        with _io.signals_deferred():  # no probe left behind by a signal
+            fd, probe = tempfile.mkstemp(prefix=_io.temp_prefix(p), suffix=".probe", dir=parent)
+            os.close(fd)
+            os.unlink(probe)
     except OSError as exc:
         raise UserError(f"{what}: cannot write in {parent} ({exc.strerror or exc})") from None
     if p.exists() and not os.access(p, os.W_OK):

@@ -38,6 +38,21 @@ def nvml_info() -> dict[str, Any]:
             pass
 
 
+#: the values Triton itself reads as true (case-insensitive, not stripped); anything else is off
+TRUE_VALUES = ("1", "true", "on", "yes", "y")
+
+
+def interpreter_on() -> bool:
+    """Whether Triton runs kernels under its interpreter: Triton's own reading of
+    ``TRITON_INTERPRET`` (``triton.knobs``), so ``false``, ``0``, ``no`` and ``""`` are off."""
+    try:
+        from triton import knobs
+
+        return bool(knobs.runtime.interpret)
+    except Exception:  # no triton, or one without knobs: read the variable as Triton does
+        return os.environ.get("TRITON_INTERPRET", "").lower() in TRUE_VALUES
+
+
 def collect() -> dict[str, Any]:
     info: dict[str, Any] = {
         "python": platform.python_version(),
@@ -68,10 +83,17 @@ def collect() -> dict[str, Any]:
                 }
             )
     info["cuda_devices"] = devices
-    info["triton_interpreter"] = os.environ.get("TRITON_INTERPRET", "0") not in ("", "0")
+    info["triton_interpreter"] = interpreter_on()
+    info["triton_interpret_env"] = os.environ.get("TRITON_INTERPRET")
     info["cpu_threads"] = torch.get_num_threads()
     info["nvml"] = nvml_info()
     return info
+
+
+def interpreter_text(info: dict[str, Any]) -> str:
+    raw = info.get("triton_interpret_env")
+    state = "on" if info["triton_interpreter"] else "off"
+    return state if raw is None else f"{state} (TRITON_INTERPRET={raw!r})"
 
 
 def run(args: argparse.Namespace) -> int:
@@ -84,7 +106,7 @@ def run(args: argparse.Namespace) -> int:
         ("platform", info["platform"]),
         ("torch", f"{info['torch']} (CUDA {info['torch_cuda'] or 'none'})"),
         ("triton", info["triton"] or f"not importable: {info.get('triton_error')}"),
-        ("Triton interpreter", "on (TRITON_INTERPRET=1)" if info["triton_interpreter"] else "off"),
+        ("Triton interpreter", interpreter_text(info)),
         ("CPU threads (torch)", str(info["cpu_threads"])),
     ]
     nv = info["nvml"]
