@@ -14,7 +14,7 @@ from flopscale._namespace import require_namespaced as _require_namespaced
 
 _require_namespaced(__name__, 'lawfit')
 from ._errors import LawfitError, LawfitWarning
-from . import laws, published
+from . import datasets, laws, published
 from .laws import (BNSL, PF_DAY, Chinchilla, KaplanC, KaplanD, KaplanN, KaplanND, Law, PowerLaw, Saturating,
                    critical_batch_size, get_law)
 from .fitting import FitResult, fit, load_fit
@@ -22,7 +22,7 @@ from .isoflop import IsoFLOPResult, PowerFit, isoflop
 from .allocation import Allocation, allocate, optimal_for_params, predict_loss
 
 __all__ = [
-    "LawfitError", "LawfitWarning", "laws", "published", "Law", "Chinchilla", "KaplanN", "KaplanD", "KaplanND",
+    "LawfitError", "LawfitWarning", "datasets", "laws", "published", "Law", "Chinchilla", "KaplanN", "KaplanD", "KaplanND",
     "KaplanC", "PowerLaw", "BNSL", "Saturating", "critical_batch_size", "get_law", "PF_DAY",
     "fit", "FitResult", "load_fit", "isoflop", "IsoFLOPResult", "PowerFit",
     "allocate", "Allocation", "optimal_for_params", "predict_loss",

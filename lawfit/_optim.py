@@ -29,6 +29,10 @@ STATUS_TEXT = {CONVERGED: "converged", MAXITER: "iteration limit", LINESEARCH: "
                BAD_START: "non-finite objective at start", ABANDONED: "stopped far from the best"}
 
 
+CHUNK_BYTES = 32 * 1024 ** 2
+"""Working memory of one chunk of the objective (see Objective.chunk)."""
+
+
 class Objective:
     """``f(theta) = sum_i w_i * huber_delta(log pred_i(theta) - log y_i)``, batched over rows.
 
@@ -44,7 +48,9 @@ class Objective:
         self.n = len(self.logy)
         self.delta = float(delta)
         self.weights = None if weights is None else np.asarray(weights, dtype=float)
-        self.chunk = int(chunk)
+        # rows of starts per chunk: at most `chunk`, and few enough that the chunk's working
+        # arrays (about five of chunk x runs) stay within CHUNK_BYTES however many runs there are
+        self.chunk = max(1, min(int(chunk), CHUNK_BYTES // (8 * 5 * max(self.n, 1))))
         self.fast = type(law) is Chinchilla
         self._ws: list[np.ndarray] | None = None
         if self.fast:

@@ -356,7 +356,8 @@ def _make_starts(law: Law, x, logy, starts, rng) -> tuple[np.ndarray, str]:
 
 def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str, str] | None" = None,
         delta: float = 1e-3, starts: Any = "grid", bootstrap: int = 0, seed: int = 0, *,
-        ci_level: float = 0.95, n_polish: int = 3, workers: "int | None" = None) -> FitResult:
+        ci_level: float = 0.95, n_polish: int = 3, workers: "int | None" = None,
+        exclude: Any = None) -> FitResult:
     """Fit a scaling law to a table of training runs.
 
     ``table``: a DataFrame or CSV path with the columns the law needs (``N`` parameters, ``D``
@@ -369,6 +370,16 @@ def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str
     ``bootstrap``: number of resampled refits for percentile intervals at ``ci_level``.
     ``workers``: processes for large batches (default ``$LAWFIT_WORKERS`` or the usable CPUs;
     at most two are used, and the result is the same for any number; see ``SPLIT_MIN``).
+    ``exclude``: runs to leave out: an int k (the k highest losses; Besiroglu et al. 2024 drop
+    five), ``"highest-loss:5"``, ``"N < 1e8"`` (a row filter on N, D, C, loss or any column), or
+    a list of these; each exclusion is listed in ``notes``.
+    ``table`` may also name a shipped data set (``lawfit.datasets.names()``).
+
+    Memory is bounded: the objective runs in row chunks sized to the number of runs, duplicate
+    starts are merged only while their keys fit ``MERGE_BYTES``, and requests whose working set
+    would pass ``MEMORY_LIMIT_BYTES`` (starts x parameters, bootstrap x runs) are refused.
+    A fit whose data cannot determine the law (fewer distinct points than parameters + 1, or
+    all losses equal) raises :class:`LawfitError` saying "not identifiable".
     """
     t0 = time.perf_counter()
     base = get_law(law).unbound()
@@ -378,7 +389,10 @@ def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str
         raise LawfitError(f"bootstrap must be a non-negative integer, got {bootstrap!r}")
     if not 0 < ci_level < 1:
         raise LawfitError(f"ci_level must be in (0, 1), got {ci_level}")
-    df, notes = load_runs(table, base.inputs, columns, min_rows=base.n_params)
+    _check_request(base, starts, int(bootstrap))
+    df, notes = load_runs(table, base.inputs, columns, min_rows=1, exclude=exclude)
+    _check_identifiable(base, df)
+    _check_request(base, starts, int(bootstrap), len(df))
     x = _inputs_of(df, base.inputs)
     logy = np.log(df["loss"].to_numpy(dtype=float))
     rng = np.random.default_rng(seed)
@@ -402,7 +416,7 @@ def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str
         # an iteration limit does not
         ok = bool(p.success) or str(p.message).startswith("ABNORMAL") or "ROUNDING ERRORS" in str(p.message)
         if best is None or fv < best[1]:
-            best = (th, fv, ok, str(p.message), int(p.nit))
+            best = (th, fv, ok, _polish_message(p), int(p.nit))
     theta, fbest, ok, msg, _ = best
     params = {k: float(v) for k, v in base._from_theta(theta).items()}
     if not all(math.isfinite(v) for v in params.values()):
@@ -422,11 +436,84 @@ def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str
         warm = [theta] + [res.x[i] for i in _distinct(res.x, order, 8, tol=1e-2)
                           if np.max(np.abs(res.x[i] - theta)) > 1e-2 and res.f[i] <= 1.1 * fbest][:3]
         samples, failed, boot_proc = _bootstrap(base, x, logy, delta, np.array(warm), int(bootstrap), rng, n_workers)
+    if ok and not _well_determined(base, theta, fbest, obj):
+        raise LawfitError(f"the {base.name} fit is not identifiable from these {len(df)} runs: the best optimum "
+                          "is flat in some parameter (the data do not determine every parameter); add runs "
+                          "that vary N and D, or fit a law with fewer parameters")
     message = f"scipy L-BFGS-B polish: {msg}" if ok else f"did not converge: {msg}"
     return FitResult(law=fitted_law, objective=fbest, converged=ok, message=message, n_starts=len(theta0),
                      n_at_best=n_at_best, starts=start_desc, delta=delta, data=df, notes=notes,
                      bootstrap_samples=samples, ci_level=ci_level, bootstrap_failed=failed, seed=seed,
                      seconds=time.perf_counter() - t0, start_outcomes=outcomes, processes=max(res.processes, boot_proc))
+
+
+# Memory.  The objective's working set per chunk of starts is a few arrays of chunk x runs
+# (lawfit._optim.Objective sizes its chunk from the number of runs); what else grows with the
+# request is checked here before any work: L-BFGS keeps ~2m+8 vectors of P numbers per start,
+# a bootstrap keeps one weight per run per replicate, and merge keys hold 2n+1 numbers per start.
+MEMORY_LIMIT_BYTES = 2 * 1024 ** 3
+MERGE_BYTES = 256 * 1024 ** 2
+MAX_STARTS = 2_000_000
+
+
+def _check_request(law: Law, starts: Any, bootstrap: int, n_rows: int | None = None) -> None:
+    """Refuse a request whose working set would pass ``MEMORY_LIMIT_BYTES`` (a clear error
+    instead of a MemoryError or the OOM killer)."""
+    P = law.n_params
+    S = int(starts) if isinstance(starts, (int, np.integer)) and not isinstance(starts, bool) else 0
+    if S > MAX_STARTS:
+        raise LawfitError(f"starts={S:,} is more than lawfit's limit of {MAX_STARTS:,} starts "
+                          f"(memory grows with the number of starts); use fewer starts")
+    warm = 4
+    if bootstrap * warm > MAX_STARTS:
+        raise LawfitError(f"bootstrap={bootstrap:,} is more than lawfit's limit of {MAX_STARTS // warm:,} "
+                          "replicates (each refit from up to 4 warm starts); use fewer replicates")
+    if n_rows is None:
+        return
+    need = 8 * (max(S, 4500) * P * 30 + bootstrap * n_rows * 2 + bootstrap * warm * P * 30)
+    if S and law.name != "chinchilla":
+        need += 8 * S * n_rows * 4          # random starts are placed from the data, [S, n] arrays
+    if need > MEMORY_LIMIT_BYTES:
+        raise LawfitError(f"this fit would need about {need / 1024 ** 3:.1f} GiB ({n_rows:,} runs, "
+                          f"{S or 'grid'} starts, bootstrap {bootstrap:,}); lawfit's limit is "
+                          f"{MEMORY_LIMIT_BYTES / 1024 ** 3:.0f} GiB: use fewer bootstrap replicates or starts")
+
+
+def _check_identifiable(law: Law, df: pd.DataFrame) -> None:
+    """Raise "not identifiable" when the runs cannot determine every parameter of the law:
+    fewer distinct input points than parameters + 1, or one loss value for every run."""
+    pts = df[list(law.inputs)].drop_duplicates()
+    n_pts, P = len(pts), law.n_params
+    if n_pts < P + 1:
+        raise LawfitError(f"the {law.name} fit is not identifiable: {n_pts} distinct "
+                          f"({', '.join(law.inputs)}) point{'s' if n_pts != 1 else ''} for {P} parameters "
+                          f"(at least {P + 1} are needed, more for a meaningful fit)")
+    y = df["loss"].to_numpy(float)
+    if np.ptp(y) <= 1e-12 * np.max(np.abs(y)):
+        raise LawfitError(f"the {law.name} fit is not identifiable: every run has the same loss ({y[0]:g}), "
+                          "so no scaling can be measured")
+
+
+def _polish_message(p) -> str:
+    """scipy's stop reason in words (its line-search stop reads 'ABNORMAL: ' in recent versions)."""
+    msg = str(p.message).strip()
+    if msg.startswith("ABNORMAL") or "ROUNDING ERRORS" in msg or "LNSRCH" in msg:
+        return "stopped at the optimum: the line search found no further decrease"
+    return msg or ("converged" if p.success else "stopped")
+
+
+def _well_determined(law: Law, theta: np.ndarray, f: float, obj: "Objective | Conditioned") -> bool:
+    """False when the optimum is not finite or its parameters run off to a degenerate limit
+    (an exponent at ~0 with a scale that absorbs the loss: the data do not pin them down)."""
+    params = law._from_theta(theta)
+    vals = np.array([float(v) for v in params.values()])
+    if not np.all(np.isfinite(vals)):
+        return False
+    if isinstance(law, Chinchilla):
+        al, be = float(params["alpha"]), float(params["beta"])
+        if al < 1e-6 or be < 1e-6 or abs(theta[0]) > 200 or abs(theta[1]) > 200:
+            return False
+    return True
 
 
 def _multistart(obj: "Objective | Conditioned", theta0: np.ndarray, workers: int, merge: bool = True) -> BatchResult:
@@ -436,6 +523,9 @@ def _multistart(obj: "Objective | Conditioned", theta0: np.ndarray, workers: int
     gradients are returned in the law's own parameters."""
     z0 = obj.to_internal(theta0)
     floor = FIT_MERGE["term_floor"]
+    # merge keys are [starts, 2 runs + 1]: with very many runs they would not fit in memory,
+    # and merging is only a saving (the outcome is the same), so it is skipped
+    merge = merge and len(z0) * (2 * getattr(obj, "obj", obj).n + 1) * 8 <= MERGE_BYTES
     key0 = obj.merge_key(z0, floor) if merge else None
     if key0 is None:                          # nothing to merge: every start runs
         rep0, key = np.arange(len(z0)), None

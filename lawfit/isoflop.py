@@ -18,6 +18,8 @@ import pandas as pd
 from ._data import load_runs
 from ._errors import LawfitError, LawfitWarning
 
+FORMAT = "lawfit.isoflop/1"
+
 
 @dataclass
 class PowerFit:
@@ -79,7 +81,7 @@ class IsoFLOPResult:
         return "\n".join(lines)
 
     def to_dict(self) -> dict[str, Any]:
-        return {"budgets": self.budgets.to_dict(orient="records"), "n_opt": self.n_opt.to_dict(),
+        return {"format": FORMAT, "budgets": self.budgets.to_dict(orient="records"), "n_opt": self.n_opt.to_dict(),
                 "d_opt": self.d_opt.to_dict(), "skipped": [{"C": c, "reason": w} for c, w in self.skipped],
                 "n_runs": len(self.data), "notes": self.notes, "n_bootstrap": self.n_bootstrap,
                 "ci_level": self.ci_level}
@@ -145,7 +147,8 @@ def _loglog_fit(lc: np.ndarray, ly: np.ndarray, mask: np.ndarray) -> tuple[np.nd
 
 
 def isoflop(table: Any, columns: "str | Mapping[str, str] | None" = None, *, bins: Any = "auto",
-            min_runs: int = 3, bootstrap: int = 1000, seed: int = 0, ci_level: float = 0.95) -> IsoFLOPResult:
+            min_runs: int = 3, bootstrap: int = 1000, seed: int = 0, ci_level: float = 0.95,
+            exclude: Any = None) -> IsoFLOPResult:
     """IsoFLOP (Approach 2) analysis of a table with columns N (parameters), C (FLOP) and loss
     (``D`` tokens optional; C = 6ND or D = C/(6N) are derived when one is missing).
 
@@ -154,7 +157,7 @@ def isoflop(table: Any, columns: "str | Mapping[str, str] | None" = None, *, bin
     ``min_runs`` runs, or whose parabola has no minimum inside the sampled N range, are skipped
     with a :class:`LawfitWarning`.
     """
-    df, notes = load_runs(table, ["N", "C", "D"], columns, min_rows=3)
+    df, notes = load_runs(table, ["N", "C", "D"], columns, min_rows=3, exclude=exclude)
     N = df["N"].to_numpy(float)
     C = df["C"].to_numpy(float)
     D = df["D"].to_numpy(float)

@@ -86,7 +86,7 @@ besiroglu2024 = PublishedFit(
     law=Chinchilla(E=1.8172, A=482.01, B=2085.43, alpha=0.3478, beta=0.3658),
     n_counts="all parameters, embeddings included (the Chinchilla runs' model sizes)",
     notes=("Sum (not mean) of Huber losses; the five highest-loss runs of the extracted data are dropped. "
-           "lawfit.fit on ../shared/data/chinchilla_fig4_epoch.csv reaches the same optimum "
+           "lawfit.fit on the shipped data set chinchilla_fig4_epoch (lawfit.datasets) reaches the same optimum "
            "(E 1.8172, A 477.8, B 2143, alpha 0.3473, beta 0.3672; the printed A, B differ in the 3rd digit)."),
 )
 

@@ -10,7 +10,6 @@ import pytest
 
 from flopscale import lawfit
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data"
 
 
 def _isoflop_runs(law: lawfit.Chinchilla, budgets, rng, jitter: float = 0.0, per_budget: int = 9):
@@ -69,11 +68,11 @@ def test_isoflop_uses_the_tables_own_tokens():
 
 
 @pytest.mark.parametrize("name,kw", [
-    ("porian_refinedweb_isoflop.csv", {}),
-    ("isoflops_compiled.csv", {"experiment": "ml_scalefit__massivetext__chinchilla"}),
+    ("porian_refinedweb_isoflop", {}),
+    ("isoflops_compiled", {"experiment": "ml_scalefit__massivetext__chinchilla"}),
 ])
 def test_isoflop_on_shipped_data(name, kw):
-    df = pd.read_csv(DATA / name)
+    df = lawfit.datasets.load(name)          # shipped with the package, never ../shared
     if "experiment" in kw:
         df = df[df["experiment"] == kw["experiment"]]
     import warnings

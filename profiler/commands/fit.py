@@ -20,11 +20,15 @@ LAW_CHOICES = "chinchilla, kaplan_nd, kaplan_n, kaplan_d, kaplan_c, power_law, p
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
-    parser.add_argument("table", help="CSV file of training runs")
+    parser.add_argument("table", help="CSV file of training runs, or a shipped data set: "
+                                      "chinchilla_fig4_epoch, isoflops_compiled, porian_refinedweb_isoflop")
     parser.add_argument("--law", default="chinchilla", help=f"law to fit: {LAW_CHOICES} (default chinchilla)")
     parser.add_argument("--columns", default=None, metavar="NAME=COL,...",
                         help="map the law's names to CSV columns, e.g. N=params,D=tokens,loss=val_loss "
                              "(one-variable laws take x: --columns x=N)")
+    parser.add_argument("--exclude", action="append", default=None, metavar="RULE",
+                        help="leave out runs: 'highest-loss:K' (the K highest losses; Besiroglu et al. 2024 "
+                             "drop 5) or a row filter 'COLUMN OP NUMBER' such as 'N < 1e8' (repeatable)")
     parser.add_argument("--bootstrap", type=int, default=0, metavar="K",
                         help="bootstrap resamples for percentile intervals (default 0; isoflop: 1000)")
     parser.add_argument("--starts", default="grid", help="'grid' (default) or a number of random starts")
@@ -72,11 +76,11 @@ def run(args: argparse.Namespace) -> int:
         try:
             if is_iso:
                 result = lawfit.isoflop(args.table, columns=args.columns, bootstrap=args.bootstrap or 1000,
-                                        seed=args.seed, ci_level=args.ci_level)
+                                        seed=args.seed, ci_level=args.ci_level, exclude=args.exclude)
             else:
                 result = lawfit.fit(args.table, law=args.law, columns=args.columns, delta=args.delta, starts=starts,
                                     bootstrap=args.bootstrap, seed=args.seed, ci_level=args.ci_level,
-                                    workers=args.workers)
+                                    workers=args.workers, exclude=args.exclude)
         except lawfit.LawfitError as exc:
             _warn_to_stderr(caught)
             raise UserError(str(exc)) from None
