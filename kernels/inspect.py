@@ -10,13 +10,22 @@ GPU of that compute capability (e.g. 90 for sm_90), specialised as a typical lau
 :func:`inspect` compiles each spec with ``triton.compile(ASTSource(...),
 target=GPUTarget("cuda", capability, 32))`` and reads
 
-* ``registers``, ``spills`` -- from ``cuobjdump -res-usage`` on the cubin (REG; spills are
-  STACK + LOCAL bytes per thread, > 0 means the kernel spills),
+* ``registers``, ``stack_bytes``, ``spills`` -- from ``cuobjdump -res-usage`` on the cubin
+  (REG per thread; STACK bytes per thread; spills = STACK + LOCAL bytes per thread, > 0 means
+  the kernel spills),
 * ``shared_bytes`` -- Triton's shared-memory allocation (bytes per program), compared with the
   target's opt-in limit per block (``SMEM_LIMIT``),
-* ``tensor_core`` -- PTX has ``mma.sync`` or ``wgmma.mma_async``,
-* ``wgmma`` -- PTX has ``wgmma.mma_async`` or SASS (``cuobjdump -sass``) has ``HGMMA``/``QGMMA``
-  (Hopper warpgroup MMA for 16-bit/tf32 and fp8 operands).
+* instruction counts, static (instructions in the code, not executions), read from SASS
+  (``cuobjdump -sass``), or from PTX when no cuobjdump is found:
+  ``wgmma`` -- Hopper warpgroup MMA (SASS ``HGMMA``/``QGMMA``/``IGMMA``; PTX ``wgmma.mma_async``),
+  ``mma_sync`` -- warp-level MMA (SASS ``HMMA``/``QMMA``/``IMMA``; PTX ``mma.sync``),
+  ``tma_loads`` / ``tma_stores`` -- tensor-memory-accelerator copies (SASS ``UTMALDG`` /
+  ``UTMASTG``; PTX ``cp.async.bulk.tensor`` global->shared / shared->global),
+* ``tensor_core`` -- ``wgmma`` or ``mma_sync`` > 0,
+* ``warp_specialized`` -- whether warp specialization took effect in the code, not whether it
+  was asked for: the partitions of a warp-specialized kernel hand registers to each other with
+  ``setmaxnreg`` (PTX) / ``USETMAXREG`` (SASS); Triton ignores the request silently for
+  loops and tiles it cannot split (e.g. 8 warps at 128x256 on sm_90).
 
 To add a kernel module, append its import path to :data:`INSPECT_MODULES` and give it an
 ``inspect_specs(capability)`` function (import ``KernelSpec`` from here inside the hook).
@@ -37,12 +46,13 @@ import shutil
 import subprocess
 import sys
 import tempfile
+import threading
 import time
 import warnings
 from dataclasses import asdict, dataclass, field
-from typing import Any, Iterable, Mapping, Sequence
+from typing import Any, Callable, Iterable, Mapping, Sequence
 
-from ._runtime import interpreter_on
+from ._runtime import cache_dir, interpreter_on
 
 __all__ = [
     "INSPECT_MODULES",
@@ -54,7 +64,11 @@ __all__ = [
     "compile_spec",
     "inspect",
     "parse_target",
+    "Progress",
 ]
+
+#: ``progress(done, total)``, called after each configuration is compiled (or found cached).
+Progress = Callable[[int, int], None]
 
 #: Kernel modules scanned by ``flopscale inspect``; each defines ``inspect_specs(capability)``.
 INSPECT_MODULES: tuple[str, ...] = (
@@ -112,11 +126,16 @@ class InspectResult:
     compiled: bool
     error: str | None = None
     registers: int | None = None
+    stack_bytes: int | None = None
     spills: int | None = None
     shared_bytes: int | None = None
     smem_limit: int | None = None
     tensor_core: bool | None = None
-    wgmma: bool | None = None
+    wgmma: int | None = None
+    mma_sync: int | None = None
+    tma_loads: int | None = None
+    tma_stores: int | None = None
+    warp_specialized: bool | None = None
     expects_tensor_core: bool = True
     seconds: float = 0.0
     extra: dict = field(default_factory=dict)
@@ -174,9 +193,31 @@ def _tool(name: str) -> str | None:
 
 _RES_RE = re.compile(r"REG:(\d+)\s+STACK:(\d+)\s+SHARED:(\d+)\s+LOCAL:(\d+)")
 
+# static instruction counts: SASS opcodes (a word, possibly with .modifiers) and PTX mnemonics
+_SASS_OPS = {
+    "wgmma": r"\b[HQI]GMMA\b",
+    "mma_sync": r"\b(?:HMMA|QMMA|IMMA)\b",
+    "tma_loads": r"\bUTMALDG\b",
+    "tma_stores": r"\bUTMASTG\b",
+    "setmaxnreg": r"\bUSETMAXREG\b",
+}
+_PTX_OPS = {
+    "wgmma": r"\bwgmma\.mma_async\b",
+    "mma_sync": r"\bmma\.sync\b",
+    "tma_loads": r"\bcp\.async\.bulk\.tensor\.\w+\.shared::cluster\.global\b",
+    "tma_stores": r"\bcp\.async\.bulk\.tensor\.\w+\.global\.shared::cta\b",
+    "setmaxnreg": r"\bsetmaxnreg\b",
+}
+
+
+def count_ops(text: str, patterns: Mapping[str, str]) -> dict[str, int]:
+    """Occurrences of each pattern in assembly text, comments and labels excluded."""
+    code = "\n".join(line.split("//", 1)[0] for line in text.splitlines())
+    return {name: len(re.findall(p, code)) for name, p in patterns.items()}
+
 
 def _cubin_facts(cubin: bytes) -> dict:
-    """REG/STACK/LOCAL from ``cuobjdump -res-usage`` and whether SASS has warpgroup MMA."""
+    """REG/STACK/LOCAL from ``cuobjdump -res-usage`` and SASS instruction counts."""
     tool = _tool("cuobjdump")
     if tool is None:
         return {}
@@ -189,10 +230,10 @@ def _cubin_facts(cubin: bytes) -> dict:
         m = _RES_RE.search(out)
         if m:
             facts["registers"] = int(m.group(1))
+            facts["stack_bytes"] = int(m.group(2))
             facts["spills"] = int(m.group(2)) + int(m.group(4))
-        facts["sass_gmma"] = bool(re.search(r"\b[HQI]GMMA\b", out))
-        facts["sass_mma"] = bool(re.search(r"\b(HMMA|QMMA|IMMA)\b", out))
-        facts["sass_tma"] = "UTMALDG" in out or "UTMASTG" in out
+        if re.search(r"^\s+/\*[0-9a-f]{4}\*/", out, re.M):  # SASS was disassembled
+            facts["sass"] = count_ops(out, _SASS_OPS)
     return facts
 
 
@@ -240,17 +281,22 @@ def compile_spec(spec: KernelSpec, capability: int = 90) -> InspectResult:
         meta = compiled.metadata
         result.compiled = True
         result.shared_bytes = int(getattr(meta, "shared", 0) or 0)
-        ptx_wgmma = "wgmma.mma_async" in ptx
-        ptx_mma = ptx_wgmma or "mma.sync" in ptx
+        ptx_counts = count_ops(ptx, _PTX_OPS)
         facts = _cubin_facts(cubin) if cubin else {}
+        counts = facts.get("sass") or ptx_counts
         result.registers = facts.get("registers")
+        result.stack_bytes = facts.get("stack_bytes")
         result.spills = facts.get("spills")
-        result.tensor_core = ptx_mma or facts.get("sass_mma", False) or facts.get("sass_gmma", False)
-        result.wgmma = ptx_wgmma or facts.get("sass_gmma", False)
+        result.wgmma = counts["wgmma"]
+        result.mma_sync = counts["mma_sync"]
+        result.tma_loads = counts["tma_loads"]
+        result.tma_stores = counts["tma_stores"]
+        result.tensor_core = result.wgmma + result.mma_sync > 0
+        result.warp_specialized = counts["setmaxnreg"] > 0 or ptx_counts["setmaxnreg"] > 0
         result.extra = {
-            "ptx_wgmma": ptx_wgmma,
-            "sass_gmma": facts.get("sass_gmma"),
-            "tma": "cp.async.bulk.tensor" in ptx or bool(facts.get("sass_tma")),
+            "counted_in": "sass" if facts.get("sass") else "ptx",
+            "ptx": ptx_counts,
+            "tma": result.tma_loads + result.tma_stores > 0,
             "num_warps": spec.num_warps,
             "num_stages": spec.num_stages,
         }
@@ -292,29 +338,61 @@ def _jobs(n_specs: int) -> int:
     return max(1, min(cpus, 8, n_specs // 4))
 
 
-def _inspect_in_subprocess(cap: int, mods: tuple[str, ...], labels: list[str], jobs: int = 1) -> list[InspectResult]:
+class _Counter:
+    """Thread-safe ``done/total`` for a progress callback."""
+
+    def __init__(self, total: int, progress: Progress | None) -> None:
+        self.done, self.total, self.progress = 0, total, progress
+        self._lock = threading.Lock()
+
+    def step(self, n: int = 1) -> None:
+        if self.progress is None or n <= 0:
+            return
+        with self._lock:
+            self.done += n
+            self.progress(self.done, self.total)
+
+
+_DONE_MARK = "#compiled"
+
+
+def _inspect_in_subprocess(cap: int, mods: tuple[str, ...], labels: list[str], jobs: int = 1,
+                           counter: _Counter | None = None) -> list[InspectResult]:
     """Compile in child processes without the interpreter, ``jobs`` of them side by side (once
     per spec).  Under the Triton interpreter ``@triton.jit`` gives interpreted functions, which
-    cannot be compiled; on a GPU machine the children compile in parallel."""
+    cannot be compiled; on a GPU machine the children compile in parallel.  Each child prints
+    a line per compiled spec (for progress), then its results as one JSON line."""
     missing = [lb for lb in labels if (cap, mods, lb) not in _CHILD_RESULTS]
+    if counter is not None:
+        counter.step(len(labels) - len(missing))
     if missing:
         env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
         env["PYTHONPATH"] = os.pathsep.join(p for p in sys.path if p)
         if interpreter_on() and "TRITON_CACHE_DIR" not in env:
             # a cache of our own, so repeated runs (the test suite) reuse compiled kernels
-            from .matmul_layer import cache_dir
-
             env["TRITON_CACHE_DIR"] = str(cache_dir() / "triton-inspect")
         jobs = max(1, min(jobs, len(missing)))
         chunks = [missing[i::jobs] for i in range(jobs)]  # interleaved: similar kernels spread out
 
         def run(chunk: list[str]) -> tuple[int, str, str]:
             request = json.dumps({"target": cap, "modules": list(mods), "labels": chunk})
-            proc = subprocess.run(
-                [sys.executable, "-c", "import sys; from flopscale.kernels.inspect import _child; _child(sys.stdin.read())"],
-                input=request, capture_output=True, text=True, env=env,
-            )
-            return proc.returncode, proc.stdout, proc.stderr
+            with tempfile.TemporaryFile("w+") as err:
+                proc = subprocess.Popen(
+                    [sys.executable, "-c", "import sys; from flopscale.kernels.inspect import _child; _child(sys.stdin.read())"],
+                    stdin=subprocess.PIPE, stdout=subprocess.PIPE, stderr=err, text=True, env=env,
+                )
+                proc.stdin.write(request)
+                proc.stdin.close()
+                last = ""
+                for line in proc.stdout:
+                    if line.startswith(_DONE_MARK):
+                        if counter is not None:
+                            counter.step()
+                    elif line.strip():
+                        last = line
+                code = proc.wait()
+                err.seek(0)
+                return code, last, err.read()
 
         if jobs == 1:
             outputs = [run(chunks[0])]
@@ -337,28 +415,40 @@ def _inspect_in_subprocess(cap: int, mods: tuple[str, ...], labels: list[str], j
 def _child(request: str) -> None:
     req = json.loads(request)
     cap, labels = int(req["target"]), set(req["labels"])
-    results = [compile_spec(s, cap) for s in collect_specs(cap, req["modules"]) if _label(s) in labels]
-    sys.stdout.write(json.dumps([dataclasses.asdict(r) for r in results]))
+    results = []
+    for s in collect_specs(cap, req["modules"]):
+        if _label(s) in labels:
+            results.append(compile_spec(s, cap))
+            sys.stdout.write(f"{_DONE_MARK} {_label(s)}\n")
+            sys.stdout.flush()
+    sys.stdout.write(json.dumps([dataclasses.asdict(r) for r in results]) + "\n")
 
 
 def inspect(
     target: str | int = "sm90",
     modules: Iterable[str] | None = None,
     kernel_filter: str | Sequence[str] | None = None,
+    progress: Progress | None = None,
 ) -> list[InspectResult]:
     """Compile every shipped configuration of the scanned modules for ``target``.
 
     ``modules``: import paths to scan (default :data:`INSPECT_MODULES`).
     ``kernel_filter``: keep only specs whose ``"<kernel> <config>"`` contains this substring
-    (or any of these substrings).  Under the Triton interpreter the compilation runs in a
-    child process without it (interpreted kernels cannot be compiled).
+    (or any of these substrings).  ``progress(done, total)`` is called as configurations
+    finish.  Under the Triton interpreter the compilation runs in a child process without it
+    (interpreted kernels cannot be compiled).
     """
     cap = parse_target(target)
     mods = tuple(INSPECT_MODULES if modules is None else modules)
     specs = [s for s in collect_specs(cap, mods) if _matches(_label(s), kernel_filter)]
     if not specs:
         return []
+    counter = _Counter(len(specs), progress)
     jobs = _jobs(len(specs))
     if interpreter_on() or jobs > 1:
-        return _inspect_in_subprocess(cap, mods, [_label(s) for s in specs], jobs)
-    return [compile_spec(s, cap) for s in specs]
+        return _inspect_in_subprocess(cap, mods, [_label(s) for s in specs], jobs, counter)
+    results = []
+    for s in specs:
+        results.append(compile_spec(s, cap))
+        counter.step()
+    return results

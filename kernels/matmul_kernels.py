@@ -26,6 +26,8 @@ from dataclasses import dataclass, replace
 import triton
 import triton.language as tl
 
+from .inspect import KernelSpec
+
 __all__ = [
     "MatmulConfig",
     "HOPPER_CONFIGS",
@@ -249,8 +251,6 @@ def inspect_specs(capability: int = 90) -> list:
     """Every shipped configuration of both kernels as ``kernels.inspect.KernelSpec`` objects,
     specialised as a typical launch is (16-byte aligned pointers and strides, unit inner
     strides), for a GPU of compute capability ``capability`` (e.g. 90)."""
-    from .inspect import KernelSpec  # local: keeps this module importable without the inspector
-
     major = capability // 10
     specs = []
     for dt in ("bf16", "fp16", "fp32", "fp8"):

@@ -43,7 +43,7 @@ from torch.utils.flop_counter import register_flop_formula
 
 from . import matmul_kernels as mk
 from ._cost import Cost, register_cost
-from ._runtime import check_runnable, interpreter_on, wrap_triton
+from ._runtime import cache_dir, check_runnable, interpreter_on, wrap_triton
 
 __all__ = ["matmul", "matmul_reference", "cache_dir"]
 
@@ -106,17 +106,6 @@ def _validate(a: Any, b: Any, out_dtype: Any) -> None:
 
 
 # --------------------------------------------------------------------------- configuration cache
-def cache_dir() -> Path:
-    """Where tuned configurations are remembered: ``$FLOPSCALE_CACHE_DIR``, else
-    ``$XDG_CACHE_HOME/flopscale``, else ``~/.cache/flopscale``."""
-    env = os.environ.get("FLOPSCALE_CACHE_DIR")
-    if env:
-        return Path(env)
-    xdg = os.environ.get("XDG_CACHE_HOME")
-    base = Path(xdg) if xdg else Path.home() / ".cache"
-    return base / "flopscale"
-
-
 class ConfigCache:
     """Chosen configuration per tuning key, kept in memory and in a JSON file.
 

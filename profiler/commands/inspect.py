@@ -2,6 +2,7 @@
 from __future__ import annotations
 
 import argparse
+import sys
 import time
 
 from ._common import UserError, print_json
@@ -12,13 +13,17 @@ DESCRIPTION = (
     "Compile every shipped Triton kernel configuration for a target GPU without needing one "
     "(Triton's GPUTarget), and print one row per configuration: kernel, config, compiled or the "
     "error, registers per thread, spills (bytes of stack+local memory per thread; > 0 means the "
-    "kernel spills), shared memory in bytes per program (and whether it fits the target's limit), "
-    "whether it runs on tensor cores and whether it uses Hopper warpgroup MMA (wgmma in PTX, "
-    "HGMMA/QGMMA in SASS via the cuobjdump shipped with Triton). Exit status 1 if a configuration "
-    "fails to compile, spills or does not fit in shared memory."
+    "kernel spills) and stack bytes per thread, shared memory in bytes per program (and whether it "
+    "fits the target's limit), static instruction counts read from SASS via the cuobjdump shipped "
+    "with Triton (from PTX without it): wgmma = Hopper warpgroup MMA (HGMMA/QGMMA), mma.sync "
+    "(HMMA/QMMA), TMA loads (UTMALDG) and stores (UTMASTG), and whether warp specialization took "
+    "effect in the code (setmaxnreg between partitions). Progress goes to stderr when it is a "
+    "terminal (not with --json). Exit status 1 if a configuration fails to compile, spills or "
+    "does not fit in shared memory."
 )
 
-JSON_KEYS = ("kernel", "config", "compiled", "registers", "spills", "shared_bytes", "tensor_core", "wgmma")
+JSON_KEYS = ("kernel", "config", "compiled", "registers", "stack_bytes", "spills", "shared_bytes", "tensor_core",
+             "wgmma", "mma_sync", "tma_loads", "tma_stores", "warp_specialized")
 
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
@@ -43,6 +48,17 @@ def _fmt(v, yes="yes", no="no") -> str:
     return str(v)
 
 
+def _progress_printer(stream):
+    """``progress(done, total)`` that redraws one status line on ``stream``."""
+
+    def progress(done: int, total: int) -> None:
+        end = "\n" if done >= total else ""
+        stream.write(f"\rinspect: {done}/{total} configurations compiled{end}")
+        stream.flush()
+
+    return progress
+
+
 def run(args: argparse.Namespace) -> int:
     try:
         from flopscale.kernels import inspect as kinspect
@@ -54,7 +70,8 @@ def run(args: argparse.Namespace) -> int:
         raise UserError(str(exc)) from None
     t0 = time.perf_counter()
     try:
-        results = kinspect.inspect(cap, kernel_filter=args.kernel)
+        show = not args.json and sys.stderr.isatty()
+        results = kinspect.inspect(cap, kernel_filter=args.kernel, progress=_progress_printer(sys.stderr) if show else None)
     except ImportError as exc:  # pragma: no cover - triton missing
         raise UserError(f"cannot inspect kernels: {exc}") from None
     elapsed = time.perf_counter() - t0
@@ -66,15 +83,17 @@ def run(args: argparse.Namespace) -> int:
         print_json([_row(r) for r in results])
         return 1 if bad else 0
 
-    headers = ("kernel", "config", "status", "regs", "spills[B]", "smem[B]", "tensor core", "wgmma")
+    headers = ("kernel", "config", "status", "regs", "stack[B]", "spills[B]", "smem[B]", "wgmma", "mma.sync",
+               "TMA ld", "TMA st", "warp spec.")
     rows = []
     for r in results:
         if r.compiled:
             status = "ok" if r.fits_smem is not False else "smem>limit"
         else:
             status = f"error: {r.error}"
-        rows.append((r.kernel, r.config, status, _fmt(r.registers), _fmt(r.spills), _fmt(r.shared_bytes),
-                     _fmt(r.tensor_core), _fmt(r.wgmma)))
+        rows.append((r.kernel, r.config, status, _fmt(r.registers), _fmt(r.stack_bytes), _fmt(r.spills),
+                     _fmt(r.shared_bytes), _fmt(r.wgmma), _fmt(r.mma_sync), _fmt(r.tma_loads), _fmt(r.tma_stores),
+                     _fmt(r.warp_specialized)))
     widths = [max(len(h), *(len(row[i]) for row in rows)) if rows else len(h) for i, h in enumerate(headers)]
     line = "  ".join(h.ljust(w) for h, w in zip(headers, widths))
     print(line)
@@ -88,7 +107,8 @@ def run(args: argparse.Namespace) -> int:
     print(
         f"sm_{cap}: {n_ok}/{len(results)} configurations compiled in {elapsed:.1f} s; "
         f"{n_wgmma} use wgmma; shared-memory limit {limit} bytes per block; "
-        f"regs = registers per thread, spills = stack+local bytes per thread"
+        f"regs = registers per thread, stack/spills = stack and stack+local bytes per thread; "
+        f"wgmma, mma.sync, TMA ld/st = static instruction counts in SASS"
     )
     if bad:
         print(f"{len(bad)} configuration(s) failed to compile, spill or exceed shared memory")
