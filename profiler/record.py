@@ -65,7 +65,15 @@ the launch's own duration (for a custom op: all the kernels it launches).
 
 Labels.  ``label(name)`` (a context manager and decorator) or ``push_label`` /
 ``pop_label`` put names on a per-thread stack; each record's ``scope`` is the
-stack joined by "/".  Autograd runs backward ops in its own threads on CUDA, so
+stack joined by "/".  Launches without such a label get their ``nn.Module`` path
+automatically (``modules=True``, the default; :mod:`profiler.module_scopes`): with
+``model=`` given, by that model's attribute names ("GPT/blocks/0/attn"), otherwise by
+class names for every module that runs; backward ops carry "<forward scope> (backward)".
+
+Reading it.  ``print(prof)`` (or ``prof.report()``) prints a table per op and per module:
+count, time, FLOPs, rate, share of the roofline ceiling, bytes, bound; under it MFU =
+model FLOPs / (wall time x peak) naming the peak, and the utilisation over op time
+only under its own name.  Autograd runs backward ops in its own threads on CUDA, so
 labels for backward work must be pushed there (backward hooks do this).
 """
 from __future__ import annotations
@@ -576,7 +584,9 @@ class Profile:
     """Record every costed op run inside the block, launch by launch.
 
     ``all_ops``: also record every other aten op that does work, with estimated
-    non-matmul FLOPs.  ``ceilings``: the :class:`profiler.devices.Ceilings` used by
+    non-matmul FLOPs.  ``model``: an ``nn.Module`` whose module names become the records'
+    scopes; ``modules`` (default True): without a model, scope by the class names of
+    every module that runs (False: only hand-made labels).  ``ceilings``: the :class:`profiler.devices.Ceilings` used by
     :meth:`table` (default: cached measured ceilings, measuring quickly if none are
     cached; ``peak="datasheet"`` for the datasheet peaks).  ``device``: where peak
     memory is tracked (default the current CUDA device, if any).
@@ -589,10 +599,13 @@ class Profile:
     """
 
     def __init__(self, all_ops: bool = False, ceilings: Any = None, peak: str = "measured",
-                 device: Any = None) -> None:
+                 device: Any = None, model: Any = None, modules: bool = True) -> None:
         if peak not in ("measured", "datasheet"):
             raise ValueError(f"Profile: peak must be 'measured' or 'datasheet', got {peak!r}")
         self.all_ops = bool(all_ops)
+        self.model = model
+        self.modules = bool(modules) or model is not None
+        self._scopes: Any = None
         self.ceilings = ceilings
         self.peak = peak
         self.records: list[Record] = []
@@ -634,6 +647,10 @@ class Profile:
             self._ev0 = torch.cuda.Event(enable_timing=True)
             self._ev0.record()
         self._active = True
+        if self.modules:
+            from .module_scopes import ModuleScopes
+
+            self._scopes = ModuleScopes(self.model).__enter__()
         self._t0 = time.perf_counter()
         self._mode = _RecordingMode(self)
         self._mode.__enter__()
@@ -643,6 +660,9 @@ class Profile:
         mode, self._mode = self._mode, None
         if mode is not None:
             mode.__exit__(*exc)
+        scopes, self._scopes = self._scopes, None
+        if scopes is not None:
+            scopes.__exit__(*exc)
         self._active = False
         try:
             if self._pending:
@@ -706,7 +726,7 @@ class Profile:
         shapes = [s for s in (_shape_of(a) for a in args) if s is not None]
         rec = Record(
             op=func._schema.name,
-            scope=current_scope(),
+            scope=self._scope_now(),
             shapes=shapes,
             dtype=dtype,
             flops=cost["flops"],
@@ -730,6 +750,21 @@ class Profile:
             rec.start_s = t0 - self._t0
         self.records.append(rec)
         return out
+
+    def _scope_now(self) -> str:
+        scope = current_scope()
+        if scope or self._scopes is None:
+            return scope  # labels made by hand win
+        from .module_scopes import BACKWARD_SUFFIX, backward_scope, forward_scope
+
+        fw = forward_scope()
+        if fw:
+            return fw
+        if torch._C._current_graph_task_id() != -1:  # in a backward pass
+            b = backward_scope()
+            if b:
+                return b + BACKWARD_SUFFIX
+        return ""
 
     # ------------------------------------------------------------ results
     def _ceilings(self, peak: str | None = None, ceilings: Any = None) -> Any:
@@ -777,19 +812,35 @@ class Profile:
         """
         from .roofline import annotate
 
-        return annotate(self.raw_table(), self._ceilings(peak, ceilings))
+        return annotate(self.raw_table().drop(columns=["index"]), self._ceilings(peak, ceilings))
 
     def summary(self, peak: str | None = None, ceilings: Any = None) -> Any:
-        """Totals per op (sorted by time): count, FLOPs, bytes, time, rates, MFU/HFU, share of time."""
+        """Totals per op (sorted by time): count, FLOPs, bytes, time, rates, share of time, share of
+        peak over the op's own time (``peak_share``)."""
         from .roofline import summarise
 
         return summarise(self.table(peak, ceilings))
 
+    def report(self, by: str | None = None, peak: str | None = None, ceilings: Any = None) -> Any:
+        """The readable table (:class:`profiler.profile_table.ProfileReport`; ``print`` it, or
+        ``to_dict()``): ``by="op"``, ``"module"``, or None for both (module table when scoped)."""
+        from .profile_table import build_report
+
+        return build_report(self, by=by, peak=peak, ceilings=ceilings)
+
+    def __str__(self) -> str:
+        if self._active or self.wall_time_s is None:
+            return f"<Profile: {len(self.records)} launch(es) so far, still recording>"
+        return self.report().to_text()
+
     def totals(self, peak: str | None = None, ceilings: Any = None) -> dict[str, Any]:
-        """Whole-region totals: FLOPs, bytes, time, MFU/HFU (see :func:`profiler.roofline.utilisation`)."""
+        """Whole-region totals: FLOPs, bytes, times, ``mfu`` = model FLOPs / (wall time x peak),
+        ``hfu`` likewise with executed FLOPs, ``mfu_op_time`` (over the recorded ops' time only,
+        not MFU), the peak used and any ratio above 1 in ``flags``
+        (see :func:`profiler.roofline.utilisation`)."""
         from .roofline import utilisation
 
-        u = utilisation(self, peak=peak or self.peak, ceilings=self._ceilings(peak, ceilings))
+        u = utilisation(self, peak=peak or self.peak, ceilings=self._ceilings(peak, ceilings), over="wall")
         d = u.to_dict()
         d.update(wall_time_s=self.wall_time_s, peak_memory_bytes=self.peak_memory_bytes,
                  peak_memory_delta_bytes=self.peak_memory_delta_bytes, launches=len(self.records))

@@ -5,10 +5,15 @@ Definitions (every rate in FLOP/s, bandwidth in bytes/s, times in seconds):
 * ``peak`` -- the rate of the record's ``peak_dtype``: the *measured ceiling*
   (``profiler.calibrate()``) by default, the *datasheet dense peak* on request
   (``peak="datasheet"``).  Every result carries ``peak_source`` naming it.
-* MFU = model FLOPs / time / peak; HFU = executed FLOPs / time / peak.  Over many
-  launches (possibly of different dtypes): ``sum_i(F_i / peak_i) / T`` -- the time
-  the FLOPs would take at peak over the time they took; ``T`` is the sum of the
-  launch times (``over="records"``) or the wall time of the region (``"wall"``).
+* MFU = model FLOPs / (wall time x peak), as nanoGPT and PaLM define it; HFU the same
+  with executed FLOPs.  Over many launches (possibly of different dtypes):
+  ``sum_i(F_i / peak_i) / T`` -- the time the FLOPs would take at peak over the time
+  they took.  ``T`` is the wall time of the profiled region (the default,
+  ``over="wall"``).  The same ratio over the sum of the recorded launches' own times
+  (``over="records"``) is *not* MFU -- the gaps between launches, unrecorded ops and
+  host work are left out -- and is reported as ``mfu_op_time`` / ``hfu_op_time``.
+* A ratio above 1 (an MFU, a per-launch share of peak, a ceiling share) is impossible
+  for a right ceiling and a right time: it is flagged (``flags``), never silently shown.
 * Roofline time of a launch = ``max(executed/peak + nonmatmul/peak_fp32,
   bytes/bandwidth)``: non-matmul work runs on the vector units, whose ceiling is
   the float32 (non-tensor-core) rate.  ``ceiling_share`` = roofline time / measured
@@ -29,7 +34,7 @@ import numpy as np
 from ._io import atomic_path
 from .devices import Ceilings, calibrate, current_spec
 
-__all__ = ["resolve_ceilings", "annotate", "summarise", "Utilisation", "utilisation", "plot_roofline"]
+__all__ = ["resolve_ceilings", "annotate", "summarise", "Utilisation", "utilisation", "ratio_flags", "plot_roofline"]
 
 
 def resolve_ceilings(peak: str = "measured", ceilings: Ceilings | None = None, device: Any = None) -> Ceilings:
@@ -85,13 +90,15 @@ def annotate(df: Any, ceilings: Ceilings) -> Any:
 
 
 def summarise(table: Any) -> Any:
-    """Group an annotated table by op: sums, rates, MFU/HFU (time-weighted), share of time."""
+    """Group an annotated table by op: sums, rates, share of time, and ``peak_share`` /
+    ``executed_peak_share``: the op's model / executed FLOPs over (its own summed time x peak),
+    a utilisation of that op's time (not MFU, which divides by the wall time)."""
     import pandas as pd
 
     if len(table) == 0:
         return pd.DataFrame(columns=["op", "count", "flops", "executed_flops", "nonmatmul_flops", "bytes",
-                                     "time_s", "time_share", "flop_per_s", "bytes_per_s", "mfu", "hfu",
-                                     "ceiling_share", "peak_source"])
+                                     "time_s", "time_share", "flop_per_s", "bytes_per_s", "peak_share",
+                                     "executed_peak_share", "ceiling_share", "peak_source"])
     t = table.copy()
     with np.errstate(divide="ignore", invalid="ignore"):
         t["_ideal"] = _col(t, "flops") / _col(t, "peak_flop_per_s")
@@ -109,13 +116,13 @@ def summarise(table: Any) -> Any:
         s["time_share"] = _col(s, "time_s") / total if total > 0 else math.nan
         s["flop_per_s"] = _col(s, "flops") / _col(s, "time_s")
         s["bytes_per_s"] = _col(s, "bytes") / _col(s, "time_s")
-        s["mfu"] = _col(s, "_ideal") / _col(s, "time_s")
-        s["hfu"] = _col(s, "_ideal_exe") / _col(s, "time_s")
+        s["peak_share"] = _col(s, "_ideal") / _col(s, "time_s")
+        s["executed_peak_share"] = _col(s, "_ideal_exe") / _col(s, "time_s")
         s["ceiling_share"] = _col(s, "_roof") / _col(s, "time_s")
     s = s.drop(columns=["_ideal", "_ideal_exe", "_roof"])
     s = s.sort_values("time_s", ascending=False, na_position="last").reset_index(drop=True)
     cols = ["op", "count", "flops", "executed_flops", "nonmatmul_flops", "bytes", "time_s", "time_share",
-            "flop_per_s", "bytes_per_s", "mfu", "hfu", "ceiling_share", "peak_source"]
+            "flop_per_s", "bytes_per_s", "peak_share", "executed_peak_share", "ceiling_share", "peak_source"]
     return s[cols]
 
 
@@ -123,9 +130,14 @@ def summarise(table: Any) -> Any:
 class Utilisation:
     """MFU/HFU over a set of launches, with the peak they divide by.
 
-    ``mfu``/``hfu``: fractions (0..1); ``time_s``: the denominator time (seconds);
-    ``unpeaked_flops``: model FLOPs whose dtype had no peak (left out of MFU);
-    ``per_op``: :func:`summarise` table.
+    ``mfu``/``hfu``: fractions (0..1) over ``time_s`` -- the wall time of the region for
+    ``over="wall"`` (conventional MFU), the sum of launch times for ``over="records"``;
+    ``mfu_op_time``/``hfu_op_time``: the same FLOPs over the recorded launches' own time
+    (``op_time_s``), a utilisation of the busy time only, never called MFU;
+    ``peak_flop_per_s``: dtype -> the peak used (FLOP/s); ``peak_source`` names it
+    (measured ceiling or datasheet); ``unpeaked_flops``: model FLOPs whose dtype had no
+    peak (left out); ``flags``: ratios above 1 and what they mean; ``per_op``:
+    :func:`summarise` table.
     """
 
     mfu: float
@@ -141,28 +153,82 @@ class Utilisation:
     unpeaked_flops: int = 0
     per_op: Any = field(default=None, repr=False)
     note: str = ""
+    mfu_op_time: float = math.nan
+    hfu_op_time: float = math.nan
+    op_time_s: float = math.nan
+    wall_time_s: float | None = None
+    peak_flop_per_s: dict = field(default_factory=dict)
+    flags: list = field(default_factory=list)
 
     def to_dict(self) -> dict[str, Any]:
         return {
-            "mfu": self.mfu, "hfu": self.hfu, "flops": self.flops, "executed_flops": self.executed_flops,
+            "mfu": self.mfu, "hfu": self.hfu, "mfu_op_time": self.mfu_op_time, "hfu_op_time": self.hfu_op_time,
+            "flops": self.flops, "executed_flops": self.executed_flops,
             "nonmatmul_flops": self.nonmatmul_flops, "bytes": self.bytes, "time_s": self.time_s,
-            "over": self.over, "peak": self.peak, "peak_source": self.peak_source,
-            "unpeaked_flops": self.unpeaked_flops, "note": self.note,
+            "op_time_s": self.op_time_s, "over": self.over, "peak": self.peak, "peak_source": self.peak_source,
+            "peak_flop_per_s": dict(self.peak_flop_per_s), "mfu_definition": self.definition,
+            "unpeaked_flops": self.unpeaked_flops, "flags": list(self.flags), "note": self.note,
             "per_op": [] if self.per_op is None else self.per_op.to_dict(orient="records"),
         }
 
+    @property
+    def definition(self) -> str:
+        if self.over == "wall":
+            return "MFU = model FLOPs / (wall time of the region x peak)"
+        return "model FLOPs / (sum of the recorded launches' times x peak): a utilisation of op time, not MFU"
+
     def __str__(self) -> str:
-        return (f"MFU {self.mfu * 100:.1f}% / HFU {self.hfu * 100:.1f}% of {self.peak_source} "
-                f"over {self.time_s:.4g} s ({self.over})")
+        name = "MFU" if self.over == "wall" else "op-time utilisation"
+        hname = "HFU" if self.over == "wall" else "executed"
+        text = (f"{name} {_pct(self.mfu)} / {hname} {_pct(self.hfu)} of {self.peak_source} "
+                f"over {self.time_s:.4g} s ({'wall time' if self.over == 'wall' else 'sum of op times'})")
+        if self.over == "wall" and math.isfinite(self.mfu_op_time):
+            text += f"; over op time only {_pct(self.mfu_op_time)}"
+        return text
+
+
+def _pct(x: float) -> str:
+    return f"{x * 100:.1f}%" if x is not None and math.isfinite(x) else "n/a"
+
+
+# a ratio this far above 1 is reported as impossible (timer resolution and rounding stay below it)
+RATIO_TOLERANCE = 1.02
+
+
+def ratio_flags(table: Any, mfu: float | None = None, ceilings: Ceilings | None = None) -> list[str]:
+    """Sentences for every ratio above 1 in an annotated table (and the total MFU): such a ratio
+    means the ceiling or the time is wrong, so it is named, with what to do about it."""
+    flags: list[str] = []
+    if mfu is not None and math.isfinite(mfu) and mfu > RATIO_TOLERANCE:
+        flags.append(f"MFU {mfu:.3g} > 1: the peak is too low or the time too short")
+    if table is None or len(table) == 0 or "mfu" not in table.columns:
+        return flags
+    measured = ceilings is None or ceilings.source == "measured"
+    with np.errstate(invalid="ignore"):
+        over_peak = table[_col(table, "mfu") > RATIO_TOLERANCE]
+        over_roof = table[(_col(table, "ceiling_share") > RATIO_TOLERANCE) & ~(_col(table, "mfu") > RATIO_TOLERANCE)]
+    if len(over_peak):
+        worst = float(np.nanmax(_col(over_peak, "mfu")))
+        dts = ", ".join(sorted(set(map(str, over_peak["peak_dtype"]))))
+        flags.append(f"{len(over_peak)} launch(es) ran faster than the {dts} peak (up to {worst:.3g}x): "
+                     + ("the measured ceiling is stale or was measured under load; recalibrate "
+                        "(profiler.calibrate(recalibrate=True), flopscale profile --recalibrate)" if measured
+                        else "the datasheet peak is wrong for this device"))
+    if len(over_roof):
+        worst = float(np.nanmax(_col(over_roof, "ceiling_share")))
+        flags.append(f"{len(over_roof)} launch(es) beat the roofline (ceiling share up to {worst:.3g}): their data "
+                     "came from caches faster than the memory bandwidth ceiling, or the ceilings are wrong")
+    return flags
 
 
 def utilisation(source: Any, peak: str = "measured", ceilings: Ceilings | None = None,
-                over: str = "records") -> Utilisation:
+                over: str = "wall") -> Utilisation:
     """MFU and HFU of a :class:`profiler.Profile` (or an annotated/raw table).
 
     ``peak``: "measured" (default) or "datasheet"; ``ceilings`` overrides both.
-    ``over``: "records" (sum of launch times) or "wall" (the region's wall time;
-    needs a Profile).
+    ``over``: "wall" (default: the region's wall time, conventional MFU; needs a Profile)
+    or "records" (sum of launch times; a utilisation of op time).  ``mfu_op_time`` is
+    always the op-time ratio.
     """
     if over not in ("records", "wall"):
         raise ValueError(f"over must be 'records' or 'wall', got {over!r}")
@@ -185,25 +251,35 @@ def utilisation(source: Any, peak: str = "measured", ceilings: Ceilings | None =
         ideal = float(np.sum(np.where(has_peak, flops / np.where(has_peak, peakv, 1.0), 0.0)))
         ideal_exe = float(np.sum(np.where(has_peak, exe / np.where(has_peak, peakv, 1.0), 0.0)))
     unpeaked = int(np.sum(np.where(has_peak, 0, flops)))
+    op_time = float(np.nansum(_col(table, "time_s")))
     if over == "wall":
         if wall is None:
-            raise ValueError("over='wall' needs a Profile (a table has no wall time)")
+            raise ValueError("over='wall' needs a Profile (a table has no wall time); pass over='records' "
+                             "for a utilisation of op time")
         T = float(wall)
     else:
-        T = float(np.nansum(_col(table, "time_s")))
+        T = op_time
     note = ""
     if unpeaked:
         dts = sorted(set(table.loc[~has_peak & (flops > 0), "peak_dtype"]))
         note = f"{unpeaked:.3e} FLOP of dtype {', '.join(dts)} have no peak in {ceilings.label}; left out"
     mfu = ideal / T if T > 0 else math.nan
     hfu = ideal_exe / T if T > 0 else math.nan
+    mfu_op = ideal / op_time if op_time > 0 else math.nan
+    hfu_op = ideal_exe / op_time if op_time > 0 else math.nan
     if not has_peak.any() and flops.sum() > 0:
-        mfu = hfu = math.nan
+        mfu = hfu = mfu_op = hfu_op = math.nan
+    used = sorted(set(table.loc[has_peak, "peak_dtype"])) if len(table) else []
+    peaks = {str(d): float(ceilings.flops[d]) for d in used if ceilings.flops.get(d)}
+    flags = ratio_flags(table, mfu, ceilings)
+    if over == "wall" and math.isfinite(mfu_op) and mfu_op > RATIO_TOLERANCE and not flags:
+        flags.append(f"utilisation over op time {mfu_op:.3g} > 1: the peak is too low or the op times too short")
     return Utilisation(
         mfu=mfu, hfu=hfu, flops=int(flops.sum()), executed_flops=int(exe.sum()),
         nonmatmul_flops=int(_col(table, "nonmatmul_flops").sum()), bytes=int(_col(table, "bytes").sum()),
         time_s=T, over=over, peak=ceilings.source, peak_source=ceilings.label, unpeaked_flops=unpeaked,
-        per_op=summarise(table), note=note,
+        per_op=summarise(table), note=note, mfu_op_time=mfu_op, hfu_op_time=hfu_op, op_time_s=op_time,
+        wall_time_s=None if wall is None else float(wall), peak_flop_per_s=peaks, flags=flags,
     )
 
 

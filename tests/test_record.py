@@ -289,17 +289,18 @@ def test_summary_and_utilisation_totals():
     s = prof.summary()
     assert dict(zip(s["op"], s["count"])) == {"aten::mm": 3, "aten::bmm": 1}
     assert s["time_share"].sum() == pytest.approx(1.0)
-    u = utilisation(prof, ceilings=ceil())
+    u = utilisation(prof, ceilings=ceil(), over="records")
     T = sum(r.time_s for r in prof.records)
     assert u.flops == 4 * 2 * 32**3
     assert u.mfu == pytest.approx(u.flops / 1e9 / T)
     assert "measured" in u.peak_source
-    uw = utilisation(prof, ceilings=ceil(), over="wall")
-    assert uw.mfu <= u.mfu and uw.time_s == prof.wall_time_s
+    uw = utilisation(prof, ceilings=ceil())  # default: wall time (conventional MFU)
+    assert uw.over == "wall" and uw.mfu <= u.mfu and uw.time_s == prof.wall_time_s
+    assert uw.mfu_op_time == pytest.approx(u.mfu)
     # a dtype without a peak is left out of MFU and reported
     with Profile(ceilings=ceil()) as p64:
         torch.randn(8, 8, dtype=torch.float64) @ torch.randn(8, 8, dtype=torch.float64)
-    u64 = utilisation(p64, ceilings=ceil())
+    u64 = utilisation(p64, ceilings=ceil(), over="records")
     assert math.isnan(u64.mfu) and u64.unpeaked_flops == 2 * 8**3 and "fp64" in u64.note
 
 
