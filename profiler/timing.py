@@ -24,7 +24,10 @@ then times every repetition separately and returns the whole distribution.
   "L2" flush writes a buffer twice the size of the last-level cache.
 
 Every time is in seconds.  Statistics: median, inter-quartile range (p75 - p25,
-linear interpolation), minimum, maximum, mean, count.
+linear interpolation), minimum, maximum, mean, count.  A distribution whose IQR is at
+least ``UNSTABLE_IQR_RATIO`` (half) of its median is *unstable* (``Timing.unstable``;
+a busy machine, frequency changes): its median is a rough figure, and every rendering
+says so next to the number.
 """
 from __future__ import annotations
 
@@ -36,7 +39,21 @@ from typing import Any, Callable
 
 import numpy as np
 
-__all__ = ["Timing", "bench", "llc_bytes"]
+__all__ = ["Timing", "bench", "llc_bytes", "UNSTABLE_IQR_RATIO", "check_time_budget"]
+
+# IQR / median at or above which a timing is called unstable ("IQR comparable to the median")
+UNSTABLE_IQR_RATIO = 0.5
+
+
+def check_time_budget(seconds: Any, what: str = "time budget") -> float:
+    """``seconds`` as a float if it is a finite number > 0, else ValueError naming ``what``."""
+    try:
+        v = float(seconds)
+    except (TypeError, ValueError):
+        raise ValueError(f"{what} must be a number of seconds > 0, got {seconds!r}") from None
+    if isinstance(seconds, bool) or not math.isfinite(v) or v <= 0:
+        raise ValueError(f"{what} must be a finite number of seconds > 0, got {seconds!r}")
+    return v
 
 
 @dataclass(frozen=True)
@@ -73,16 +90,36 @@ class Timing:
             **meta,
         )
 
+    @property
+    def iqr_ratio(self) -> float:
+        """IQR / median (NaN for a zero median)."""
+        return self.iqr_s / self.median_s if self.median_s > 0 else math.nan
+
+    @property
+    def unstable(self) -> bool:
+        """True when the IQR is at least ``UNSTABLE_IQR_RATIO`` of the median."""
+        r = self.iqr_ratio
+        return bool(self.count >= 2 and math.isfinite(r) and r >= UNSTABLE_IQR_RATIO)
+
+    @property
+    def stability_note(self) -> str:
+        """'' when stable, else a phrase to print next to the median."""
+        if not self.unstable:
+            return ""
+        return f"unstable: IQR {self.iqr_ratio * 100:.0f}% of the median"
+
     def to_dict(self, with_times: bool = False) -> dict[str, Any]:
         d = asdict(self)
         if not with_times:
             d.pop("times_s")
+        d["unstable"] = self.unstable
         return d
 
     def __str__(self) -> str:
+        note = f", {self.stability_note}" if self.unstable else ""
         return (
             f"median {_fmt_s(self.median_s)} (IQR {_fmt_s(self.iqr_s)}, min {_fmt_s(self.min_s)}, "
-            f"n={self.count}, {self.clock})"
+            f"n={self.count}, {self.clock}{note})"
         )
 
 
@@ -237,8 +274,7 @@ def bench(
         warmup = 1
     if rep is not None and rep < 1:
         raise ValueError(f"bench: rep must be >= 1, got {rep}")
-    if not (time_budget_s > 0):
-        raise ValueError(f"bench: time_budget_s must be > 0, got {time_budget_s}")
+    time_budget_s = check_time_budget(time_budget_s, "bench: time_budget_s")
     dev = _resolve_device(device)
     on_cuda = dev.type == "cuda"
     if cuda_graph and not on_cuda:

@@ -125,3 +125,19 @@ def test_hide_launch_excludes_host_time_between_kernels():
     hidden = bench(host_bound, warmup=2, time_budget_s=0.1, flush_l2=False, hide_launch=True)
     assert eager.median_s > 0.8e-3  # the events saw the host's millisecond
     assert hidden.hide_launch and hidden.median_s < 0.2e-3  # only the two kernels
+
+
+@pytest.mark.parametrize("budget", [float("inf"), float("nan"), -1.0, 0.0, True])
+def test_non_finite_or_non_positive_budget_is_refused(budget):
+    with pytest.raises(ValueError, match="time_budget_s"):
+        bench(lambda: None, time_budget_s=budget, device="cpu")
+
+
+def test_unstable_timing_is_said_so():
+    # IQR 4 ms against a 4 ms median: comparable, so unstable
+    shaky = Timing.from_times([0.002, 0.003, 0.004, 0.007, 0.008])
+    assert shaky.unstable and "unstable" in str(shaky) and shaky.to_dict()["unstable"] is True
+    assert "IQR 100% of the median" in shaky.stability_note
+    steady = Timing.from_times([0.0040, 0.0041, 0.0042, 0.0043, 0.0044])
+    assert not steady.unstable and "unstable" not in str(steady) and steady.stability_note == ""
+    assert not Timing.from_times([0.004]).unstable  # one repetition has no spread to judge
