@@ -15,8 +15,10 @@ Conventions shared with :mod:`kernels.blocksparse_attention_kernels`:
 * Scores ``s = (q . k) * sm_scale``; the softmax runs in float32 with ``exp2`` on
   ``s * log2(e)``; the row maximum and row sum are carried online, so no ``S_q x S_k``
   matrix is ever materialised.
-* Causal masks are *top-left aligned*, like ``torch.nn.functional.scaled_dot_product_attention
-  (is_causal=True)``: query ``i`` sees keys ``j <= i`` whatever ``S_q`` and ``S_k`` are.
+* Causal masks take a diagonal offset ``diag`` (a run-time argument): query ``i`` sees keys
+  ``j <= i + diag``.  ``diag = 0`` is *top-left* alignment, like
+  ``torch.nn.functional.scaled_dot_product_attention(is_causal=True)``; ``diag = S_k - S_q`` is
+  *bottom-right* alignment (flash-attn >= 2.1: the last query sees every key).
 * A row that sees no key gets output zeros and ``lse = -inf`` (never NaN); the backward
   treats such a row as contributing nothing.
 * Head dims that are not a power of two (or below 16) run on a tile padded to
@@ -88,10 +90,10 @@ def _fwd_init(Q, K, V, s_qm, s_qd, s_kn, s_kd, s_vn, s_vd, q_head, k_head, v_hea
 
 @triton.jit
 def _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n, offs_m, offs_n, d_mask,
-              S_k, qk_scale, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+              S_k, qk_scale, diag, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One key tile (keys ``start_n + offs_n``) of the online softmax.
 
-    ``MASKED`` tiles mask keys ``>= S_k`` and (``CAUSAL``) keys after the query; the others
+    ``MASKED`` tiles mask keys ``>= S_k`` and (``CAUSAL``) keys ``j > i + diag``; the others
     are known to be fully visible and in bounds.  ``m_i`` is in log2 units of scaled scores.
     """
     n0 = tl.cast(start_n, tl.int64)
@@ -107,7 +109,7 @@ def _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, star
     if MASKED:
         valid = offs_n[None, :] < S_k
         if CAUSAL:
-            valid = valid & (offs_m[:, None] >= offs_n[None, :])
+            valid = valid & (offs_m[:, None] + diag >= offs_n[None, :])
         qk = tl.where(valid, qk, float("-inf"))
         m_new = tl.maximum(m_i, tl.max(qk, 1))
         # a row with nothing visible so far keeps m = -inf: subtract 0 instead (p = 0, no NaN)
@@ -168,13 +170,13 @@ def _bwd_head(Q, DO, DQ, LSE, DELTA, s_qb, s_qh, s_dob, s_doh, s_dqb, s_dqh, b, 
 
 @triton.jit
 def _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs, do_offs, dq_offs,
-              lse_ptrs, delta_ptrs, start_m, offs_m, offs_n, d_mask, S_q, qk_scale, sm_scale,
+              lse_ptrs, delta_ptrs, start_m, offs_m, offs_n, d_mask, S_q, qk_scale, sm_scale, diag,
               MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One (key block, query tile) step of the backward: queries ``start_m + offs_m``.
 
     Rows ``>= S_q`` load ``lse = +inf`` so their recomputed probabilities are 0; keys
     ``>= S_k`` were loaded as zeros, so they add nothing to ``dQ`` (and their ``dK``/``dV``
-    rows are never stored).  ``MASKED`` applies the causal mask (query ``i`` sees ``j <= i``).
+    rows are never stored).  ``MASKED`` applies the causal mask (query ``i`` sees ``j <= i + diag``).
     """
     m0 = tl.cast(start_m, tl.int64)
     q_base = q_base + m0 * s_qm
@@ -191,7 +193,7 @@ def _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs
     qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
     pT = tl.math.exp2(qkT * qk_scale - lse[None, :] * 1.4426950408889634)
     if MASKED:
-        pT = tl.where(offs_m[None, :] >= offs_n[:, None], pT, 0.0)
+        pT = tl.where(offs_m[None, :] + diag >= offs_n[:, None], pT, 0.0)
     do = tl.load(do_base + do_offs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
     dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
     delta = tl.load(delta_ptrs, mask=m_mask, other=0.0)
@@ -256,12 +258,13 @@ def _attn_fwd_kernel(
     s_kb, s_kh, s_kn, s_kd,
     s_vb, s_vh, s_vn, s_vd,
     s_ob, s_oh, s_om, s_od,
-    H, S_q, S_k, qk_scale,
+    H, S_q, S_k, qk_scale, diag,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Grid ``(cdiv(S_q, BLOCK_M), B*H)``.  Causal: key tiles past the block's last query
-    are never visited (loop bound); only the tiles that straddle the diagonal are masked."""
+    """Grid ``(cdiv(S_q, BLOCK_M), B*H)``.  Causal (query ``i`` sees keys ``j <= i + diag``):
+    key tiles past the block's last query are never visited (loop bound); only the tiles that
+    straddle the diagonal are masked."""
     pid_m = tl.program_id(0)
     if CAUSAL:
         # longest rows first: better tail balance
@@ -285,19 +288,21 @@ def _attn_fwd_kernel(
         b * s_vb + hk * s_vh, row0, rows, offs_n, offs_d, m_mask, d_mask, BLOCK_M, BLOCK_D)
 
     if CAUSAL:
-        hi = tl.minimum(S_k, start_m + BLOCK_M)
-        mid = (tl.minimum(start_m, hi) // BLOCK_N) * BLOCK_N
+        # keys j <= i + diag: the block's last row bounds the walk, its first row the
+        # fully visible tiles (both clamped to [0, S_k]; no tile at all for rows that see nothing)
+        hi = tl.minimum(S_k, tl.maximum(start_m + BLOCK_M + diag, 0))
+        mid = (tl.minimum(tl.maximum(start_m + diag, 0), hi) // BLOCK_N) * BLOCK_N
     else:
         hi = S_k
         mid = (S_k // BLOCK_N) * BLOCK_N
     # fully visible, in-bounds key tiles: no masking
     for start_n in range(0, mid, BLOCK_N):
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n,
-                                  offs_m, offs_n, d_mask, S_k, qk_scale, False, CAUSAL, DOT_PRECISION)
+                                  offs_m, offs_n, d_mask, S_k, qk_scale, diag, False, CAUSAL, DOT_PRECISION)
     # the diagonal band (causal) and the ragged last tile: masked
     for start_n in range(mid, hi, BLOCK_N):
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n,
-                                  offs_m, offs_n, d_mask, S_k, qk_scale, True, CAUSAL, DOT_PRECISION)
+                                  offs_m, offs_n, d_mask, S_k, qk_scale, diag, True, CAUSAL, DOT_PRECISION)
 
     _fwd_store(acc, l_i, m_i, O, LSE, s_om, s_od, b * s_ob + h * s_oh, pid_bh.to(tl.int64) * S_q, row0, rows,
                offs_m, offs_d, m_mask, d_mask)
@@ -313,13 +318,13 @@ def _attn_bwd_kernel(
     s_dqb, s_dqh, s_dqm, s_dqd,
     s_dkb, s_dkh, s_dkn, s_dkd,
     s_dvb, s_dvh, s_dvn, s_dvd,
-    H, H_kv, S_q, S_k, sm_scale, qk_scale,
+    H, H_kv, S_q, S_k, sm_scale, qk_scale, diag,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Grid ``(cdiv(S_k, BLOCK_N), B*H_kv)``: one key block of one key/value head, summing
     over the ``GROUP`` query heads that share it (no atomics on dK/dV).  Needs
-    ``BLOCK_N % BLOCK_M == 0`` so the causal diagonal band starts on a query tile."""
+    ``BLOCK_N % BLOCK_M == 0``."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H_kv).to(tl.int64)
@@ -345,11 +350,15 @@ def _attn_bwd_kernel(
         # causal: queries before start_n see none of these keys, so the walk starts there (loop
         # bound); one loop with the mask applied (an elementwise select per score) keeps a
         # single copy of the step, which the register budget needs
-        lo = start_n if CAUSAL else 0
+        if CAUSAL:
+            # first query tile holding a row i with i + diag >= start_n
+            lo = (tl.maximum(start_n - diag, 0) // BLOCK_M) * BLOCK_M
+        else:
+            lo = 0
         for start_m in range(lo, S_q, BLOCK_M):
             dk, dv = _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs, do_offs,
                                dq_offs, lse_ptrs, delta_ptrs, start_m, offs_m, offs_n, d_mask, S_q,
-                               qk_scale, sm_scale, CAUSAL, DOT_PRECISION)
+                               qk_scale, sm_scale, diag, CAUSAL, DOT_PRECISION)
 
     _bwd_store(dk, dv, DK, DV, s_dkn, s_dkd, s_dvn, s_dvd, b * s_dkb + hk64 * s_dkh, b * s_dvb + hk64 * s_dvh,
                col0, cols, offs_d, kv_mask, sm_scale)

@@ -12,25 +12,38 @@
 * head dims ``1 <= D <= 256``: 16, 32, 64, 128 and 256 run on exact tiles, any other ``D``
   on a tile padded to the next power of two (masked loads, no copy).  ``D > 256`` raises.
 * any ``S_q, S_k >= 1``; ``sm_scale`` defaults to ``1/sqrt(D)``.
-* ``causal=True`` is **top-left aligned**, exactly like
-  ``torch.nn.functional.scaled_dot_product_attention(is_causal=True)``: query ``i`` sees keys
-  ``j <= i``, also when ``S_q != S_k`` (so with ``S_q > S_k`` the queries ``i >= S_k`` see every
-  key; with ``S_q < S_k`` the keys ``j >= S_q`` are seen by no query and get zero gradients).
-  Every query row therefore sees at least key 0.  A row that sees no key at all (possible
-  only in block-sparse attention) is defined as output 0, ``lse = -inf`` and zero gradient:
+* ``causal`` chooses the mask and its alignment when ``S_q != S_k``:
+
+  - ``False``: no mask;
+  - ``True`` or ``"top_left"``: **top-left aligned**, exactly like
+    ``torch.nn.functional.scaled_dot_product_attention(is_causal=True)``: query ``i`` sees keys
+    ``j <= i`` (with ``S_q > S_k`` the queries ``i >= S_k`` see every key; with ``S_q < S_k``
+    the keys ``j >= S_q`` are seen by no query and get zero gradients);
+  - ``"bottom_right"``: **bottom-right aligned**, like flash-attn >= 2.1 (what decoding and
+    chunked prefill need: the ``S_q`` queries are the *last* ``S_q`` positions of a sequence
+    of ``S_k``): query ``i`` sees keys ``j <= i + S_k - S_q``.  With ``S_q > S_k`` the first
+    ``S_q - S_k`` queries see no key.
+
+  Anything else raises ``ValueError``.  With ``S_q == S_k`` both alignments are the same mask.
+  A row that sees no key at all is defined as output 0, ``lse = -inf`` and zero gradient:
   never NaN.
 
 Custom ops (namespace ``flopscale``), visible to ``torch.compile`` and FlopCounterMode:
 
-* ``flopscale::attention_fwd(q, k, v, causal, sm_scale) -> (o, lse)``, ``lse`` float32
-  ``[B, H, S_q]`` natural log-sum-exp of the scaled scores of each row.  Autograd is
-  registered on it (gradients of ``o`` and of ``lse``).
-* ``flopscale::attention_bwd(do, q, k, v, o, lse, dlse, causal, sm_scale) -> (dq, dk, dv)``.
+* ``flopscale::attention_fwd(q, k, v, causal, sm_scale, bottom_right=False) -> (o, lse)``,
+  ``lse`` float32 ``[B, H, S_q]`` natural log-sum-exp of the scaled scores of each row.
+  Autograd is registered on it (gradients of ``o`` and of ``lse``).  ``causal`` is a bool
+  here; ``bottom_right`` selects the alignment of a causal mask.
+* ``flopscale::attention_bwd(do, q, k, v, o, lse, dlse, causal, sm_scale, bottom_right=False)
+  -> (dq, dk, dv)``.
 
 Costs (``kernels.cost_of``; FlopCounterMode reports the same *model* count):
 
-* Forward, ``P`` = unmasked (query, key) pairs: ``S_q*S_k`` dense, ``sum_i min(i+1, S_k)``
-  causal (``S(S+1)/2`` when ``S_q = S_k = S``).  Model FLOPs ``4*B*H*D*P``
+* Forward, ``P`` = unmasked (query, key) pairs: ``S_q*S_k`` dense,
+  ``sum_i clamp(i + 1 + diag, 0, S_k)`` causal with ``diag = 0`` top-left and
+  ``diag = S_k - S_q`` bottom-right (``S(S+1)/2`` for either when ``S_q = S_k = S``;
+  bottom-right with ``S_q <= S_k``: ``S_q*S_k - S_q(S_q-1)/2``; with ``S_q > S_k``:
+  ``S_k(S_k+1)/2``).  Model FLOPs ``4*B*H*D*P``
   (``detail["scores"] = 2BHDP`` for ``QK^T``, ``detail["pv"] = 2BHDP`` for ``PV``).
   Executed FLOPs add the computed-then-masked scores of the tiles that straddle the causal
   diagonal, at the kernel's tile size (``detail["masked"]``); ragged-edge padding is not
@@ -116,14 +129,36 @@ def check_qkv(q, k, v, causal, sm_scale, op: str) -> float:
             f"{op}: head dim D={D} is not supported: 1 <= D <= {MAX_HEAD_DIM} "
             "(16, 32, 64, 128, 256 run unpadded)"
         )
-    if not isinstance(causal, bool):
-        raise TypeError(f"{op}: causal must be a bool, got {type(causal).__name__}")
+    causal_mode(causal, op)
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(D)
     if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)) or not math.isfinite(sm_scale):
         raise ValueError(f"{op}: sm_scale must be a finite number, got {sm_scale!r}")
     check_runnable(q, k, v, op=op)
     return float(sm_scale)
+
+
+#: accepted string values of ``causal`` (``True`` means ``"top_left"``)
+CAUSAL_ALIGNMENTS = ("top_left", "bottom_right")
+
+
+def causal_mode(causal, op: str = "kernels.attention") -> Optional[str]:
+    """``None`` (no mask), ``"top_left"`` or ``"bottom_right"`` for a public ``causal`` value;
+    ``ValueError`` for anything but ``False``, ``True`` and those two strings."""
+    if causal is False:
+        return None
+    if causal is True:
+        return "top_left"
+    if isinstance(causal, str) and causal in CAUSAL_ALIGNMENTS:
+        return causal
+    raise ValueError(
+        f"{op}: causal must be False, True, 'top_left' or 'bottom_right', got {causal!r}")
+
+
+def causal_diag(causal: bool, bottom_right: bool, S_q: int, S_k: int) -> int:
+    """Diagonal offset of a causal mask (query ``i`` sees keys ``j <= i + diag``): 0 top-left,
+    ``S_k - S_q`` bottom-right (0 when not causal: unused)."""
+    return S_k - S_q if (causal and bottom_right) else 0
 
 
 def dot_precision(dtype: torch.dtype) -> str:
@@ -230,7 +265,7 @@ def slice_batch(tensors, b0: int, b1: int, B: int):
 
 @triton_op("flopscale::attention_fwd", mutates_args=())
 def attention_fwd(
-    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, sm_scale: float
+    q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool, sm_scale: float, bottom_right: bool = False
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward of fused attention: ``(o [B,H,S_q,D] input dtype, lse [B,H,S_q] float32)``."""
     B, H, S_q, D = q.shape
@@ -245,7 +280,7 @@ def attention_fwd(
             _ak._attn_fwd_kernel, grid, cfg,
             q_, k_, v_, o_, lse_,
             *_strides(q_), *_strides(k_), *_strides(v_), *_strides(o_),
-            H, S_q, S_k, sm_scale * _ak.LOG2E,
+            H, S_q, S_k, sm_scale * _ak.LOG2E, causal_diag(causal, bottom_right, S_q, S_k),
             GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
         )
@@ -281,6 +316,7 @@ def attention_bwd(
     dlse: Optional[torch.Tensor],
     causal: bool,
     sm_scale: float,
+    bottom_right: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of fused attention: ``(dq, dk, dv)`` in the input dtype."""
     B, H, S_q, D = q.shape
@@ -297,7 +333,7 @@ def attention_bwd(
         launch(
             _ak._attn_bwd_kernel, grid, cfg,
             *t, *(st for x in t[:7] for st in _strides(x)),
-            H, H_kv, S_q, S_k, sm_scale, sm_scale * _ak.LOG2E,
+            H, H_kv, S_q, S_k, sm_scale, sm_scale * _ak.LOG2E, causal_diag(causal, bottom_right, S_q, S_k),
             GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
             CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
         )
@@ -306,19 +342,21 @@ def attention_bwd(
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, causal, sm_scale = inputs
+    q, k, v, causal, sm_scale = inputs[:5]
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse)
     ctx.causal = causal
     ctx.sm_scale = sm_scale
+    ctx.bottom_right = bool(inputs[5]) if len(inputs) > 5 else False
 
 
 def _backward(ctx, do, dlse):
     q, k, v, o, lse = ctx.saved_tensors
     if do is None:
         do = torch.zeros_like(o)
-    dq, dk, dv = torch.ops.flopscale.attention_bwd(do, q, k, v, o, lse, dlse, ctx.causal, ctx.sm_scale)
-    return dq, dk, dv, None, None
+    dq, dk, dv = torch.ops.flopscale.attention_bwd(do, q, k, v, o, lse, dlse, ctx.causal, ctx.sm_scale,
+                                                   ctx.bottom_right)
+    return dq, dk, dv, None, None, None
 
 
 attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -329,26 +367,30 @@ attention_fwd.register_autograd(_backward, setup_context=_setup_context)
 # --------------------------------------------------------------------------------------
 
 
-def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+def attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal=False,
               sm_scale: Optional[float] = None) -> torch.Tensor:
     """Fused attention ``softmax(q k^T * sm_scale + mask) v`` (see the module docstring).
 
     q ``[B, H, S_q, D]``, k/v ``[B, H_kv, S_k, D]`` (``H % H_kv == 0``); returns
-    ``[B, H, S_q, D]`` in the input dtype.  ``causal`` is top-left aligned like
-    ``scaled_dot_product_attention(is_causal=True)``.  Differentiable in q, k, v.
+    ``[B, H, S_q, D]`` in the input dtype.  ``causal``: ``False``; ``True`` or ``"top_left"``
+    (query ``i`` sees keys ``j <= i``, like ``scaled_dot_product_attention(is_causal=True)``);
+    ``"bottom_right"`` (keys ``j <= i + S_k - S_q``, like flash-attn >= 2.1).  Differentiable
+    in q, k, v.
     """
     scale = check_qkv(q, k, v, causal, sm_scale, op="kernels.attention")
-    o, _ = torch.ops.flopscale.attention_fwd(q, k, v, causal, scale)
+    mode = causal_mode(causal)
+    o, _ = torch.ops.flopscale.attention_fwd(q, k, v, mode is not None, scale, mode == "bottom_right")
     return o
 
 
-def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal: bool = False,
+def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causal=False,
                         sm_scale: Optional[float] = None, mask: Optional[torch.Tensor] = None) -> torch.Tensor:
     """Pure-torch ``softmax(q k^T * sm_scale + mask) v``, materialising the scores.
 
     Computes in float64 for float64 inputs, float32 otherwise, and returns the input dtype.
     ``mask`` (optional) is a bool tensor broadcastable to ``[B, H, S_q, S_k]`` (True: visible),
-    combined with ``causal`` (top-left aligned).  Rows with no visible key give zeros.
+    combined with ``causal`` (``False``, ``True``/``"top_left"`` or ``"bottom_right"``, as in
+    :func:`attention`).  Rows with no visible key give zeros.
     """
     B, H, S_q, D = q.shape
     H_kv, S_k = k.shape[1], k.shape[2]
@@ -359,8 +401,10 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
     vv = v.to(ct).repeat_interleave(group, dim=1)
     s = torch.matmul(q.to(ct), kk.transpose(-1, -2)) * scale
     visible = torch.ones(S_q, S_k, dtype=torch.bool, device=q.device)
-    if causal:
-        visible = torch.ones(S_q, S_k, dtype=torch.bool, device=q.device).tril(diagonal=0)
+    mode = causal_mode(causal, "attention_reference")
+    if mode is not None:
+        diag = causal_diag(True, mode == "bottom_right", S_q, S_k)
+        visible = visible.tril(diagonal=diag)
     visible = visible.expand(B, H, S_q, S_k)
     if mask is not None:
         visible = visible & mask.to(q.device)
@@ -375,46 +419,63 @@ def attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, causa
 # --------------------------------------------------------------------------------------
 
 
-def causal_pairs(S_q: int, S_k: int) -> int:
-    """Unmasked (query, key) pairs of a top-left-aligned causal mask: ``sum_i min(i+1, S_k)``."""
-    if S_q <= S_k:
-        return S_q * (S_q + 1) // 2
-    return S_k * (S_k + 1) // 2 + (S_q - S_k) * S_k
+def _clamped_sum(n: int, width: int) -> int:
+    """``sum_{x=1..n} min(x, width)`` (0 for ``n <= 0``)."""
+    if n <= 0:
+        return 0
+    if n <= width:
+        return n * (n + 1) // 2
+    return width * (width + 1) // 2 + (n - width) * width
 
 
-def pairs(S_q: int, S_k: int, causal: bool) -> int:
-    return causal_pairs(S_q, S_k) if causal else S_q * S_k
+def diag_pairs(S_q: int, S_k: int, diag: int) -> int:
+    """Unmasked pairs when query ``i`` sees keys ``j <= i + diag``:
+    ``sum_{i<S_q} clamp(i + 1 + diag, 0, S_k)``."""
+    return _clamped_sum(S_q + diag, S_k) - _clamped_sum(diag, S_k)
+
+
+def causal_pairs(S_q: int, S_k: int, bottom_right: bool = False) -> int:
+    """Unmasked (query, key) pairs of a causal mask: top-left ``sum_i min(i+1, S_k)``;
+    bottom-right ``sum_i clamp(i + 1 + S_k - S_q, 0, S_k)``."""
+    return diag_pairs(S_q, S_k, causal_diag(True, bottom_right, S_q, S_k))
+
+
+def pairs(S_q: int, S_k: int, causal: bool, bottom_right: bool = False) -> int:
+    return causal_pairs(S_q, S_k, bottom_right) if causal else S_q * S_k
 
 
 @functools.lru_cache(maxsize=4096)
-def fwd_work(S_q: int, S_k: int, causal: bool, block_m: int, block_n: int) -> tuple[int, int]:
+def fwd_work(S_q: int, S_k: int, causal: bool, block_m: int, block_n: int, diag: int = 0) -> tuple[int, int]:
     """(computed scores, row-tile visits) of the forward kernel, per (batch, head).
 
-    Causal: query block ``m`` computes keys ``[0, min(S_k, (m+1)*block_m))`` (the band is masked,
-    not skipped).  Padding of ragged tiles is not counted.
+    Causal (query ``i`` sees keys ``j <= i + diag``): query block ``m`` walks the key tiles
+    below ``hi = clamp((m+1)*block_m + diag, 0, S_k)`` and computes every in-bounds key of
+    them (the band is masked, not skipped).  Padding of ragged tiles is not counted.
     """
     if not causal:
         return S_q * S_k, S_q * triton.cdiv(S_k, block_n)
     scores = tiles = 0
     for m in range(triton.cdiv(S_q, block_m)):
         rows = min(block_m, S_q - m * block_m)
-        hi = min(S_k, (m + 1) * block_m)
-        scores += rows * hi
-        tiles += rows * triton.cdiv(hi, block_n)
+        n_tiles = triton.cdiv(min(S_k, max(0, (m + 1) * block_m + diag)), block_n)
+        scores += rows * min(S_k, n_tiles * block_n)
+        tiles += rows * n_tiles
     return scores, tiles
 
 
 @functools.lru_cache(maxsize=4096)
-def bwd_work(S_q: int, S_k: int, causal: bool, block_m: int, block_n: int) -> tuple[int, int]:
+def bwd_work(S_q: int, S_k: int, causal: bool, block_m: int, block_n: int, diag: int = 0) -> tuple[int, int]:
     """(computed scores, row-tile visits) of the backward kernel, per (batch, query head).
 
-    Causal: key block ``n`` visits queries ``[n*block_n, S_q)``."""
+    Causal: key block ``n`` visits the query tiles from the one holding query
+    ``max(0, n*block_n - diag)`` to ``S_q``."""
     if not causal:
         return S_q * S_k, S_q * triton.cdiv(S_k, block_n)
     scores = tiles = 0
     for n in range(triton.cdiv(S_k, block_n)):
         cols = min(block_n, S_k - n * block_n)
-        rows = max(0, S_q - n * block_n)
+        lo = (max(0, n * block_n - diag) // block_m) * block_m
+        rows = max(0, S_q - lo)
         scores += cols * rows
         tiles += rows
     return scores, tiles
@@ -467,45 +528,50 @@ def bwd_cost_from_work(B: int, D: int, es: int, q_rows: int, kv_rows: int,
     return Cost(model, executed, nbytes, nonmatmul, detail)
 
 
-def _fwd_cost(q_shape, k_shape, dtype, causal, device=None) -> Cost:
+def _fwd_cost(q_shape, k_shape, dtype, causal, device=None, bottom_right=False) -> Cost:
     B, H, S_q, D = q_shape
     H_kv, S_k = k_shape[1], k_shape[2]
+    causal, bottom_right = bool(causal), bool(bottom_right)
     cfg, _ = _configs(D, dtype, device)
-    computed, tiles = fwd_work(S_q, S_k, bool(causal), cfg.block_m, cfg.block_n)
-    return fwd_cost_from_work(B, D, esize(dtype), H * S_q, H_kv * S_k, H * pairs(S_q, S_k, bool(causal)),
+    computed, tiles = fwd_work(S_q, S_k, causal, cfg.block_m, cfg.block_n,
+                               causal_diag(causal, bottom_right, S_q, S_k))
+    return fwd_cost_from_work(B, D, esize(dtype), H * S_q, H_kv * S_k, H * pairs(S_q, S_k, causal, bottom_right),
                               H * computed, H * tiles)
 
 
-def _bwd_cost(q_shape, k_shape, dtype, causal, has_dlse, device=None) -> Cost:
+def _bwd_cost(q_shape, k_shape, dtype, causal, has_dlse, device=None, bottom_right=False) -> Cost:
     B, H, S_q, D = q_shape
     H_kv, S_k = k_shape[1], k_shape[2]
+    causal, bottom_right = bool(causal), bool(bottom_right)
     _, cfg = _configs(D, dtype, device)
-    computed, tiles = bwd_work(S_q, S_k, bool(causal), cfg.block_m, cfg.block_n)
-    return bwd_cost_from_work(B, D, esize(dtype), H * S_q, H_kv * S_k, H * pairs(S_q, S_k, bool(causal)),
+    computed, tiles = bwd_work(S_q, S_k, causal, cfg.block_m, cfg.block_n,
+                               causal_diag(causal, bottom_right, S_q, S_k))
+    return bwd_cost_from_work(B, D, esize(dtype), H * S_q, H_kv * S_k, H * pairs(S_q, S_k, causal, bottom_right),
                               H * computed, H * tiles, has_dlse)
 
 
 @register_cost("flopscale::attention_fwd")
-def attention_fwd_cost(q, k, v, causal=False, sm_scale=None) -> Cost:
+def attention_fwd_cost(q, k, v, causal=False, sm_scale=None, bottom_right=False) -> Cost:
     """Declared cost of one ``flopscale::attention_fwd`` launch (see the module docstring)."""
-    return _fwd_cost(_shape(q), _shape(k), q.dtype, causal, getattr(q, "device", None))
+    return _fwd_cost(_shape(q), _shape(k), q.dtype, causal, getattr(q, "device", None), bottom_right)
 
 
 @register_cost("flopscale::attention_bwd")
-def attention_bwd_cost(do, q, k, v, o, lse, dlse=None, causal=False, sm_scale=None) -> Cost:
+def attention_bwd_cost(do, q, k, v, o, lse, dlse=None, causal=False, sm_scale=None, bottom_right=False) -> Cost:
     """Declared cost of one ``flopscale::attention_bwd`` launch (see the module docstring)."""
-    return _bwd_cost(_shape(q), _shape(k), q.dtype, causal, dlse is not None, getattr(q, "device", None))
+    return _bwd_cost(_shape(q), _shape(k), q.dtype, causal, dlse is not None, getattr(q, "device", None),
+                     bottom_right)
 
 
 @register_flop_formula(torch.ops.flopscale.attention_fwd)
-def _attention_fwd_flop(q_shape, k_shape, v_shape, causal=False, sm_scale=None, *args, out_shape=None,
-                        **kwargs) -> int:
+def _attention_fwd_flop(q_shape, k_shape, v_shape, causal=False, sm_scale=None, bottom_right=False, *args,
+                        out_shape=None, **kwargs) -> int:
     B, H, S_q, D = q_shape
-    return 4 * B * H * D * pairs(S_q, k_shape[2], bool(causal))
+    return 4 * B * H * D * pairs(S_q, k_shape[2], bool(causal), bool(bottom_right))
 
 
 @register_flop_formula(torch.ops.flopscale.attention_bwd)
 def _attention_bwd_flop(do_shape, q_shape, k_shape, v_shape, o_shape=None, lse_shape=None, dlse_shape=None,
-                        causal=False, sm_scale=None, *args, out_shape=None, **kwargs) -> int:
+                        causal=False, sm_scale=None, bottom_right=False, *args, out_shape=None, **kwargs) -> int:
     B, H, S_q, D = q_shape
-    return 8 * B * H * D * pairs(S_q, k_shape[2], bool(causal))
+    return 8 * B * H * D * pairs(S_q, k_shape[2], bool(causal), bool(bottom_right))

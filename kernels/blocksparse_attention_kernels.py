@@ -4,18 +4,21 @@ Triton-only module: the custom ops, autograd, reference and costs live in
 :mod:`kernels.blocksparse_attention_layer`.  The per-tile steps (program set-up, online
 softmax, stores, backward recompute, the ``delta`` pre-pass) are those of
 :mod:`kernels.attention_kernels` (only the walk over the layout is this module's), so the
-numerics and the conventions match the dense kernel: top-left causal alignment, rows with
-no visible key give 0 and ``lse = -inf``, scores are scaled and exponentiated in float32.
+numerics and the conventions match the dense kernel: a causal mask is a diagonal offset
+``diag`` (query ``i`` sees keys ``j <= i + diag``: 0 top-left, ``S_k - S_q`` bottom-right), rows
+with no visible key give 0 and ``lse = -inf``, scores are scaled and exponentiated in float32.
 
 The layout arrives as block-CSR (forward: the key blocks of each query block-row) and
 block-CSC (backward: the query blocks of each key block-column) index tensors over
 ``(layout head, block-row, block-column)``; a layout shared by all heads has one layout
 head.  Only the listed blocks are visited: no program touches an empty block.  Column indices
 are ascending within a row (and row indices within a column), which the kernels rely on:
-with ``causal`` the effective layout holds no block above the diagonal, so the diagonal
-block is the *last* entry of its row, and the ragged last key block is the last entry of
-its row: the forward masks only that entry.  The backward applies the causal select to
-every block it visits (one copy of its step keeps it within the register budget).
+with ``causal`` the effective layout holds no block without a visible pair, and in a row the
+blocks the diagonal crosses (one, or two when ``diag`` is not a multiple of the block) come
+after the fully visible ones, as does the ragged last key block: ``ROW_MID`` gives, per row,
+where those trailing *partial* entries start, and the forward masks only them.  The backward
+applies the causal select to every block it visits (one copy of its step keeps it within the
+register budget).
 
 Tiles: forward programs own one query block (``BLOCK_M = block``) and walk each key block
 in sub-tiles of ``BLOCK_N``; backward programs own ``BLOCK_N`` keys of one key block and walk
@@ -50,18 +53,18 @@ __all__ = ["bs_fwd_config", "bs_bwd_config", "inspect_specs", "SHIPPED"]
 
 @triton.jit
 def _bsattn_fwd_kernel(
-    Q, K, V, O, LSE, ROW_PTR, COL_IDX,
+    Q, K, V, O, LSE, ROW_PTR, ROW_MID, COL_IDX,
     s_qb, s_qh, s_qm, s_qd,
     s_kb, s_kh, s_kn, s_kd,
     s_vb, s_vh, s_vn, s_vd,
     s_ob, s_oh, s_om, s_od,
-    H, S_q, S_k, R, LH, qk_scale,
+    H, S_q, S_k, R, LH, qk_scale, diag,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
     """Grid ``(R * BLOCK // BLOCK_M, B*H)``: ``BLOCK_M`` query rows of block-row ``r`` of head
     ``h`` visit the key blocks listed in ``COL_IDX[ROW_PTR[g] : ROW_PTR[g+1]]``,
-    ``g = (h % LH) * R + r``."""
+    ``g = (h % LH) * R + r``; entries from ``ROW_MID[g]`` on are partial (masked)."""
     SUB_M: tl.constexpr = BLOCK // BLOCK_M
     pid_m = tl.program_id(0)
     r = pid_m // SUB_M
@@ -73,6 +76,7 @@ def _bsattn_fwd_kernel(
     h = h.to(tl.int64)
     start = tl.load(ROW_PTR + g)
     end = tl.load(ROW_PTR + g + 1)
+    mid = tl.load(ROW_MID + g)
 
     row0 = tl.cast(pid_m * BLOCK_M, tl.int64)
     rows = tl.arange(0, BLOCK_M)
@@ -88,19 +92,18 @@ def _bsattn_fwd_kernel(
     # of the step per loop (unrolling the sub-tiles doubled registers and shared memory and
     # spilled at block 128 x D 256), and the pipeliner sees one loop across blocks
     SUB: tl.constexpr = BLOCK // BLOCK_N
-    # all blocks but the last of the row: fully visible and in bounds
-    for i in range(start * SUB, (end - 1) * SUB):
+    # full blocks: fully visible and in bounds
+    for i in range(start * SUB, mid * SUB):
         c = tl.load(COL_IDX + i // SUB)
         start_n = c * BLOCK + (i % SUB) * BLOCK_N
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n,
-                                  offs_m, offs_n, d_mask, S_k, qk_scale, False, CAUSAL, DOT_PRECISION)
-    # the last block: possibly the causal diagonal and/or the ragged last key block
-    last = tl.maximum(end - 1, start)
-    for i in range(last * SUB, end * SUB):
+                                  offs_m, offs_n, d_mask, S_k, qk_scale, diag, False, CAUSAL, DOT_PRECISION)
+    # partial blocks: crossed by the causal diagonal and/or the ragged last key block
+    for i in range(mid * SUB, end * SUB):
         c = tl.load(COL_IDX + i // SUB)
         start_n = c * BLOCK + (i % SUB) * BLOCK_N
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n,
-                                  offs_m, offs_n, d_mask, S_k, qk_scale, True, CAUSAL, DOT_PRECISION)
+                                  offs_m, offs_n, d_mask, S_k, qk_scale, diag, True, CAUSAL, DOT_PRECISION)
 
     _fwd_store(acc, l_i, m_i, O, LSE, s_om, s_od, b * s_ob + h * s_oh, pid_bh.to(tl.int64) * S_q, row0, rows,
                offs_m, offs_d, m_mask, d_mask)
@@ -116,7 +119,7 @@ def _bsattn_bwd_kernel(
     s_dqb, s_dqh, s_dqm, s_dqd,
     s_dkb, s_dkh, s_dkn, s_dkd,
     s_dvb, s_dvh, s_dvn, s_dvd,
-    H, H_kv, S_q, S_k, C, LH, sm_scale, qk_scale,
+    H, H_kv, S_q, S_k, C, LH, sm_scale, qk_scale, diag,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
@@ -160,7 +163,7 @@ def _bsattn_bwd_kernel(
             start_m = r * BLOCK + (i % SUB_M) * BLOCK_M
             dk, dv = _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs, do_offs,
                                dq_offs, lse_ptrs, delta_ptrs, start_m, offs_m, offs_n, d_mask, S_q,
-                               qk_scale, sm_scale, CAUSAL, DOT_PRECISION)
+                               qk_scale, sm_scale, diag, CAUSAL, DOT_PRECISION)
 
     _bwd_store(dk, dv, DK, DV, s_dkn, s_dkd, s_dvn, s_dvd, b * s_dkb + hk64 * s_dkh, b * s_dvb + hk64 * s_dvh,
                col0, cols, offs_d, kv_mask, sm_scale)
@@ -225,7 +228,8 @@ def inspect_specs(capability: int = 90) -> list:
                                   "BLOCK_N": cfg.block_n, "CAUSAL": True, "DOT_PRECISION": "tf32"}
         sig, consts, aligned = _spec_signature(
             _bsattn_fwd_kernel,
-            {"Q": dt, "K": dt, "V": dt, "O": dt, "LSE": "*fp32", "ROW_PTR": "*i32", "COL_IDX": "*i32"},
+            {"Q": dt, "K": dt, "V": dt, "O": dt, "LSE": "*fp32", "ROW_PTR": "*i32", "ROW_MID": "*i32",
+             "COL_IDX": "*i32"},
             ("qk_scale",), consts)
         specs.append(KernelSpec(
             kernel="blocksparse_attention_fwd[bf16]", config=f"block{blk}_D{d}_{cfg.label()}",

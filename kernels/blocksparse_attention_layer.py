@@ -11,23 +11,26 @@
   ragged), and ``H_l = 1`` (one layout shared by all query heads) or ``H_l = H`` (one per
   query head).  Anything else raises ``ValueError``.
 * Only the layout's non-zero blocks are visited; time and FLOPs scale with its ``nnz``.
-* ``causal=True`` additionally applies the top-left-aligned element mask (query ``i`` sees key
-  ``j <= i``): blocks above the block diagonal are dropped (never visited), the diagonal
-  blocks are masked element by element.
+* ``causal`` (``False``, ``True``/``"top_left"``, ``"bottom_right"``, exactly as for
+  :func:`kernels.attention`) additionally applies the element mask (query ``i`` sees keys
+  ``j <= i + diag``, ``diag = 0`` top-left, ``S_k - S_q`` bottom-right): blocks with no visible
+  pair are dropped (never visited), the blocks the diagonal crosses are masked element by
+  element (*partial* blocks), the others run unmasked (*full* blocks).
 * A query row that sees no key (its layout row is empty, or causal removes all of it) gives
   output 0, ``lse = -inf`` and zero gradient: never NaN.
 
 Custom ops (namespace ``flopscale``):
 
-* ``flopscale::blocksparse_attention_fwd(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block,
-  causal, sm_scale, pairs, computed_pairs, kv_rows) -> (o, lse)``: the index tensors are the
-  block-CSR (used by the forward) and block-CSC (used by the backward) of the *effective*
-  layout (causal blocks above the diagonal removed); the three ints describe it for the cost
-  model, per batch element, summed over query heads: ``pairs`` unmasked (query, key) pairs,
-  ``computed_pairs`` scores computed (every in-bounds element of every visited block),
-  ``kv_rows`` key rows read (over key/value heads).
+* ``flopscale::blocksparse_attention_fwd(q, k, v, row_ptr, row_mid, col_idx, col_ptr, row_idx,
+  block, causal, sm_scale, pairs, computed_pairs, kv_rows, bottom_right=False) -> (o, lse)``:
+  the index tensors are the block-CSR (used by the forward) and block-CSC (used by the
+  backward) of the *effective* layout (causal: blocks without a visible pair removed);
+  ``row_mid[g]`` is where the partial entries of CSR row ``g`` start; the three ints describe
+  it for the cost model, per batch element, summed over query heads: ``pairs`` unmasked
+  (query, key) pairs, ``computed_pairs`` scores computed (every in-bounds element of every
+  visited block), ``kv_rows`` key rows read (over key/value heads).
 * ``flopscale::blocksparse_attention_bwd(do, q, k, v, o, lse, dlse, col_ptr, row_idx, block,
-  causal, sm_scale, pairs, computed_pairs, kv_rows) -> (dq, dk, dv)``.
+  causal, sm_scale, pairs, computed_pairs, kv_rows, bottom_right=False) -> (dq, dk, dv)``.
 
 Costs follow :mod:`kernels.attention_layer`: model FLOPs ``4*B*D*pairs`` forward and
 ``8*B*D*pairs`` backward (FlopCounterMode reports the same), executed FLOPs count every score of
@@ -53,8 +56,9 @@ from .attention_layer import (
     slice_batch,
     attention_reference,
     bwd_cost_from_work,
-    causal_pairs,
     bwd_delta,
+    causal_diag,
+    causal_mode,
     check_qkv,
     device_capability,
     dot_precision,
@@ -83,10 +87,12 @@ __all__ = [
 class LayoutPlan(NamedTuple):
     """Effective layout of one call and the numbers its cost needs (per batch element)."""
 
-    layout: BlockLayout  # effective layout (causal: blocks above the diagonal removed)
+    layout: BlockLayout  # effective layout (causal: blocks without a visible pair removed)
     pairs: int  # unmasked (query, key) pairs, summed over the H query heads
     computed_pairs: int  # scores computed: in-bounds elements of visited blocks, over heads
     kv_rows: int  # key rows read, summed over the H_kv key/value heads
+    row_mid: torch.Tensor  # int32 [LH*R]: CSR index where each row's partial (masked) entries start
+    diag: int  # causal diagonal offset (query i sees keys j <= i + diag); 0 when not causal
 
 
 def check_layout(layout, H: int, S_q: int, S_k: int, op: str) -> None:
@@ -103,27 +109,50 @@ def check_layout(layout, H: int, S_q: int, S_k: int, op: str) -> None:
         raise ValueError(f"{op}: layout has {layout.heads} heads; it must have 1 (shared) or H={H}")
 
 
+def _clamped_sum(n: torch.Tensor, width: torch.Tensor) -> torch.Tensor:
+    """Elementwise ``sum_{x=1..n} min(x, width)`` (0 where ``n <= 0``), int64."""
+    n = torch.clamp(n, min=0)
+    inside = torch.minimum(n, width)
+    return inside * (inside + 1) // 2 + torch.clamp(n - width, min=0) * width
+
+
+def block_pairs(R: int, C: int, blk: int, S_q: int, S_k: int, diag: Optional[int]) -> torch.Tensor:
+    """Visible (query, key) pairs in each in-bounds block ``[R, C]`` (int64): all of its
+    ``rows x cols`` elements without a mask (``diag`` None), else those with ``j <= i + diag``."""
+    r0 = torch.arange(R, dtype=torch.int64)[:, None] * blk
+    c0 = torch.arange(C, dtype=torch.int64)[None, :] * blk
+    rows = torch.clamp(S_q - r0, max=blk)
+    cols = torch.clamp(S_k - c0, max=blk)
+    if diag is None:
+        return rows * cols
+    # sum over rows i in [r0, r0 + rows) of clamp(i + 1 + diag - c0, 0, cols)
+    return _clamped_sum(r0 + rows + diag - c0, cols) - _clamped_sum(r0 + diag - c0, cols)
+
+
 @functools.lru_cache(maxsize=128)
-def _plan_cached(layout: BlockLayout, causal: bool, H: int, H_kv: int, S_q: int, S_k: int) -> LayoutPlan:
+def _plan_cached(layout: BlockLayout, causal: Optional[str], H: int, H_kv: int, S_q: int, S_k: int) -> LayoutPlan:
     blk = layout.block
     LH, R, C = layout.shape
+    diag = causal_diag(causal is not None, causal == "bottom_right", S_q, S_k)
+    rows = torch.clamp(S_q - torch.arange(R, dtype=torch.int64) * blk, max=blk)
+    cols = torch.clamp(S_k - torch.arange(C, dtype=torch.int64) * blk, max=blk)
+    size = rows[:, None] * cols[None, :]  # in-bounds elements of each block
+    visible = block_pairs(R, C, blk, S_q, S_k, diag if causal else None)  # [R, C]
     mask = layout.mask
     if causal:
-        mask = mask & torch.ones(R, C, dtype=torch.bool).tril(diagonal=0)
+        mask = mask & (visible > 0)
         eff = BlockLayout(mask, blk)
     else:
         eff = layout
-    rows = torch.clamp(S_q - torch.arange(R, dtype=torch.int64) * blk, max=blk)
-    cols = torch.clamp(S_k - torch.arange(C, dtype=torch.int64) * blk, max=blk)
     m = mask.to(torch.int64)
-    computed = (m * rows[:, None] * cols[None, :]).sum(dim=(1, 2))  # [LH]
-    masked = torch.zeros(LH, dtype=torch.int64)
-    if causal:
-        # diagonal block r: rows_r x cols_r scores computed, top-left causal pairs visible
-        for r in range(min(R, C)):
-            nr, nc = int(rows[r]), int(cols[r])
-            masked += m[:, r, r] * (nr * nc - causal_pairs(nr, nc))
-    per_head = computed - masked
+    computed = (m * size).sum(dim=(1, 2))  # [LH]
+    per_head = (m * visible).sum(dim=(1, 2))
+    # partial blocks, masked by the forward: crossed by the diagonal, or the ragged last column;
+    # in a CSR row they are the trailing entries (visible pairs fall as the column grows)
+    partial = (visible < size) | (cols < blk)[None, :]
+    n_partial = (mask & partial).sum(dim=2).reshape(-1)  # [LH*R]
+    row_ptr, _ = eff.csr("cpu")
+    row_mid = (row_ptr[1:].to(torch.int64) - n_partial).to(torch.int32)
     touched = m.amax(dim=1) * cols[None, :]  # [LH, C]: key rows of columns with any block
     group = H // H_kv
     if LH == 1:
@@ -135,13 +164,22 @@ def _plan_cached(layout: BlockLayout, causal: bool, H: int, H_kv: int, S_q: int,
         n_computed = int(computed.sum())
         kv_touched = m.reshape(H_kv, group, R, C).amax(dim=(1, 2))  # [H_kv, C]
         kv_rows = int((kv_touched * cols[None, :]).sum())
-    return LayoutPlan(eff, n_pairs, n_computed, kv_rows)
+    return LayoutPlan(eff, n_pairs, n_computed, kv_rows, row_mid, diag)
 
 
-def layout_plan(layout: BlockLayout, causal: bool, H: int, H_kv: int, S_q: int, S_k: int) -> LayoutPlan:
-    """The effective layout and pair counts of a call (cached per layout and shapes)."""
-    check_layout(layout, H, S_q, S_k, op="kernels.blocksparse_attention")
-    return _plan_cached(layout, bool(causal), int(H), int(H_kv), int(S_q), int(S_k))
+def layout_plan(layout: BlockLayout, causal, H: int, H_kv: int, S_q: int, S_k: int) -> LayoutPlan:
+    """The effective layout and pair counts of a call (cached per layout and shapes); ``causal``
+    as for :func:`blocksparse_attention`."""
+    op = "kernels.blocksparse_attention"
+    mode = causal_mode(causal, op)
+    check_layout(layout, H, S_q, S_k, op=op)
+    return _plan_cached(layout, mode, int(H), int(H_kv), int(S_q), int(S_k))
+
+
+def _row_mid_on(plan: LayoutPlan, S_q: int, S_k: int, device) -> torch.Tensor:
+    """``plan.row_mid`` on ``device`` (cached on the effective layout)."""
+    key = ("bsattn_row_mid", S_q, S_k, plan.diag, str(device))
+    return plan.layout.memo(key, lambda _: plan.row_mid.to(device))
 
 
 # --------------------------------------------------------------------------------------
@@ -162,6 +200,7 @@ def blocksparse_attention_fwd(
     k: torch.Tensor,
     v: torch.Tensor,
     row_ptr: torch.Tensor,
+    row_mid: torch.Tensor,
     col_idx: torch.Tensor,
     col_ptr: torch.Tensor,
     row_idx: torch.Tensor,
@@ -171,6 +210,7 @@ def blocksparse_attention_fwd(
     pairs: int,
     computed_pairs: int,
     kv_rows: int,
+    bottom_right: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward of block-sparse attention: ``(o, lse)`` as ``flopscale::attention_fwd``."""
     B, H, S_q, D = q.shape
@@ -184,9 +224,9 @@ def blocksparse_attention_fwd(
         q_, k_, v_, o_, lse_ = slice_batch((q, k, v, o, lse), b0, b1, B)
         launch(
             _bk._bsattn_fwd_kernel, (R * (block // cfg.block_m), (b1 - b0) * H), cfg,
-            q_, k_, v_, o_, lse_, row_ptr, col_idx,
+            q_, k_, v_, o_, lse_, row_ptr, row_mid, col_idx,
             *q_.stride(), *k_.stride(), *v_.stride(), *o_.stride(),
-            H, S_q, S_k, R, LH, sm_scale * _ak.LOG2E,
+            H, S_q, S_k, R, LH, sm_scale * _ak.LOG2E, causal_diag(causal, bottom_right, S_q, S_k),
             GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK=block, BLOCK_M=cfg.block_m,
             BLOCK_N=cfg.block_n, CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
         )
@@ -210,6 +250,7 @@ def blocksparse_attention_bwd(
     pairs: int,
     computed_pairs: int,
     kv_rows: int,
+    bottom_right: bool = False,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
     """Backward of block-sparse attention: ``(dq, dk, dv)`` in the input dtype."""
     B, H, S_q, D = q.shape
@@ -228,7 +269,7 @@ def blocksparse_attention_bwd(
             _bk._bsattn_bwd_kernel, (C * (block // cfg.block_n), (b1 - b0) * H_kv), cfg,
             *t, col_ptr, row_idx,
             *(st for x in t[:7] for st in x.stride()),
-            H, H_kv, S_q, S_k, C, LH, sm_scale, sm_scale * _ak.LOG2E,
+            H, H_kv, S_q, S_k, C, LH, sm_scale, sm_scale * _ak.LOG2E, causal_diag(causal, bottom_right, S_q, S_k),
             GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK=block, BLOCK_M=cfg.block_m,
             BLOCK_N=cfg.block_n, CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
         )
@@ -237,10 +278,12 @@ def blocksparse_attention_bwd(
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, causal, sm_scale, n_pairs, computed, kv_rows = inputs
+    q, k, v, row_ptr, row_mid, col_idx, col_ptr, row_idx, block, causal, sm_scale, n_pairs, computed, kv_rows = \
+        inputs[:14]
+    bottom_right = bool(inputs[14]) if len(inputs) > 14 else False
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse, col_ptr, row_idx)
-    ctx.args = (block, causal, sm_scale, n_pairs, computed, kv_rows)
+    ctx.args = (block, causal, sm_scale, n_pairs, computed, kv_rows, bottom_right)
 
 
 def _backward(ctx, do, dlse):
@@ -249,7 +292,7 @@ def _backward(ctx, do, dlse):
         do = torch.zeros_like(o)
     dq, dk, dv = torch.ops.flopscale.blocksparse_attention_bwd(do, q, k, v, o, lse, dlse, col_ptr, row_idx,
                                                                *ctx.args)
-    return dq, dk, dv, None, None, None, None, None, None, None, None, None, None
+    return (dq, dk, dv) + (None,) * 12
 
 
 blocksparse_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -261,8 +304,9 @@ blocksparse_attention_fwd.register_autograd(_backward, setup_context=_setup_cont
 
 
 def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout,
-                          causal: bool = False, sm_scale: Optional[float] = None) -> torch.Tensor:
-    """Attention over the non-zero blocks of ``layout`` (see the module docstring).
+                          causal=False, sm_scale: Optional[float] = None) -> torch.Tensor:
+    """Attention over the non-zero blocks of ``layout`` (see the module docstring); ``causal``:
+    ``False``, ``True``/``"top_left"`` or ``"bottom_right"``.
 
     Returns ``[B, H, S_q, D]`` in the input dtype; rows that see no key are 0.  Differentiable
     in q, k, v.
@@ -274,17 +318,19 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
     plan = layout_plan(layout, causal, H, H_kv, S_q, S_k)
     row_ptr, col_idx = plan.layout.csr(q.device)
     col_ptr, row_idx, _ = plan.layout.csc(q.device)
+    row_mid = _row_mid_on(plan, S_q, S_k, q.device)
+    mode = causal_mode(causal, op)
     o, _ = torch.ops.flopscale.blocksparse_attention_fwd(
-        q, k, v, row_ptr, col_idx, col_ptr, row_idx, layout.block, causal, scale,
-        plan.pairs, plan.computed_pairs, plan.kv_rows,
+        q, k, v, row_ptr, row_mid, col_idx, col_ptr, row_idx, layout.block, mode is not None, scale,
+        plan.pairs, plan.computed_pairs, plan.kv_rows, mode == "bottom_right",
     )
     return o
 
 
 def blocksparse_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, layout: BlockLayout,
-                                    causal: bool = False, sm_scale: Optional[float] = None) -> torch.Tensor:
+                                    causal=False, sm_scale: Optional[float] = None) -> torch.Tensor:
     """Dense masked reference: ``softmax(q k^T * sm_scale + mask) v`` with the layout expanded to
-    elements (and the top-left causal mask); rows with no visible key give zeros."""
+    elements (and the causal mask of either alignment); rows with no visible key give zeros."""
     H, S_q, S_k = q.shape[1], q.shape[2], k.shape[2]
     mask = layout.element_mask(S_q, S_k).to(q.device)  # [H_l, S_q, S_k]
     if mask.shape[0] != 1:
@@ -305,17 +351,17 @@ def _fwd_cost(q, k, block, pairs, computed_pairs, kv_rows) -> Cost:
 
 
 @register_cost("flopscale::blocksparse_attention_fwd")
-def blocksparse_attention_fwd_cost(q, k, v, row_ptr, col_idx, col_ptr, row_idx, block, causal, sm_scale,
-                                   pairs, computed_pairs, kv_rows) -> Cost:
+def blocksparse_attention_fwd_cost(q, k, v, row_ptr, row_mid, col_idx, col_ptr, row_idx, block, causal, sm_scale,
+                                   pairs, computed_pairs, kv_rows, bottom_right=False) -> Cost:
     """Declared cost of one ``flopscale::blocksparse_attention_fwd`` launch (module docstring)."""
     c = _fwd_cost(q, k, block, pairs, computed_pairs, kv_rows)
-    index_bytes = 4 * (row_ptr.numel() + col_idx.numel())
+    index_bytes = 4 * (row_ptr.numel() + row_mid.numel() + col_idx.numel())
     return Cost(c.flops, c.executed_flops, c.bytes + index_bytes, c.nonmatmul_flops, c.detail)
 
 
 @register_cost("flopscale::blocksparse_attention_bwd")
 def blocksparse_attention_bwd_cost(do, q, k, v, o, lse, dlse, col_ptr, row_idx, block, causal, sm_scale,
-                                   pairs, computed_pairs, kv_rows) -> Cost:
+                                   pairs, computed_pairs, kv_rows, bottom_right=False) -> Cost:
     """Declared cost of one ``flopscale::blocksparse_attention_bwd`` launch (module docstring)."""
     B, H, S_q, D = q.shape
     _, cfg = _configs(int(block), D, q.dtype, getattr(q, "device", None))
@@ -327,8 +373,9 @@ def blocksparse_attention_bwd_cost(do, q, k, v, o, lse, dlse, col_ptr, row_idx, 
 
 
 @register_flop_formula(torch.ops.flopscale.blocksparse_attention_fwd)
-def _bs_fwd_flop(q_shape, k_shape, v_shape, row_ptr_shape, col_idx_shape, col_ptr_shape, row_idx_shape,
-                 block, causal, sm_scale, pairs, computed_pairs, kv_rows, *args, out_shape=None, **kwargs) -> int:
+def _bs_fwd_flop(q_shape, k_shape, v_shape, row_ptr_shape, row_mid_shape, col_idx_shape, col_ptr_shape,
+                 row_idx_shape, block, causal, sm_scale, pairs, computed_pairs, kv_rows, *args, out_shape=None,
+                 **kwargs) -> int:
     B, H, S_q, D = q_shape
     return 4 * B * D * int(pairs)
 

@@ -75,6 +75,13 @@ CASES = [
     (1, 2, 1, 130, 130, 16, True, torch.float32),
     (1, 2, 2, 1, 37, 16, True, torch.float32),
     (1, 2, 2, 37, 1, 16, True, torch.float16),
+    # bottom-right alignment (query i sees keys j <= i + S_k - S_q): S_q < S_k (decoding-like,
+    # chunked prefill) and S_q > S_k (the first S_q - S_k queries see no key), GQA, both dtypes
+    (1, 4, 2, 37, 100, 16, "bottom_right", torch.float32),
+    (2, 2, 1, 100, 37, 16, "bottom_right", torch.float16),
+    (1, 2, 1, 5, 130, 32, "bottom_right", torch.float16),
+    (1, 2, 2, 45, 45, 16, "bottom_right", torch.float32),
+    (1, 2, 1, 37, 37, 16, "top_left", torch.float16),
 ]
 
 
@@ -114,6 +121,10 @@ def test_custom_scale_and_non_contiguous_inputs(device):
     out = kernels.attention(q, k_view, v, causal=True, sm_scale=0.3)
     ref = attention_reference(q.double(), k_view.double(), v.double(), causal=True, sm_scale=0.3)
     assert rel_err(out, ref) < 1e-4
+    # bottom-right alignment on non-contiguous ragged inputs (S_q = 23 < S_k = 37), with gradients
+    q2 = q[:, :, 5:28].detach().requires_grad_()
+    check_fwd_bwd(q2, k_view.detach().requires_grad_(), v.detach().requires_grad_(), "bottom_right",
+                  sm_scale=0.3, gen=gen)
     # gradients with a stride-0 dO
     kernels.attention(q, k, v, causal=False, sm_scale=0.3).sum().backward()
     q64, k64 = q.detach().double().requires_grad_(), k.detach().double().requires_grad_()
@@ -141,6 +152,29 @@ def test_causal_alignment_matches_sdpa(S_q, S_k, device):
         # the last queries see every key: same as non-causal there
         full = F.scaled_dot_product_attention(q, k.repeat_interleave(2, 1), v.repeat_interleave(2, 1))
         assert rel_err(out[:, :, S_k:], full[:, :, S_k:]) < 1e-4
+
+
+@pytest.mark.parametrize("S_q,S_k", [(7, 37), (37, 7), (20, 20)])
+def test_bottom_right_alignment_matches_an_explicit_mask(S_q, S_k, device):
+    """causal="bottom_right" is flash-attn's (>= 2.1) causal: query i sees keys j <= i + S_k - S_q,
+    i.e. SDPA with the boolean mask ``tril(diagonal=S_k - S_q)``; rows that see nothing are 0."""
+    gen = torch.Generator().manual_seed(S_q * 1000 + S_k + 1)
+    q = torch.randn(1, 2, S_q, 16, generator=gen, dtype=torch.float64)
+    k = torch.randn(1, 2, S_k, 16, generator=gen, dtype=torch.float64)
+    v = torch.randn(1, 2, S_k, 16, generator=gen, dtype=torch.float64)
+    visible = torch.ones(S_q, S_k, dtype=torch.bool).tril(diagonal=S_k - S_q)
+    sdpa = F.scaled_dot_product_attention(q, k, v, attn_mask=visible)
+    sdpa = torch.where(visible.any(-1)[:, None], sdpa, torch.zeros((), dtype=sdpa.dtype))
+    assert torch.allclose(attention_reference(q, k, v, causal="bottom_right"), sdpa, atol=1e-10)
+    out = kernels.attention(q.float().to(device), k.float().to(device), v.float().to(device), causal="bottom_right")
+    assert rel_err(out, sdpa) < 1e-4
+    if S_q == S_k:  # both alignments are one mask
+        assert torch.equal(out, kernels.attention(q.float().to(device), k.float().to(device),
+                                                  v.float().to(device), causal="top_left"))
+    if S_q > S_k:  # the first S_q - S_k queries see no key: exactly 0
+        assert (out[:, :, : S_q - S_k] == 0).all()
+        _, lse = torch.ops.flopscale.attention_fwd(q.float(), k.float(), v.float(), True, 0.25, True)
+        assert torch.isneginf(lse[:, :, : S_q - S_k]).all() and torch.isfinite(lse[:, :, S_q - S_k:]).all()
 
 
 def test_lse_output_and_its_gradient(device):
@@ -203,24 +237,42 @@ def test_fake_tensors_propagate_shapes_and_count_flops(device):
 # --------------------------------------------------------------------------- costs
 
 
-def brute_pairs(S_q: int, S_k: int, causal: bool) -> int:
+def brute_pairs(S_q: int, S_k: int, causal) -> int:
+    """Unmasked pairs by enumerating the element mask."""
     mask = torch.ones(S_q, S_k, dtype=torch.bool)
-    return int((mask.tril() if causal else mask).sum())
+    if causal:
+        mask = mask.tril(diagonal=S_k - S_q if causal == "bottom_right" else 0)
+    return int(mask.sum())
 
 
-@pytest.mark.parametrize("S_q,S_k", [(1, 1), (7, 7), (37, 130), (130, 37), (100, 100)])
+@pytest.mark.parametrize("S_q,S_k", [(1, 1), (7, 7), (37, 130), (130, 37), (100, 100), (1, 50), (50, 1)])
 def test_pair_counts(S_q, S_k):
     assert al.causal_pairs(S_q, S_k) == brute_pairs(S_q, S_k, True)
+    assert al.causal_pairs(S_q, S_k, bottom_right=True) == brute_pairs(S_q, S_k, "bottom_right")
     if S_q == S_k:
-        assert al.causal_pairs(S_q, S_k) == S_q * (S_q + 1) // 2
+        assert al.causal_pairs(S_q, S_k) == al.causal_pairs(S_q, S_k, True) == S_q * (S_q + 1) // 2
+    # flash-attn's closed forms for bottom-right alignment
+    if S_q <= S_k:
+        assert al.causal_pairs(S_q, S_k, True) == S_q * S_k - S_q * (S_q - 1) // 2
+    else:
+        assert al.causal_pairs(S_q, S_k, True) == S_k * (S_k + 1) // 2
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_flop_counter_counts_model_flops(causal, device):
-    B, H, H_kv, S, D = 2, 4, 2, 37, 16
+def test_diagonal_pair_counts_match_enumeration():
+    for S_q in range(1, 12):
+        for S_k in range(1, 12):
+            for diag in range(-14, 14):
+                brute = int(torch.ones(S_q, S_k, dtype=torch.bool).tril(diagonal=diag).sum())
+                assert al.diag_pairs(S_q, S_k, diag) == brute, (S_q, S_k, diag)
+
+
+@pytest.mark.parametrize("causal,S_q,S_k", [(False, 37, 37), (True, 37, 37), ("bottom_right", 21, 37),
+                                            ("bottom_right", 37, 21), ("top_left", 21, 37)])
+def test_flop_counter_counts_model_flops(causal, S_q, S_k, device):
+    B, H, H_kv, D = 2, 4, 2, 16
     gen = torch.Generator().manual_seed(5)
-    q, k, v = make_qkv(B, H, H_kv, S, S, D, torch.float32, device, gen)
-    P = S * (S + 1) // 2 if causal else S * S
+    q, k, v = make_qkv(B, H, H_kv, S_q, S_k, D, torch.float32, device, gen)
+    P = brute_pairs(S_q, S_k, causal)
     with FlopCounterMode(display=False) as fc:
         o = kernels.attention(q, k, v, causal=causal)
     assert fc.get_total_flops() == 4 * B * H * D * P
@@ -228,30 +280,42 @@ def test_flop_counter_counts_model_flops(causal, device):
         o.sum().backward()
     assert fc.get_total_flops() == 2 * 4 * B * H * D * P
     # the declared cost agrees with FlopCounterMode
-    cost = kernels.cost_of("flopscale::attention_fwd", q, k, v, causal, 0.25)
+    mode = al.causal_mode(causal)
+    cost = kernels.cost_of("flopscale::attention_fwd", q, k, v, mode is not None, 0.25, mode == "bottom_right")
     assert cost.flops == 4 * B * H * D * P
 
 
 def brute_fwd_computed(S_q, S_k, causal, bm, bn):
-    """Scores the forward computes: per query tile, every key tile up to the loop bound."""
+    """Scores the forward computes: per query tile, every key tile holding a key that some row
+    of the tile sees, whole (its in-bounds keys)."""
+    diag = S_k - S_q if causal == "bottom_right" else 0
     total = 0
     for m0 in range(0, S_q, bm):
         rows = min(bm, S_q - m0)
-        hi = min(S_k, m0 + bm) if causal else S_k
-        total += rows * sum(min(bn, hi - n0) for n0 in range(0, hi, bn))
+        for n0 in range(0, S_k, bn):
+            # the tile is visited when its first key is seen by the tile's last row (rows past
+            # S_q included: the kernel bounds the walk by the whole tile)
+            if not causal or n0 <= m0 + bm - 1 + diag:
+                total += rows * min(bn, S_k - n0)
     return total
 
 
 def brute_bwd_computed(S_q, S_k, causal, bm, bn):
+    """Scores the backward computes: per key tile, every query tile from the first one holding a
+    row that sees a key of the tile."""
+    diag = S_k - S_q if causal == "bottom_right" else 0
     total = 0
     for n0 in range(0, S_k, bn):
         cols = min(bn, S_k - n0)
-        lo = n0 if causal else 0
-        total += cols * sum(min(bm, S_q - m0) for m0 in range(lo, S_q, bm))
+        for m0 in range(0, S_q, bm):
+            if not causal or m0 + bm - 1 + diag >= n0:
+                total += cols * min(bm, S_q - m0)
     return total
 
 
-@pytest.mark.parametrize("S_q,S_k,causal", [(37, 37, True), (100, 37, True), (37, 130, True), (37, 100, False)])
+@pytest.mark.parametrize("S_q,S_k,causal", [(37, 37, True), (100, 37, True), (37, 130, True), (37, 100, False),
+                                            (37, 130, "bottom_right"), (130, 37, "bottom_right"),
+                                            (77, 77, "bottom_right")])
 @pytest.mark.parametrize("interpret", [True, False])
 def test_declared_cost(S_q, S_k, causal, interpret, monkeypatch):
     """Model FLOPs 4BHDP; executed = model + masked diagonal work (fwd) and + 0.5x recompute
@@ -264,8 +328,10 @@ def test_declared_cost(S_q, S_k, causal, interpret, monkeypatch):
     lse = torch.empty(B, H, S_q, dtype=torch.float32, device="meta")
     P = brute_pairs(S_q, S_k, causal)
     fcfg, bcfg = al._configs(D, torch.bfloat16, None)
-    fwd = kernels.cost_of("flopscale::attention_fwd", q, k, k, causal, 0.125)
-    bwd = kernels.cost_of("flopscale::attention_bwd", q, q, k, k, q, lse, None, causal, 0.125)
+    mode = al.causal_mode(causal)
+    flags = (mode is not None, 0.125, mode == "bottom_right")
+    fwd = kernels.cost_of("flopscale::attention_fwd", q, k, k, *flags)
+    bwd = kernels.cost_of("flopscale::attention_bwd", q, q, k, k, q, lse, None, *flags)
     unit = 2 * B * H * D
     assert fwd.flops == 2 * unit * P
     assert bwd.flops == 4 * unit * P
@@ -304,7 +370,10 @@ def _t(*shape, dtype=torch.float32):
         (_t(1, 2, 8, 16), _t(1, 2, 8, 16, dtype=torch.float16), _t(1, 2, 8, 16), {}, TypeError, "share a dtype"),
         (_t(1, 2, 8, 16, dtype=torch.float64),) * 3 + ({}, TypeError, "not supported"),
         (_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), {"sm_scale": float("nan")}, ValueError, "sm_scale"),
-        (_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), {"causal": 1}, TypeError, "causal must be a bool"),
+        (_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), {"causal": 1}, ValueError, "causal must be False, True"),
+        (_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), {"causal": "bottom-right"}, ValueError,
+         "'top_left' or 'bottom_right', got 'bottom-right'"),
+        (_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), {"causal": None}, ValueError, "causal must be"),
     ],
 )
 def test_bad_input_raises_clear_error(q, k, v, kwargs, exc, words):
@@ -323,7 +392,7 @@ def test_cpu_tensors_without_interpreter_raise(monkeypatch):
 
 
 @pytest.mark.gpu
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("causal", [False, True, "bottom_right"])
 @pytest.mark.parametrize("S_q,S_k,D", [(1, 1, 64), (130, 130, 64), (1000, 1000, 128), (333, 1024, 128), (257, 77, 256)])
 def test_bf16_on_gpu(S_q, S_k, D, causal):
     gen = torch.Generator().manual_seed(S_q + D)

@@ -78,6 +78,11 @@ CASES = [
     ("random", 4, 1, 4, 2, 100, 37, 16, 16, True, torch.float16),  # per-head layout, GQA, S_q > S_k
     ("random", 2, 1, 2, 2, 130, 130, 16, 32, False, torch.float16),
     ("local", 2, 1, 2, 1, 7, 7, 16, 16, False, torch.float32),
+    # bottom-right alignment: the diagonal offset S_k - S_q is no multiple of the block, so it
+    # crosses two blocks per row (both partial); S_q > S_k leaves the first rows empty
+    ("random", 1, 1, 4, 2, 37, 100, 16, 16, "bottom_right", torch.float32),
+    ("random", 2, 1, 2, 1, 100, 37, 16, 16, "bottom_right", torch.float16),
+    ("random", 1, 1, 2, 2, 45, 130, 16, 32, "bottom_right", torch.float16),
 ]
 
 
@@ -111,11 +116,12 @@ def test_batch_heads_beyond_the_grid_limit_launch_in_slices(device, monkeypatch)
     check(*qkv(3, 2, 1, 40, 40, 16, torch.float32, device, gen), layout, True, gen)
 
 
-@pytest.mark.parametrize("causal", [False, True])
-def test_dense_layout_equals_dense_attention(causal, device):
+@pytest.mark.parametrize("causal,S_q,S_k", [(False, 45, 45), (True, 45, 45), ("bottom_right", 21, 45),
+                                            ("bottom_right", 45, 21)])
+def test_dense_layout_equals_dense_attention(causal, S_q, S_k, device):
     gen = torch.Generator().manual_seed(21)
-    q, k, v = qkv(1, 2, 1, 45, 45, 16, torch.float32, device, gen)
-    layout = BlockLayout.dense(1, 3, 3, 16)
+    q, k, v = qkv(1, 2, 1, S_q, S_k, 16, torch.float32, device, gen)
+    layout = BlockLayout.dense(1, cdiv(S_q, 16), cdiv(S_k, 16), 16)
     a = kernels.blocksparse_attention(q, k, v, layout, causal=causal)
     b = kernels.attention(q, k, v, causal=causal)
     assert rel_err(a, b) < 1e-5
@@ -146,23 +152,28 @@ def test_empty_rows_give_zeros_not_nan(device):
 
 
 def brute(layout, H, S_q, S_k, causal):
-    """(unmasked pairs, computed scores) per batch element over H heads, by enumeration."""
+    """(unmasked pairs, computed scores) per batch element over H heads, by enumeration: a
+    block is visited when it holds a visible element, and then computed whole (in bounds)."""
     em = layout.element_mask(S_q, S_k)
     blocks = em.clone()
     if causal:
-        em = em & torch.ones(S_q, S_k, dtype=torch.bool).tril()
+        diag = S_k - S_q if causal == "bottom_right" else 0
+        em = em & torch.ones(S_q, S_k, dtype=torch.bool).tril(diagonal=diag)
         blk = layout.block
         R, C = layout.rows, layout.cols
-        keep = torch.ones(R, C, dtype=torch.bool).tril()
+        pad = torch.zeros(em.shape[0], R * blk, C * blk, dtype=torch.bool)
+        pad[:, :S_q, :S_k] = em
+        keep = pad.reshape(-1, R, blk, C, blk).any(dim=4).any(dim=2)
         blocks = BlockLayout(layout.mask & keep, blk).element_mask(S_q, S_k)
     scale = H if layout.heads == 1 else 1
     return scale * int(em.sum()), scale * int(blocks.sum())
 
 
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("causal,S_q,S_k", [(False, 100, 90), (True, 100, 90), ("bottom_right", 100, 90),
+                                            ("bottom_right", 61, 90)])
 @pytest.mark.parametrize("H_l", [1, 4])
-def test_pairs_flop_counter_and_declared_cost(causal, H_l, device):
-    B, H, H_kv, S_q, S_k, D, block = 2, 4, 2, 100, 90, 16, 16
+def test_pairs_flop_counter_and_declared_cost(causal, S_q, S_k, H_l, device):
+    B, H, H_kv, D, block = 2, 4, 2, 16, 16
     gen = torch.Generator().manual_seed(31 + H_l)
     layout = make_layout("random", H_l, S_q, S_k, block, gen)
     P, computed = brute(layout, H, S_q, S_k, causal)
@@ -177,8 +188,11 @@ def test_pairs_flop_counter_and_declared_cost(causal, H_l, device):
     assert fc.get_total_flops() == 8 * B * D * P
     row_ptr, col_idx = plan.layout.csr(device)
     col_ptr, row_idx, _ = plan.layout.csc(device)
-    args = (layout.block, causal, 0.25, plan.pairs, plan.computed_pairs, plan.kv_rows)
-    fwd = kernels.cost_of("flopscale::blocksparse_attention_fwd", q, k, v, row_ptr, col_idx, col_ptr, row_idx, *args)
+    mode = al.causal_mode(causal)
+    args = (layout.block, mode is not None, 0.25, plan.pairs, plan.computed_pairs, plan.kv_rows,
+            mode == "bottom_right")
+    fwd = kernels.cost_of("flopscale::blocksparse_attention_fwd", q, k, v, row_ptr, plan.row_mid, col_idx, col_ptr,
+                          row_idx, *args)
     lse = torch.empty(B, H, S_q)
     bwd = kernels.cost_of("flopscale::blocksparse_attention_bwd", o, q, k, v, o, lse, None, col_ptr, row_idx, *args)
     assert fwd.flops == 4 * B * D * P and bwd.flops == 8 * B * D * P
@@ -193,6 +207,30 @@ def test_pairs_flop_counter_and_declared_cost(causal, H_l, device):
     cols = torch.clamp(S_k - torch.arange(layout.cols) * block, max=block)
     kv_rows = int((kv_blocks.long() * cols).sum()) * (H_kv if H_l == 1 else 1)
     assert plan.kv_rows == kv_rows
+
+
+@pytest.mark.parametrize("causal,S_q,S_k,block", [(True, 100, 90, 16), ("bottom_right", 37, 100, 16),
+                                                  ("bottom_right", 100, 37, 32), (False, 50, 45, 16)])
+def test_partial_blocks_trail_each_row(causal, S_q, S_k, block):
+    """``row_mid``: the forward runs entries before it unmasked, so every block from there on
+    must be partial (crossed by the diagonal or ragged), and every block before it full."""
+    gen = torch.Generator().manual_seed(S_q + S_k)
+    layout = make_layout("random", 2, S_q, S_k, block, gen)
+    plan = bl.layout_plan(layout, causal, 2, 1, S_q, S_k)
+    mode = al.causal_mode(causal)
+    visible = torch.ones(S_q, S_k, dtype=torch.bool)
+    if mode:
+        visible = visible.tril(diagonal=S_k - S_q if mode == "bottom_right" else 0)
+    row_ptr, col_idx = plan.layout.csr()
+    R = layout.rows
+    for g in range(layout.heads * R):
+        r = g % R
+        for e in range(int(row_ptr[g]), int(row_ptr[g + 1])):
+            c = int(col_idx[e])
+            tile = visible[r * block:(r + 1) * block, c * block:(c + 1) * block]
+            full = bool(tile.all()) and tile.shape[1] == block
+            assert tile.any()  # no visited block without a visible pair
+            assert full == (e < int(plan.row_mid[g])), (g, e, c)
 
 
 def test_costs_scale_with_nnz():
@@ -220,6 +258,10 @@ def test_bad_layouts_raise_clear_errors():
         kernels.blocksparse_attention(x, x, x, BlockLayout.dense(3, 3, 3, 16))
     with pytest.raises(TypeError, match="BlockLayout"):
         kernels.blocksparse_attention(x, x, x, torch.ones(1, 3, 3))
+    with pytest.raises(ValueError, match="causal must be False, True, 'top_left' or 'bottom_right'"):
+        kernels.blocksparse_attention(x, x, x, BlockLayout.dense(1, 3, 3, 16), causal="bottom")
+    with pytest.raises(ValueError, match="causal must be"):
+        bl.layout_plan(BlockLayout.dense(1, 3, 3, 16), 2, 2, 2, 40, 40)
     with pytest.raises(ValueError, match="head dims differ"):
         kernels.blocksparse_attention(x, torch.zeros(1, 2, 40, 32), torch.zeros(1, 2, 40, 32),
                                       BlockLayout.dense(1, 3, 3, 16))
@@ -230,7 +272,7 @@ def test_bad_layouts_raise_clear_errors():
 
 @pytest.mark.gpu
 @pytest.mark.parametrize("block", [16, 32, 64, 128])
-@pytest.mark.parametrize("causal", [False, True])
+@pytest.mark.parametrize("causal", [False, True, "bottom_right"])
 def test_bf16_on_gpu(block, causal):
     gen = torch.Generator().manual_seed(block)
     S, D = 1000, 128
