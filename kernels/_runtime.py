@@ -21,16 +21,10 @@ _TRUE = ("1", "true", "on", "yes", "y")
 
 
 def interpreter_on() -> bool:
-    """Whether ``@triton.jit`` kernels are interpreted: Triton's own knob when this Triton has
-    one (``triton.knobs.runtime.interpret``, which reads ``TRITON_INTERPRET``), else the
-    variable parsed as Triton parses it (``TRITON_INTERPRET=0``, ``false``, ``off`` or empty
-    mean off)."""
-    try:
-        from triton import knobs
-
-        return bool(knobs.runtime.interpret)
-    except (ImportError, AttributeError):
-        return os.environ.get("TRITON_INTERPRET", "").lower() in _TRUE
+    """Whether ``@triton.jit`` kernels are interpreted: ``TRITON_INTERPRET`` parsed as Triton
+    parses it (``1``/``true``/``on``/``yes``/``y`` in any case are on; ``0``, ``false``,
+    ``off``, empty or unset are off).  Plain Python, so torch.compile can trace it."""
+    return os.environ.get("TRITON_INTERPRET", "").lower() in _TRUE
 
 
 def cache_dir() -> Path:

@@ -98,7 +98,7 @@ def _validate(a: Any, b: Any, out_dtype: Any) -> None:
         raise TypeError(f"matmul: unsupported dtype {a.dtype}; supported: {names}")
     if out_dtype is not None and out_dtype not in _FLOAT_DTYPES:
         raise TypeError(f"matmul: out_dtype must be torch.float16, torch.bfloat16 or torch.float32, got {out_dtype}")
-    check_runnable(a, b, op="matmul")
+    check_runnable(a, b, op="matmul", dtypes=(a.dtype,))
     if a.dtype == _FP8 and a.device.type == "cuda":
         cap = torch.cuda.get_device_capability(a.device)
         if cap < (8, 9):
@@ -110,8 +110,11 @@ class ConfigCache:
     """Chosen configuration per tuning key, kept in memory and in a JSON file.
 
     File format: ``{"<key>": "<config name>", ...}`` where the key names the device, the
-    Triton version, the kernel, the dtype and the shape bucket.  Writes are atomic
-    (temporary file + rename); an unreadable file is ignored.
+    Triton version, the kernel, the dtype and the shape bucket.  Several processes may tune at
+    once: a write holds an exclusive ``flock`` on ``<file>.lock`` while it reads the file,
+    merges its entry and replaces the file atomically (temporary file + rename), so no entry
+    written by another process is lost; readers need no lock.  The file gets the permissions
+    the umask allows (like any file the user creates).  An unreadable file is ignored.
     """
 
     def __init__(self, filename: str) -> None:
@@ -124,19 +127,23 @@ class ConfigCache:
     def path(self) -> Path:
         return cache_dir() / self.filename
 
+    @staticmethod
+    def _read(path: Path) -> dict[str, str]:
+        try:
+            data = json.loads(path.read_text())
+        except (OSError, ValueError):
+            return {}
+        if not isinstance(data, dict):
+            return {}
+        return {k: v for k, v in data.items() if isinstance(k, str) and isinstance(v, str)}
+
     def _load(self) -> None:
         path = self.path
         if self._loaded_from == path:
             return
         self._loaded_from = path
-        try:
-            data = json.loads(path.read_text())
-            if isinstance(data, dict):
-                for k, v in data.items():
-                    if isinstance(k, str) and isinstance(v, str):
-                        self._mem.setdefault(k, v)
-        except (OSError, ValueError):
-            pass
+        for k, v in self._read(path).items():
+            self._mem.setdefault(k, v)
 
     def get(self, key: str) -> str | None:
         with self._lock:
@@ -150,23 +157,59 @@ class ConfigCache:
             path = self.path
             try:
                 path.parent.mkdir(parents=True, exist_ok=True)
-                try:
-                    current = json.loads(path.read_text())
-                    if not isinstance(current, dict):
-                        current = {}
-                except (OSError, ValueError):
-                    current = {}
-                current[key] = value
-                fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
-                try:
-                    with os.fdopen(fd, "w") as fh:
-                        json.dump(current, fh, indent=1, sort_keys=True)
-                    os.replace(tmp, path)
-                finally:
-                    if os.path.exists(tmp):
-                        os.unlink(tmp)
+                with _file_lock(path.parent / f"{path.name}.lock"):
+                    current = self._read(path)
+                    current[key] = value
+                    _write_json_atomic(path, current)
             except OSError as exc:
                 warnings.warn(f"flopscale: cannot write tuning cache {path}: {exc}", stacklevel=3)
+
+
+class _file_lock:
+    """Exclusive advisory lock (``fcntl.flock``) on ``path`` for a with-block; where flock
+    does not exist (Windows) only this process's threads are serialised."""
+
+    def __init__(self, path: Path) -> None:
+        self.path = path
+        self.fd: int | None = None
+
+    def __enter__(self) -> "_file_lock":
+        self.fd = os.open(self.path, os.O_RDWR | os.O_CREAT, 0o666)
+        try:
+            import fcntl
+
+            fcntl.flock(self.fd, fcntl.LOCK_EX)
+        except ImportError:
+            pass
+        except BaseException:
+            os.close(self.fd)
+            raise
+        return self
+
+    def __exit__(self, *exc: object) -> None:
+        if self.fd is not None:
+            os.close(self.fd)  # closing releases the flock
+            self.fd = None
+
+
+def _umask() -> int:
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
+
+
+def _write_json_atomic(path: Path, data: dict) -> None:
+    fd, tmp = tempfile.mkstemp(prefix=f".{path.name}.", dir=path.parent)
+    try:
+        with os.fdopen(fd, "w") as fh:
+            json.dump(data, fh, indent=1, sort_keys=True)
+            fh.flush()
+            os.fsync(fh.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())  # mkstemp makes 0600 whatever the umask
+        os.replace(tmp, path)
+    finally:
+        if os.path.exists(tmp):
+            os.unlink(tmp)
 
 
 _CONFIG_CACHE = ConfigCache("matmul-configs.json")
@@ -426,6 +469,7 @@ def _run(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype], pat
         return c.zero_()
     if no_launch(a, b):
         return c
+    check_runnable(a, b, op="matmul", dtypes=(a.dtype,))  # also when the op is called directly
     c3 = c.view(Bt, M, N)
     precision = _input_precision(a.dtype)
     family = _FAMILY[a.dtype]

@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from flopscale import kernels
 from flopscale.kernels import matmul_kernels as mk
 from flopscale.kernels import matmul_layer as ml
+from flopscale.kernels._runtime import interpreter_dot_ok, interpreter_on
 
 HAS_CUDA = torch.cuda.is_available()
 TOL = {torch.float32: 1e-4, torch.float16: 1e-2, torch.bfloat16: 1e-2}
@@ -272,10 +273,51 @@ def test_bad_input_is_a_clear_error(a, b, kw, exc, match):
 
 
 @pytest.mark.skipif(HAS_CUDA, reason="checks the CPU path without the interpreter")
-def test_cpu_tensor_without_interpreter_is_a_value_error(monkeypatch):
-    monkeypatch.setenv("TRITON_INTERPRET", "0")
+@pytest.mark.parametrize("value", ["0", "false", "False", "off", "no", ""])
+def test_cpu_tensor_without_interpreter_is_a_value_error(value, monkeypatch):
+    monkeypatch.setenv("TRITON_INTERPRET", value)
     with pytest.raises(ValueError, match="interpreter"):
         kernels.matmul(torch.ones(2, 2), torch.ones(2, 2))
+
+
+@pytest.mark.parametrize("value,on", [("1", True), ("true", True), ("TRUE", True), ("on", True), ("yes", True),
+                                      ("0", False), ("false", False), ("off", False), ("", False), ("2", False)])
+def test_interpreter_switch_is_read_as_triton_reads_it(value, on, monkeypatch):
+    from triton._C.libtriton import getenv_bool
+
+    monkeypatch.setenv("TRITON_INTERPRET", value)
+    assert interpreter_on() is on
+    assert getenv_bool("TRITON_INTERPRET", False) is on  # Triton's own parser agrees
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the interpreter")
+@pytest.mark.parametrize("dtype", [torch.bfloat16, torch.float8_e4m3fn])
+def test_interpreter_never_returns_a_wrong_tensor_for_bf16_or_fp8(dtype):
+    """The interpreter multiplies bf16 bit patterns (errors ~1e10): such a dtype is refused with
+    one clear line; a dtype it computes correctly (fp8 in triton 3.9) must then be right."""
+    a, b = rand(24, 40).to(dtype), rand(40, 16).to(dtype)
+    try:
+        out = kernels.matmul(a, b)
+    except ValueError as exc:
+        assert str(dtype) in str(exc) and "interpreter" in str(exc) and "\n" not in str(exc)
+        assert not interpreter_dot_ok(dtype)
+        # the op called directly (as autograd does) refuses too
+        with pytest.raises(ValueError, match="interpreter"):
+            torch.ops.flopscale.matmul(a, b, None)
+    else:
+        assert interpreter_dot_ok(dtype)
+        assert rel_err(out, a.double() @ b.double()) < 1e-2
+
+
+@pytest.mark.skipif(HAS_CUDA, reason="checks the interpreter")
+def test_a_dtype_the_interpreter_gets_wrong_is_refused(monkeypatch):
+    from flopscale.kernels import _runtime
+
+    monkeypatch.setitem(_runtime._DOT_OK, torch.float8_e4m3fn, False)
+    a = rand(8, 16).to(torch.float8_e4m3fn)
+    with pytest.raises(ValueError, match="float8_e4m3fn needs a CUDA GPU"):
+        kernels.matmul(a, a.mT.contiguous())
+    assert interpreter_dot_ok(torch.float16) and interpreter_dot_ok(torch.float32)
 
 
 # ---------------------------------------------------------------- configuration cache
@@ -286,11 +328,44 @@ def test_config_cache_round_trips_atomically(tmp_path, monkeypatch):
     cache.put("k", "BM128_BN256_BK64_G8_w8_s3")
     path = tmp_path / "cache" / "test-configs.json"
     assert json.loads(path.read_text()) == {"k": "BM128_BN256_BK64_G8_w8_s3"}
-    assert [p.name for p in path.parent.iterdir()] == ["test-configs.json"]  # no temporary left
+    assert sorted(p.name for p in path.parent.iterdir()) == ["test-configs.json", "test-configs.json.lock"]  # no temporary left
     fresh = ml.ConfigCache("test-configs.json")  # a new process reads it back
     assert fresh.get("k") == "BM128_BN256_BK64_G8_w8_s3"
     path.write_text("{not json")
     assert ml.ConfigCache("test-configs.json").get("k") is None  # corrupt file is ignored
+
+
+def _put_many(cache_dir: str, worker: int, n: int) -> None:
+    os.environ["FLOPSCALE_CACHE_DIR"] = cache_dir
+    cache = ml.ConfigCache("race.json")
+    for i in range(n):
+        cache.put(f"w{worker}-k{i}", f"cfg{i}")
+
+
+def test_config_cache_keeps_every_entry_written_by_concurrent_processes(tmp_path):
+    """Four processes write 40 keys each into one file at the same time: every key survives
+    (without the lock each read-merge-write raced and most keys were lost)."""
+    import multiprocessing
+
+    ctx = multiprocessing.get_context("fork")
+    procs = [ctx.Process(target=_put_many, args=(str(tmp_path), w, 40)) for w in range(4)]
+    for p in procs:
+        p.start()
+    for p in procs:
+        p.join(60)
+    assert [p.exitcode for p in procs] == [0, 0, 0, 0]
+    saved = json.loads((tmp_path / "race.json").read_text())
+    assert saved == {f"w{w}-k{i}": f"cfg{i}" for w in range(4) for i in range(40)}
+
+
+def test_config_cache_file_follows_the_umask(tmp_path, monkeypatch):
+    monkeypatch.setenv("FLOPSCALE_CACHE_DIR", str(tmp_path))
+    old = os.umask(0o022)
+    try:
+        ml.ConfigCache("mode.json").put("k", "v")
+    finally:
+        os.umask(old)
+    assert (tmp_path / "mode.json").stat().st_mode & 0o777 == 0o644
 
 
 def test_tuning_picks_the_fastest_config_once_and_remembers_it(tmp_path, monkeypatch):
