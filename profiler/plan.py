@@ -63,6 +63,8 @@ DEFAULT_VOCAB = 32000
 DEFAULT_DTYPE = "bf16"
 
 _MAX_ITER = 30
+#: the widest shape :func:`shape_for` builds (and the family behind it)
+MAX_D_MODEL = 65536
 
 
 # ----------------------------------------------------------------------------------------
@@ -130,7 +132,7 @@ def shape_for(
     pref = aspect or preferred_aspect(n_target)
     best: tuple[float, GPTConfig] | None = None
     d = 64
-    while d <= 65536:
+    while d <= MAX_D_MODEL:
         hd = _head_dim(d)
         heads = d // hd
         if heads % kv_group:  # grouped-query heads must divide the query heads
@@ -169,6 +171,7 @@ class Allocation:
     ci: dict[str, tuple[float, float]] = field(default_factory=dict)
     note: str | None = None
     ci_level: float | None = None
+    warnings: list[str] = field(default_factory=list)
 
 
 class LawBackend:
@@ -200,11 +203,20 @@ class LawBackend:
             from flopscale import lawfit
 
             if isinstance(law, str):
-                pub = lawfit.published.get(law)  # LawfitError for an unknown name
-                self.law = pub.name
-                self.citation = pub.citation
-                self.n_counts = pub.n_counts
-                name = name or pub.name
+                try:
+                    pub = lawfit.published.get(law)
+                except lawfit.LawfitError:
+                    pub = None
+                if pub is not None:
+                    self.law = pub.name
+                    self.citation = pub.citation
+                    self.n_counts = pub.n_counts
+                    name = name or pub.name
+                else:  # any other name lawfit.allocate knows (LawfitError for an unknown one)
+                    probe = lawfit.allocate(1e21, law=law)
+                    self.n_counts = getattr(probe, "n_counts", None) or None
+                    self.citation = getattr(probe, "law", None) or None
+                    name = name or law
             else:
                 name = name or getattr(getattr(law, "law", None), "name", None) or type(law).__name__
                 self.n_counts = "as in the fitted data"
@@ -229,15 +241,44 @@ class LawBackend:
             note = (f"D_opt capped at the {res.max_tokens:.4g} available tokens (--max-tokens): predicted loss "
                     f"{res.loss_penalty:+.4f} against the unconstrained optimum")
         loss = getattr(res, "loss", None)
-        return Allocation(float(res.N), float(res.D), None if loss is None else float(loss), ci, note,
-                          getattr(res, "ci_level", None))
+        warns = [str(w) for w in (getattr(res, "warnings", None) or [])]
+        method = str(getattr(res, "method", "") or "")
+        if "WARNING" in method and not warns:
+            warns.append(method[method.index("WARNING"):].strip(" ():").replace("WARNING: ", ""))
+        N, D = float(res.N), float(res.D)
+        loss = None if loss is None else float(loss)
+        if not (math.isfinite(N) and math.isfinite(D) and N > 0 and D > 0):
+            raise ValueError(f"the law {self.name} gives no finite allocation at C = {compute:.4g} FLOP "
+                             f"(N = {N:g}, D = {D:g}): the fit is not identifiable or the budget is outside it")
+        if loss is not None and not math.isfinite(loss):
+            loss = None
+            warns.append("the law predicts no finite loss here")
+        return Allocation(N, D, loss, ci, note, getattr(res, "ci_level", None), warns)
 
     def loss(self, n_params: float, tokens: float) -> float | None:
         if self._loss_fn is not None:
-            return float(self._loss_fn(n_params, tokens))
+            v = float(self._loss_fn(n_params, tokens))
+            return v if math.isfinite(v) else None
         from flopscale import lawfit
 
-        return float(lawfit.predict_loss(n_params, tokens, law=self.law))
+        try:
+            v = float(lawfit.predict_loss(n_params, tokens, law=self.law))
+        except lawfit.LawfitError:  # a law that allocates without a loss
+            return None
+        return v if math.isfinite(v) else None
+
+    def optimal_for_params(self, n_params: float, flops_per_token: Callable[[float], float] | None) -> Allocation:
+        """The budget and tokens for which ``n_params`` is compute-optimal (``lawfit.optimal_for_params``)."""
+        from flopscale import lawfit
+
+        res = lawfit.optimal_for_params(n_params, law=self.law, flops_per_token=flops_per_token)
+        D, C = float(res.D), float(res.compute)
+        if not (math.isfinite(D) and D > 0 and math.isfinite(C) and C > 0):
+            raise ValueError(f"the law {self.name} gives no finite compute-optimal tokens for N = {n_params:.4g}")
+        loss = getattr(res, "loss", None)
+        loss = float(loss) if loss is not None and math.isfinite(float(loss)) else None
+        ci = {str(k): (float(v[0]), float(v[1])) for k, v in dict(getattr(res, "ci", None) or {}).items()}
+        return Allocation(float(n_params), D, loss, ci, None, getattr(res, "ci_level", None))
 
 
 # ----------------------------------------------------------------------------------------
@@ -273,12 +314,23 @@ class PlanPoint:
 
     comm: _budget.CommModel | None = None
     step: _budget.StepTime | None = None  # one optimizer step of the shape, with communication
+    layouts: Any = None  # profiler.parallel.LayoutSearch: the shape's best layouts on the cluster
+    cluster: Any = None  # profiler.parallel.Cluster
+    warnings: list[str] = field(default_factory=list)
+
+    @property
+    def layout(self) -> Any:
+        """The chosen :class:`profiler.parallel.LayoutCost` (None without a cluster)."""
+        return self.layouts.best if self.layouts is not None else None
 
     @property
     def mfu_at_scale(self) -> float | None:
-        """MFU including the exposed communication (= ``mfu`` without a communication model)."""
+        """MFU including the layout's costs (bubble, exposed communication, recompute); the
+        MFU itself without a cluster."""
         if self.mfu is None:
             return None
+        if self.layout is not None:
+            return self.layout.mfu_at_scale
         return self.step.mfu_at_scale if self.step is not None else self.mfu
 
     @property
@@ -327,6 +379,10 @@ class PlanPoint:
             "notes": list(self.notes),
             "mfu_at_scale": self.mfu_at_scale,
             "communication": self.comm.to_dict(self.step) if self.comm is not None else None,
+            "layout": self.layout.layout.to_dict() if self.layout is not None else None,
+            "memory_per_gpu_bytes": self.layout.memory.total_bytes if self.layout is not None else None,
+            "layouts": self.layouts.to_dict() if self.layouts is not None else None,
+            "warnings": list(self.warnings),
         }
 
 
@@ -377,6 +433,25 @@ def family(
     return {"d_model": d, "n_layer": L, "total": tot, "non_embedding": ne, "flops_per_token": 3.0 * fwd}
 
 
+def largest_shapeable(
+    *, count: str = "total", n_ctx: int = DEFAULT_N_CTX, vocab: int = DEFAULT_VOCAB, tied: bool = False,
+    kv_group: int = 1,
+) -> float:
+    """The largest parameter count (convention ``count``) the shape family builds: ``d_model``
+    :data:`MAX_D_MODEL` at the preferred aspect ratio 128 (``n_layer`` 512)."""
+    d, L, g = float(MAX_D_MODEL), MAX_D_MODEL / 128.0, float(kv_group)
+    non_emb = L * (d * d * (10.0 + 2.0 / g) + 4.0 * d) + 2.0 * d
+    return non_emb if count == "non_embedding" else non_emb + (vocab + n_ctx) * d + (0.0 if tied else vocab * d)
+
+
+def check_shapeable(n_params: float, **fam: Any) -> None:
+    """Raise ValueError when ``n_params`` is beyond the largest shape of the family."""
+    top = largest_shapeable(**fam)
+    if not (n_params <= top):
+        raise ValueError(f"the budget asks for N = {n_params:.3g} parameters, beyond the largest model this family "
+                         f"shapes ({top:.3g}: d_model {MAX_D_MODEL}, n_layer 512); plan a smaller budget")
+
+
 def plan_budget(
     law: LawBackend,
     *,
@@ -394,6 +469,9 @@ def plan_budget(
     kv_group: int = 1,
     exact_count: bool = True,
     comm: _budget.CommModel | None = None,
+    cluster: Any = None,
+    layout: dict[str, Any] | None = None,
+    batch_tokens: float = _budget.DEFAULT_BATCH_TOKENS,
 ) -> PlanPoint:
     """Plan one budget: either ``compute`` (FLOP) or ``gpus x days`` at ``peak x mfu``.
 
@@ -408,6 +486,12 @@ def plan_budget(
     ``comm`` (a :class:`profiler.budget.CommModel` for ``gpus`` GPUs) adds the exposed gradient
     all-reduce to every step: the MFU at scale replaces the MFU in ``C`` (GPUs x days) and in
     the wall-clock.
+
+    ``cluster`` (a :class:`profiler.parallel.Cluster` of ``gpus`` GPUs) instead lays every shape
+    out over tensor, pipeline and data parallelism (:func:`profiler.parallel.search`; ``layout``
+    pins parts of it): memory per GPU must fit, and the best layout's MFU at scale (bubble,
+    communication, recompute) sets ``C`` and the wall-clock.  Raises
+    :class:`profiler.parallel.NoLayoutError` when no layout fits.
     """
     if compute is None:
         if gpus is None or days is None or peak_flop_per_s is None or mfu is None:
@@ -426,7 +510,26 @@ def plan_budget(
         gpus = comm.gpus
         if peak_flop_per_s is None or mfu is None:
             raise ValueError("a communication model needs the peak FLOP/s and an MFU")
+    if cluster is not None:
+        if gpus is not None and float(gpus) != float(cluster.gpus):
+            raise ValueError(f"{gpus:g} GPUs but the cluster has {cluster.nodes} x {cluster.gpus_per_node}")
+        gpus = cluster.gpus
+        if peak_flop_per_s is None or mfu is None:
+            raise ValueError("a layout search needs the peak FLOP/s and an MFU")
     fam = dict(count=law.count, n_ctx=n_ctx, vocab=vocab, tied=tied, kv_group=kv_group)
+    shape_kw = dict(n_ctx=n_ctx, vocab=vocab, count=law.count, tied=tied, kv_group=kv_group)
+
+    searched: dict[GPTConfig, Any] = {}
+
+    def layouts_of(cfg: GPTConfig) -> Any:
+        from . import parallel
+
+        if cfg in searched:
+            return searched[cfg]
+        pc_ = param_counts(cfg)
+        searched[cfg] = parallel.search(cfg, pc_, _fpt_exact(cfg), cluster, peak_flop_per_s=peak_flop_per_s,
+                               mfu=mfu(pc_.total), batch_tokens=batch_tokens, fixed=layout)  # type: ignore[misc]
+        return searched[cfg]
 
     def fpt(n: Any) -> Any:
         """exact training FLOP per token along the shape family"""
@@ -434,6 +537,9 @@ def plan_budget(
 
     def efficiency(n_law: float | None) -> float:
         """compute / step time along the shape family at ``n_law`` parameters (1 without comm)"""
+        if cluster is not None and n_law is not None:
+            check_shapeable(n_law, **fam)  # type: ignore[arg-type]
+            return layouts_of(shape_for(n_law, **shape_kw)).best.efficiency  # type: ignore[arg-type]
         if comm is None or n_law is None:
             return 1.0
         f = family(n_law, **fam)  # type: ignore[arg-type]
@@ -457,12 +563,13 @@ def plan_budget(
         new_total = float(family(alloc.N, **fam)["total"])  # type: ignore[arg-type]
         done = n is not None and abs(alloc.N - n) <= 1e-7 * n
         n, total = alloc.N, new_total
-        if done or compute is not None or mfu is None or (mfu.is_constant and comm is None):
+        if done or compute is not None or mfu is None or (mfu.is_constant and comm is None and cluster is None):
             converged = True
             break
     assert alloc is not None
+    check_shapeable(alloc.N, **fam)  # type: ignore[arg-type]
     C = budget_at(total, n)
-    cfg = shape_for(alloc.N, n_ctx=n_ctx, vocab=vocab, count=law.count, tied=tied, kv_group=kv_group)
+    cfg = shape_for(alloc.N, **shape_kw)  # type: ignore[arg-type]
     pc = param_counts(cfg)
     n_shape = law_params(pc, law.count)
     fpt = _fpt_exact(cfg)
@@ -497,16 +604,21 @@ def plan_budget(
     if compute is None:
         eff = efficiency(n)
         src = mfu.source if mfu else None  # type: ignore[union-attr]
-        if comm is not None:
+        if cluster is not None:
+            src = f"{mfu(total):.3f} {src} x {eff:.3f} compute share of a step in the best layout"  # type: ignore[misc]
+        elif comm is not None:
             src = f"{mfu(total):.3f} {src} x {eff:.3f} compute share of a step with communication"  # type: ignore[misc]
         b = _budget.Budget(C, float(gpus), float(days), device, dtype, float(peak_flop_per_s), peak_source,  # type: ignore[arg-type]
                            mfu(total) * eff, src)  # type: ignore[misc]
     step = None
     if comm is not None and mfu_at is not None:
         step = comm.step(pc.total, fpt, peak_flop_per_s, mfu_at)  # type: ignore[arg-type]
+    lays = layouts_of(cfg) if cluster is not None else None
     time = None
     if peak_flop_per_s is not None and mfu_at is not None:
         m_eff = step.mfu_at_scale if step is not None else mfu_at
+        if lays is not None:
+            m_eff = lays.best.mfu_at_scale
         time = _budget.train_time(fpt * d_shape, gpus=gpus or 1, peak_flop_per_s=peak_flop_per_s, mfu=m_eff)
     return PlanPoint(
         compute_flop=C,
@@ -532,6 +644,9 @@ def plan_budget(
         notes=notes,
         comm=comm,
         step=step,
+        layouts=lays,
+        cluster=cluster,
+        warnings=list(alloc.warnings),
     )
 
 

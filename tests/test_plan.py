@@ -38,6 +38,11 @@ def closed_form_allocator(C, flops_per_token=None, max_tokens=None):
     return SimpleNamespace(N=N, D=D, loss=chinchilla_loss(N, D), ci={})
 
 
+# Hoffmann et al. 2022's printed (rounded) constants: lawfit's name for them
+from flopscale import lawfit  # noqa: E402
+
+ROUNDED = "hoffmann2022_rounded" if "hoffmann2022_rounded" in lawfit.published.names() else "hoffmann2022"
+
 LAW = LawBackend("hoffmann2022-closed-form", allocator=closed_form_allocator, loss_fn=chinchilla_loss, count="total")
 
 
@@ -70,7 +75,7 @@ def test_family_flops_match_concrete_shapes(target):
 
 def test_plan_with_constant_mfu_spends_the_budget():
     peak, mfu = 989e12, budget.MFUModel.constant(0.4)
-    p = plan_budget(LawBackend("hoffmann2022"), gpus=1024, days=30, peak_flop_per_s=peak, mfu=mfu)
+    p = plan_budget(LawBackend(ROUNDED), gpus=1024, days=30, peak_flop_per_s=peak, mfu=mfu)
     C = 1024 * 30 * 86400 * peak * 0.4
     assert p.compute_flop == pytest.approx(C, rel=1e-12)
     assert p.converged
@@ -97,7 +102,7 @@ def test_plan_under_six_n_reproduces_hoffmann_closed_form():
 
 
 def test_published_law_through_lawfit():
-    law = LawBackend("hoffmann2022")
+    law = LawBackend(ROUNDED)
     assert law.count == "total"
     p = plan_budget(law, compute=5.76e23, exact_count=False)
     assert p.N_opt == pytest.approx(3.22e10, rel=0.01)
@@ -156,11 +161,19 @@ def test_cli_explicit_plan_json_and_report(capsys, tmp_path):
                             "--law", "hoffmann2022", "--json", "--report", str(report))
     assert rc == 0, err
     d = json.loads(out)
-    C = 256 * 14 * 86400 * 989e12 * 0.35
+    # C = GPUs x days x peak x MFU at scale: the given MFU 0.35 times the compute share of the best layout's step
+    st = d["layouts"]["top"][0]["step"]
+    assert d["budget"]["mfu"] == pytest.approx(0.35 * st["compute_s"] / st["step_s"], rel=1e-9)
+    assert d["budget"]["mfu"] == pytest.approx(d["mfu_at_scale"], rel=1e-9) and d["mfu_at_scale"] < 0.35
+    C = 256 * 14 * 86400 * 989e12 * d["budget"]["mfu"]
     assert d["compute_flop"] == pytest.approx(C, rel=1e-12)
     assert d["pf_days"] == pytest.approx(C / 8.64e19)
-    for key in ("N", "D", "loss", "shape", "wall_clock_days", "flops_per_token", "gpu_days", "neighbours"):
+    for key in ("N", "D", "loss", "shape", "wall_clock_days", "flops_per_token", "gpu_days", "neighbours",
+                "layout", "memory_per_gpu_bytes"):
         assert key in d
+    assert set(d["layout"]) == {"tp", "pp", "dp", "zero_stage", "micro_batch", "recompute"}
+    assert d["layout"]["tp"] * d["layout"]["pp"] * d["layout"]["dp"] == 256
+    assert 0 < d["memory_per_gpu_bytes"] <= 0.9 * 80 * 2**30
     assert d["wall_clock_days"] == pytest.approx(14, rel=1e-9)
     assert d["shape"]["d_model"] % d["shape"]["n_head"] == 0
     assert report.exists() and (tmp_path / "plan_frontier.png").stat().st_size > 1000
@@ -174,7 +187,10 @@ def test_cli_inverse(capsys):
     assert rc == 0, err
     d = json.loads(out)
     assert d["compute_flop"] == pytest.approx(d["flops_per_token"] * 1.4e12)
-    assert d["gpu_days"] == pytest.approx(d["compute_flop"] / (989e12 * 0.5) / 86400, rel=1e-9)
+    assert d["mode"] == "inverse" and d["layout"]["tp"] * d["layout"]["pp"] * d["layout"]["dp"] == 64
+    st = d["layouts"]["top"][0]["step"]
+    assert d["mfu_at_scale"] == pytest.approx(0.5 * st["compute_s"] / st["step_s"], rel=1e-12)
+    assert d["gpu_days"] == pytest.approx(d["compute_flop"] / (989e12 * d["mfu_at_scale"]) / 86400, rel=1e-9)
     assert d["wall_clock_days"] == pytest.approx(d["gpu_days"] / 64, rel=1e-12)
 
 
@@ -187,7 +203,8 @@ def test_cli_inverse(capsys):
     (["--gpu", "tpu-v9", "--gpus", "8"], "unknown device"),
     (["--gpus", "8", "--law", "no-such-law"], "unknown"),
     (["--gpus", "8", "--fit", "/no/such/fit.json"], "not found"),
-    (["--gpus", "8", "--params", "1e9"], "both --params"),
+    (["--gpus", "8", "--tokens", "1e9"], "--tokens needs --params"),
+    (["--gpus", "1.5", "--days", "3"], "--gpus must be a whole number"),
 ])
 def test_cli_bad_input_is_one_line(capsys, argv, match):
     rc, out, err = run_main(capsys, "plan", *argv)
@@ -204,7 +221,8 @@ def test_cli_measured_file_from_another_card(capsys, tmp_path):
     rc, out, err = run_main(capsys, "plan", "--gpu", "h200", "--gpus", "8", "--measured", str(m), "--json")
     assert rc == 0, err
     d = json.loads(out)
-    assert d["budget"]["mfu"] == pytest.approx(4e14 / 989e12)
+    assert d["mfu"] == pytest.approx(4e14 / 989e12)
+    assert d["budget"]["mfu"] == pytest.approx(d["mfu"] * d["layouts"]["top"][0]["step"]["efficiency"], rel=1e-9)
     assert "measured" in d["budget"]["mfu_source"]
 
 
