@@ -24,7 +24,6 @@ Units: bytes.  The published forms used here (cite them where a number depends o
 """
 from __future__ import annotations
 
-import math
 from dataclasses import dataclass
 from typing import Any
 
@@ -161,8 +160,6 @@ class MemoryBreakdown:
 
 
 def ceil_div(a: int, b: int) -> int:
+    """Integer division rounded up."""
     return -(-int(a) // int(b))
 
-
-def is_pos_int(v: Any) -> bool:
-    return isinstance(v, int) and not isinstance(v, bool) and v >= 1 and math.isfinite(v)

@@ -37,13 +37,14 @@ from __future__ import annotations
 import itertools
 import math
 import re
-from dataclasses import dataclass, field, replace
-from typing import Any, Sequence
+from dataclasses import dataclass, field
+from typing import Any
 
 from . import memory as _mem
 from .collectives import allreduce_time_s, intra_node_bandwidth
 
-__all__ = ["Layout", "Cluster", "LayoutCost", "LayoutSearch", "NoLayoutError", "parse_layout", "evaluate", "search"]
+__all__ = ["Layout", "Cluster", "LayoutCost", "LayoutSearch", "NoLayoutError", "parse_layout", "evaluate", "search",
+           "default_cluster"]
 
 ACT_BYTES = 2.0  # 16-bit activations (the Korthikanti forms assume them)
 
@@ -380,10 +381,3 @@ def default_cluster(gpus: int, device_key: str, memory_bytes: float | None, *, g
     return Cluster(gpus // g, g, found[0] if found else None, inter_Bps, memory_bytes, overlap, measured,
                    grad_bytes_per_param=grad_bytes_per_param, sources=dict(sources or {}))
 
-
-def with_mfu(c: LayoutCost, mfu: float) -> LayoutCost:  # pragma: no cover - convenience
-    return replace(c, mfu=mfu)
-
-
-def top_text(res: LayoutSearch) -> Sequence[str]:
-    return [str(c) for c in res.ranked]
