@@ -10,11 +10,17 @@ Conventions (see README "Counting conventions"):
   ``2*M*N*K`` for a matmul, ``4*B*H*D*P`` for an attention forward with ``P``
   unmasked (query, key) pairs.  No recompute, nothing that is computed and then
   masked away.  This is what MFU divides.
-* ``executed_flops`` -- FLOPs the kernel really performs on its tensor cores:
+* ``executed_flops`` -- FLOPs the kernel really performs on its matrix units:
   backward recompute of attention scores, computed-then-masked elements of
-  diagonal blocks, padding of ragged tiles is *not* included (tiles are masked,
-  not padded, in memory, but the MMA still runs on the padded tile: we count the
-  logical work only).  This is what HFU divides.
+  diagonal blocks, and a head dim padded to the kernel's tile (``D = 96`` runs on
+  a 128-wide tile: 4/3 of the work) are included; the ragged edges of sequence
+  tiles are *not* (tiles are masked, not padded, in memory, but the MMA still
+  runs on the padded tile: we count the logical rows only).  This is what HFU
+  divides.
+* ``peak_dtype`` -- which peak rates ``executed_flops``: ``"bf16"``/``"fp16"``
+  (tensor cores), ``"tf32"`` (float32 on tensor cores), ``"fp32"`` (float32 in
+  IEEE precision on the FMA units, rated against the fp32 peak, not a
+  tensor-core one); ``""`` when a declaration does not say.
 * ``nonmatmul_flops`` -- softmax, scaling and other elementwise work; counted,
   but kept out of tensor-core utilisation.
 * ``bytes`` -- compulsory DRAM traffic: each operand read once, each output
@@ -25,7 +31,18 @@ from __future__ import annotations
 from dataclasses import dataclass, field
 from typing import Any, Callable, Mapping
 
-__all__ = ["Cost", "register_cost", "cost_of", "registered_ops"]
+__all__ = ["Cost", "register_cost", "cost_of", "registered_ops", "peak_dtype_of"]
+
+_PEAK_NAMES = {"torch.float16": "fp16", "torch.bfloat16": "bf16", "torch.float32": "fp32"}
+
+
+def peak_dtype_of(dtype: Any, ieee: bool) -> str:
+    """``Cost.peak_dtype`` of a matmul on ``dtype`` inputs: ``"fp16"``/``"bf16"``; float32
+    ``"fp32"`` in IEEE precision (FMA units) else ``"tf32"`` (tensor cores); ``""`` if unknown."""
+    name = _PEAK_NAMES.get(str(dtype), "")
+    if name == "fp32" and not ieee:
+        return "tf32"
+    return name
 
 
 @dataclass(frozen=True)
@@ -37,6 +54,8 @@ class Cost:
     # optional breakdown of ``flops``/``executed_flops`` into named parts, e.g.
     # {"scores": ..., "pv": ..., "recompute": ...}; values are FLOP.
     detail: Mapping[str, int] = field(default_factory=dict)
+    # the peak class of ``executed_flops`` (module docstring); '' = not declared
+    peak_dtype: str = ""
 
     def __add__(self, other: "Cost") -> "Cost":
         detail = dict(self.detail)
@@ -48,6 +67,8 @@ class Cost:
             self.bytes + other.bytes,
             self.nonmatmul_flops + other.nonmatmul_flops,
             detail,
+            # a sum over launches of different peak classes has none
+            self.peak_dtype if self.peak_dtype == other.peak_dtype else "",
         )
 
 

@@ -51,8 +51,15 @@ Costs (``kernels.cost_of``; FlopCounterMode reports the same *model* count):
 * Backward: model FLOPs ``8*B*H*D*P`` (2x forward: ``dQ``/``dK`` in ``detail["scores"]``,
   ``dP``/``dV`` in ``detail["pv"]``).  Executed adds the recompute of ``QK^T`` (0.5x
   forward, ``detail["recompute"]``) and the masked diagonal work at the backward's tile size
-  (``detail["masked"]``); without ``causal`` the executed backward is exactly 2.5x the
-  forward.  Always ``scores + pv == flops`` and ``sum(detail.values()) == executed_flops``.
+  (``detail["masked"]``); without ``causal`` (and at equal padding) the executed backward is
+  exactly 2.5x the forward.  Always ``scores + pv == flops`` and ``sum(detail.values()) == executed_flops``.
+* A head dim that is not a power of two (or below 16) runs every matmul on a tile of
+  ``BLOCK_D = max(16, next_pow2(D))`` columns: executed FLOPs count the padded width
+  (``D = 96``: 4/3 of the declared work, ``D = 80``: 1.6x) in ``detail["padding"]``; model
+  FLOPs keep ``D``.
+* ``peak_dtype`` says which peak rates the executed FLOPs: ``"bf16"``/``"fp16"`` tensor cores;
+  float32 runs ``"tf32"`` on tensor cores when ``torch.backends.cuda.matmul.allow_tf32`` is set,
+  else IEEE fp32 on the FMA units, ``"fp32"``, rated against the fp32 (not a tensor-core) peak.
 * Tile sizes are fixed per (head dim, 2- or 4-byte dtype, interpreter or GPU) -- no
   run-time autotuning -- so the executed count is a function of the shapes alone
   (:func:`kernels.attention_kernels.fwd_config` / ``bwd_config``).
@@ -77,7 +84,7 @@ from torch.library import triton_op
 from torch.utils.flop_counter import register_flop_formula
 
 from . import attention_kernels as _ak
-from ._cost import Cost, register_cost
+from ._cost import Cost, peak_dtype_of, register_cost
 from ._runtime import check_runnable, interpreter_on, wrap_triton
 
 __all__ = [
@@ -166,6 +173,12 @@ def dot_precision(dtype: torch.dtype) -> str:
     if dtype == torch.float32 and not torch.backends.cuda.matmul.allow_tf32:
         return "ieee"
     return "tf32"
+
+
+def peak_dtype(dtype: torch.dtype) -> str:
+    """The peak class of a launch's matmuls (``Cost.peak_dtype``): ``"fp16"``/``"bf16"`` tensor
+    cores; float32 ``"tf32"`` (tensor cores, TF32 allowed) or ``"fp32"`` (IEEE on FMA units)."""
+    return peak_dtype_of(dtype, dot_precision(dtype) == "ieee")
 
 
 @functools.lru_cache(maxsize=None)
@@ -492,30 +505,39 @@ def esize(dtype: torch.dtype) -> int:
 
 
 def fwd_cost_from_work(B: int, D: int, es: int, q_rows: int, kv_rows: int,
-                       model_pairs: int, computed: int, tiles: int) -> Cost:
+                       model_pairs: int, computed: int, tiles: int, block_d: Optional[int] = None,
+                       peak: str = "") -> Cost:
     """Forward cost from per-batch-element totals over heads.
 
     ``q_rows``: query rows (``H*S_q``); ``kv_rows``: key rows read (``H_kv*S_k`` dense);
     ``model_pairs``: unmasked (query, key) pairs; ``computed``: scores the kernel computes;
-    ``tiles``: (query row, key tile) visits.  Units: FLOP and bytes.
+    ``tiles``: (query row, key tile) visits; ``block_d``: the head-dim tile the matmuls run on
+    (default ``D``); ``peak``: the ``Cost.peak_dtype``.  Units: FLOP and bytes.
     """
+    bd = D if block_d is None else block_d
     unit = 2 * B * D  # FLOP per (query, key) pair per matmul
     model = 2 * unit * model_pairs
     executed = 2 * unit * computed
+    padding = 2 * 2 * B * (bd - D) * computed
     nonmatmul = B * (5 * computed + D * tiles + D * q_rows)
     nbytes = B * (2 * q_rows * D * es + 2 * kv_rows * D * es + 4 * q_rows)
-    detail = {"scores": unit * model_pairs, "pv": unit * model_pairs, "masked": executed - model}
-    return Cost(model, executed, nbytes, nonmatmul, detail)
+    detail = {"scores": unit * model_pairs, "pv": unit * model_pairs, "masked": executed - model,
+              "padding": padding}
+    return Cost(model, executed + padding, nbytes, nonmatmul, detail, peak)
 
 
 def bwd_cost_from_work(B: int, D: int, es: int, q_rows: int, kv_rows: int,
-                       model_pairs: int, computed: int, tiles: int, has_dlse: bool) -> Cost:
+                       model_pairs: int, computed: int, tiles: int, has_dlse: bool,
+                       block_d: Optional[int] = None, peak: str = "") -> Cost:
     """Backward cost (same arguments as :func:`fwd_cost_from_work`): model 2x forward;
-    executed adds one ``QK^T`` recompute over the computed scores."""
+    executed adds one ``QK^T`` recompute over the computed scores, and the head-dim padding of
+    all five matmuls."""
+    bd = D if block_d is None else block_d
     unit = 2 * B * D
     model = 4 * unit * model_pairs
     recompute = unit * computed
     executed = 5 * unit * computed
+    padding = 5 * 2 * B * (bd - D) * computed
     nonmatmul = B * (5 * computed + D * tiles + 2 * D * q_rows)
     # read dO, q, o, lse (+dlse), k, v; write dq, dk, dv
     nbytes = B * (4 * q_rows * D * es + 4 * kv_rows * D * es + 4 * q_rows * (2 if has_dlse else 1))
@@ -524,8 +546,9 @@ def bwd_cost_from_work(B: int, D: int, es: int, q_rows: int, kv_rows: int,
         "pv": 2 * unit * model_pairs,
         "recompute": recompute,
         "masked": executed - model - recompute,
+        "padding": padding,
     }
-    return Cost(model, executed, nbytes, nonmatmul, detail)
+    return Cost(model, executed + padding, nbytes, nonmatmul, detail, peak)
 
 
 def _fwd_cost(q_shape, k_shape, dtype, causal, device=None, bottom_right=False) -> Cost:
@@ -536,7 +559,7 @@ def _fwd_cost(q_shape, k_shape, dtype, causal, device=None, bottom_right=False) 
     computed, tiles = fwd_work(S_q, S_k, causal, cfg.block_m, cfg.block_n,
                                causal_diag(causal, bottom_right, S_q, S_k))
     return fwd_cost_from_work(B, D, esize(dtype), H * S_q, H_kv * S_k, H * pairs(S_q, S_k, causal, bottom_right),
-                              H * computed, H * tiles)
+                              H * computed, H * tiles, _ak.block_d(D), peak_dtype(dtype))
 
 
 def _bwd_cost(q_shape, k_shape, dtype, causal, has_dlse, device=None, bottom_right=False) -> Cost:
@@ -547,7 +570,7 @@ def _bwd_cost(q_shape, k_shape, dtype, causal, has_dlse, device=None, bottom_rig
     computed, tiles = bwd_work(S_q, S_k, causal, cfg.block_m, cfg.block_n,
                                causal_diag(causal, bottom_right, S_q, S_k))
     return bwd_cost_from_work(B, D, esize(dtype), H * S_q, H_kv * S_k, H * pairs(S_q, S_k, causal, bottom_right),
-                              H * computed, H * tiles, has_dlse)
+                              H * computed, H * tiles, has_dlse, _ak.block_d(D), peak_dtype(dtype))
 
 
 @register_cost("flopscale::attention_fwd")

@@ -34,7 +34,8 @@ Custom ops (namespace ``flopscale``):
 
 Costs follow :mod:`kernels.attention_layer`: model FLOPs ``4*B*D*pairs`` forward and
 ``8*B*D*pairs`` backward (FlopCounterMode reports the same), executed FLOPs count every score of
-every visited block (masked diagonal elements included) plus the backward's ``QK^T`` recompute;
+every visited block (masked diagonal elements included) plus the backward's ``QK^T`` recompute,
+at the padded head-dim tile (``detail["padding"]``), with ``peak_dtype`` as for dense attention;
 bytes read q, the touched key/value rows, and write o and lse (backward: dO, q, o, lse, k, v
 read; dq, dk, dv written).  Non-matmul FLOPs use ``computed_pairs / BLOCK_N`` as the number of
 (row, key tile) visits.
@@ -62,6 +63,7 @@ from .attention_layer import (
     check_qkv,
     device_capability,
     dot_precision,
+    peak_dtype,
     esize,
     fwd_cost_from_work,
     launch,
@@ -347,7 +349,8 @@ def _fwd_cost(q, k, block, pairs, computed_pairs, kv_rows) -> Cost:
     B, H, S_q, D = q.shape
     cfg, _ = _configs(int(block), D, q.dtype, getattr(q, "device", None))
     tiles = computed_pairs // cfg.block_n
-    return fwd_cost_from_work(B, D, esize(q.dtype), H * S_q, kv_rows, pairs, computed_pairs, tiles)
+    return fwd_cost_from_work(B, D, esize(q.dtype), H * S_q, kv_rows, pairs, computed_pairs, tiles,
+                              _ak.block_d(D), peak_dtype(q.dtype))
 
 
 @register_cost("flopscale::blocksparse_attention_fwd")
@@ -356,7 +359,7 @@ def blocksparse_attention_fwd_cost(q, k, v, row_ptr, row_mid, col_idx, col_ptr, 
     """Declared cost of one ``flopscale::blocksparse_attention_fwd`` launch (module docstring)."""
     c = _fwd_cost(q, k, block, pairs, computed_pairs, kv_rows)
     index_bytes = 4 * (row_ptr.numel() + row_mid.numel() + col_idx.numel())
-    return Cost(c.flops, c.executed_flops, c.bytes + index_bytes, c.nonmatmul_flops, c.detail)
+    return Cost(c.flops, c.executed_flops, c.bytes + index_bytes, c.nonmatmul_flops, c.detail, c.peak_dtype)
 
 
 @register_cost("flopscale::blocksparse_attention_bwd")
@@ -367,9 +370,9 @@ def blocksparse_attention_bwd_cost(do, q, k, v, o, lse, dlse, col_ptr, row_idx, 
     _, cfg = _configs(int(block), D, q.dtype, getattr(q, "device", None))
     tiles = computed_pairs // cfg.block_n
     c = bwd_cost_from_work(B, D, esize(q.dtype), H * S_q, kv_rows, pairs, computed_pairs, tiles,
-                           dlse is not None)
+                           dlse is not None, _ak.block_d(D), peak_dtype(q.dtype))
     index_bytes = 4 * (col_ptr.numel() + row_idx.numel())
-    return Cost(c.flops, c.executed_flops, c.bytes + index_bytes, c.nonmatmul_flops, c.detail)
+    return Cost(c.flops, c.executed_flops, c.bytes + index_bytes, c.nonmatmul_flops, c.detail, c.peak_dtype)
 
 
 @register_flop_formula(torch.ops.flopscale.blocksparse_attention_fwd)

@@ -350,6 +350,54 @@ def test_declared_cost(S_q, S_k, causal, interpret, monkeypatch):
     assert bwd.bytes == B * (4 * H * S_q * D * es + 4 * H_kv * S_k * D * es + 4 * H * S_q)
 
 
+@pytest.mark.parametrize("D,ratio", [(96, 4 / 3), (80, 1.6), (8, 2.0), (64, 1.0)])
+@pytest.mark.parametrize("causal", [False, "bottom_right"])
+def test_executed_flops_count_the_padded_head_dim(D, ratio, causal):
+    """A head dim that is not a power of two runs its matmuls on a next-power-of-two tile:
+    executed FLOPs count that width (D=96: 4/3, D=80: 1.6x the unpadded work), model FLOPs
+    keep D."""
+    B, H, H_kv, S_q, S_k = 2, 4, 2, 37, 100
+    q = torch.empty(B, H, S_q, D, dtype=torch.float16, device="meta")
+    k = torch.empty(B, H_kv, S_k, D, dtype=torch.float16, device="meta")
+    lse = torch.empty(B, H, S_q, dtype=torch.float32, device="meta")
+    mode = al.causal_mode(causal)
+    flags = (mode is not None, 0.1, mode == "bottom_right")
+    fwd = kernels.cost_of("flopscale::attention_fwd", q, k, k, *flags)
+    bwd = kernels.cost_of("flopscale::attention_bwd", q, q, k, k, q, lse, None, *flags)
+    fcfg, bcfg = al._configs(D, torch.float16, None)
+    P = brute_pairs(S_q, S_k, causal)
+    comp_f = brute_fwd_computed(S_q, S_k, causal, fcfg.block_m, fcfg.block_n)
+    comp_b = brute_bwd_computed(S_q, S_k, causal, bcfg.block_m, bcfg.block_n)
+    assert fwd.flops == 4 * B * H * D * P and bwd.flops == 8 * B * H * D * P
+    padded = {96: 128, 80: 128, 8: 16, 64: 64}[D]
+    assert fwd.executed_flops == 4 * B * H * padded * comp_f
+    assert bwd.executed_flops == 10 * B * H * padded * comp_b
+    assert fwd.executed_flops == pytest.approx(ratio * 4 * B * H * D * comp_f, rel=1e-12)
+    for c in (fwd, bwd):
+        assert sum(c.detail.values()) == c.executed_flops
+        assert (c.detail["padding"] > 0) == (ratio > 1)
+
+
+@pytest.mark.parametrize("dtype,tf32,peak", [(torch.float32, False, "fp32"), (torch.float32, True, "tf32"),
+                                             (torch.float16, False, "fp16"), (torch.bfloat16, True, "bf16")])
+def test_cost_names_the_peak_that_rates_it(dtype, tf32, peak):
+    """float32 in IEEE precision runs on the FMA units (rated against the fp32 peak), float32
+    with TF32 allowed and 16-bit inputs on tensor cores; the declared Cost says which."""
+    q = torch.empty(1, 2, 40, 64, dtype=dtype, device="meta")
+    lse = torch.empty(1, 2, 40, dtype=torch.float32, device="meta")
+    before = torch.backends.cuda.matmul.allow_tf32
+    torch.backends.cuda.matmul.allow_tf32 = tf32
+    try:
+        fwd = kernels.cost_of("flopscale::attention_fwd", q, q, q, True, 0.1)
+        bwd = kernels.cost_of("flopscale::attention_bwd", q, q, q, q, q, lse, None, True, 0.1)
+    finally:
+        torch.backends.cuda.matmul.allow_tf32 = before
+    assert fwd.peak_dtype == bwd.peak_dtype == peak
+    assert (fwd + bwd).peak_dtype == peak
+    assert (fwd + kernels.Cost(1, 1, 1, peak_dtype="other")).peak_dtype == ""
+    assert kernels.Cost(1, 1, 1).peak_dtype == ""  # the field defaults: older declarations stay valid
+
+
 # --------------------------------------------------------------------------- bad input
 
 

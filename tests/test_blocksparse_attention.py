@@ -201,6 +201,7 @@ def test_pairs_flop_counter_and_declared_cost(causal, S_q, S_k, H_l, device):
     for c in (fwd, bwd):
         assert c.detail["scores"] + c.detail["pv"] == c.flops
         assert sum(c.detail.values()) == c.executed_flops
+        assert c.peak_dtype == ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32")
     # key rows read: key blocks that some visible block touches
     eff = plan.layout.mask
     kv_blocks = eff.amax(1) if H_l == 1 else eff.reshape(H_kv, H // H_kv, *eff.shape[1:]).amax((1, 2))
@@ -231,6 +232,22 @@ def test_partial_blocks_trail_each_row(causal, S_q, S_k, block):
             full = bool(tile.all()) and tile.shape[1] == block
             assert tile.any()  # no visited block without a visible pair
             assert full == (e < int(plan.row_mid[g])), (g, e, c)
+
+
+def test_executed_flops_count_the_padded_head_dim():
+    """D = 96 runs on a 128-wide tile: executed 4/3 of the unpadded work, model FLOPs keep D."""
+    layout = BlockLayout.random(1, 3, 3, density=0.6, seed=2, block=16)
+    plan = bl.layout_plan(layout, True, 2, 1, 40, 40)
+    row_ptr, col_idx = plan.layout.csr()
+    col_ptr, row_idx, _ = plan.layout.csc()
+    args = (16, True, 0.1, plan.pairs, plan.computed_pairs, plan.kv_rows, False)
+    for D, ratio in ((96, 4 / 3), (80, 1.6)):
+        q = torch.empty(1, 2, 40, D, dtype=torch.float16, device="meta")
+        k = torch.empty(1, 1, 40, D, dtype=torch.float16, device="meta")
+        fwd = kernels.cost_of("flopscale::blocksparse_attention_fwd", q, k, k, row_ptr, plan.row_mid, col_idx,
+                              col_ptr, row_idx, *args)
+        assert fwd.flops == 4 * D * plan.pairs and fwd.peak_dtype == "fp16"
+        assert fwd.executed_flops == pytest.approx(ratio * 4 * D * plan.computed_pairs, rel=1e-12)
 
 
 def test_costs_scale_with_nnz():
