@@ -7,7 +7,7 @@ Public names:
     kernels.attention(q, k, v, causal=False, sm_scale=None)
         # causal: False | True/"top_left" (SDPA's alignment) | "bottom_right" (flash-attn >= 2.1)
     kernels.BlockLayout
-    kernels.blocksparse_matmul(a, b, layout, mode)
+    kernels.blocksparse_matmul(a, b, layout, mode, trans_a=False, trans_b=False)
     kernels.blocksparse_attention(q, k, v, layout, causal=False, sm_scale=None)
     kernels.Cost, kernels.cost_of, kernels.register_cost
 

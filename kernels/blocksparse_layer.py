@@ -1,7 +1,7 @@
 """``kernels.blocksparse_matmul``: block-sparse products as the ``flopscale::blocksparse_matmul`` op.
 
-    kernels.blocksparse_matmul(a, b, layout, mode)            # mode in {"sdd", "dsd", "dds"}
-    kernels.blocksparse_matmul_reference(a, b, layout, mode)  # float64 dense masked reference
+    kernels.blocksparse_matmul(a, b, layout, mode, trans_a=False, trans_b=False)  # mode in {"sdd", "dsd", "dds"}
+    kernels.blocksparse_matmul_reference(a, b, layout, mode, trans_a=False, trans_b=False)  # float64 reference
 
 Modes (as in the classic Triton block-sparse library; ``layout`` always describes the sparse
 side, ``block`` = ``layout.block``, ``Z`` a batch, ``H = layout.heads``):
@@ -13,6 +13,13 @@ side, ``block`` = ``layout.block``, ``Z`` a batch, ``H = layout.heads``):
 * ``"dds"``: dense ``a [Z, H, M, K]`` @ sparse ``b [Z, nnz, block, block]`` (layout
   ``[H, K/block, N/block]``) -> dense ``[Z, H, M, N]``.
 
+``trans_a`` / ``trans_b`` multiply by the transpose of the stored operand (``op(a) @ op(b)``,
+as in the classic library): a transposed dense operand is read in place through its strides;
+a transposed sparse operand keeps the blocks and the layout of its storage (``layout``
+describes ``a`` or ``b`` as stored), and its blocks are read transposed.  So ``dsd`` with
+``trans_a`` takes ``b [Z, H, R*block, N]`` and gives ``[Z, H, C*block, N]``; ``dds`` with
+``trans_b`` takes ``a [Z, H, M, C*block]`` and gives ``[Z, H, M, R*block]``.
+
 Sparse tensors hold the layout's non-zero blocks in block-id order (row-major order of
 ``layout.mask.nonzero()``).  The dimensions the layout describes must equal ``rows*block`` /
 ``cols*block``; the free dense dimension (K for sdd, N for dsd, M for dds) may be any size >= 1.
@@ -22,7 +29,8 @@ sdd/dsd/dds product over the same layout (transposed operands are read in place)
 
 Cost (``kernels.cost_of`` and ``FlopCounterMode`` agree): ``flops = executed_flops =
 2 * Z * nnz * block**2 * F`` FLOP with ``F`` the free dense dimension (K, N or M); no work is
-done for empty blocks.  (sdd with blocks < 64 computes blocks in groups of ``64/block`` of one
+done for empty blocks; ``peak_dtype`` ``"fp16"``/``"bf16"``, ``"tf32"`` or ``"fp32"`` (IEEE
+float32 on FMA units) says which peak rates it.  (sdd with blocks < 64 computes blocks in groups of ``64/block`` of one
 block-row; a row whose count is not a multiple of the group pads its last group: like ragged
 tile edges, that padding is not counted.)  ``bytes``: the sparse operand/output counts ``Z*nnz*block**2`` elements,
 dense operands and outputs count in full (each read or written once), index arrays are not
@@ -39,7 +47,7 @@ from torch.library import triton_op
 from torch.utils.flop_counter import register_flop_formula
 
 from . import blocksparse_kernels as bk
-from ._cost import Cost, register_cost
+from ._cost import Cost, peak_dtype_of, register_cost
 from ._runtime import check_runnable, wrap_triton
 from .matmul_layer import no_launch
 from .layout import BlockLayout
@@ -283,7 +291,8 @@ def blocksparse_cost(a, b, row_ptr, col_idx, col_ptr, row_idx, block_id, sdd_lut
     es = _itemsize(a.dtype)
     out_numel = math.prod(_out_shape(a.shape, b.shape, nnz, mode, block, rows, cols, trans, heads))
     nbytes = (a.numel() + b.numel() + out_numel) * es
-    return Cost(flops=flops, executed_flops=flops, bytes=nbytes)
+    return Cost(flops=flops, executed_flops=flops, bytes=nbytes,
+                peak_dtype=peak_dtype_of(a.dtype, _precision(a.dtype) == "ieee"))
 
 
 # --------------------------------------------------------------------------- public API
@@ -337,11 +346,31 @@ def _validate(a: Any, b: Any, layout: Any, mode: Any, reference: bool = False) -
         check_runnable(a, b, op=name)
 
 
-def blocksparse_matmul(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout, mode: str) -> torch.Tensor:
-    """Block-sparse product in ``mode`` ("sdd", "dsd" or "dds"); see the module docstring."""
-    _validate(a, b, layout, mode)
+def _transposed(a: Any, b: Any, layout: Any, mode: Any, trans_a: Any, trans_b: Any, name: str):
+    """``(a, b, layout to validate against, op trans flag)`` for ``op(a) @ op(b)``: dense operands
+    transposed as views, a transposed sparse operand through the op's ``trans`` flag."""
+    for flag, value in (("trans_a", trans_a), ("trans_b", trans_b)):
+        if not isinstance(value, bool):
+            raise TypeError(f"{name}: {flag} must be a bool, got {type(value).__name__}")
+    sparse_trans = (mode == "dsd" and trans_a) or (mode == "dds" and trans_b)
+    if isinstance(a, torch.Tensor) and trans_a and mode != "dsd":
+        a = a.mT
+    if isinstance(b, torch.Tensor) and trans_b and mode != "dds":
+        b = b.mT
+    if sparse_trans and isinstance(layout, BlockLayout):
+        # the logical sparse operand is layout^T (same blocks, same nnz): shapes check against it
+        return a, b, layout.transpose(), True
+    return a, b, layout, False
+
+
+def blocksparse_matmul(a: torch.Tensor, b: torch.Tensor, layout: BlockLayout, mode: str,
+                       trans_a: bool = False, trans_b: bool = False) -> torch.Tensor:
+    """Block-sparse product ``op(a) @ op(b)`` in ``mode`` ("sdd", "dsd" or "dds"), ``op`` a
+    transpose where ``trans_a``/``trans_b`` is set; see the module docstring."""
+    a, b, checked, trans = _transposed(a, b, layout, mode, trans_a, trans_b, "blocksparse_matmul")
+    _validate(a, b, checked, mode)
     idx = _indices(layout, a.device)
-    return torch.ops.flopscale.blocksparse_matmul(a, b, *idx, mode, layout.block, layout.rows, layout.cols, False)
+    return torch.ops.flopscale.blocksparse_matmul(a, b, *idx, mode, layout.block, layout.rows, layout.cols, trans)
 
 
 # --------------------------------------------------------------------------- references and helpers
@@ -365,18 +394,23 @@ def dense_to_sparse(x: torch.Tensor, layout: BlockLayout) -> torch.Tensor:
 
 
 def blocksparse_matmul_reference(
-    a: torch.Tensor, b: torch.Tensor, layout: BlockLayout, mode: str, dtype: Optional[torch.dtype] = None
+    a: torch.Tensor, b: torch.Tensor, layout: BlockLayout, mode: str, dtype: Optional[torch.dtype] = None,
+    trans_a: bool = False, trans_b: bool = False,
 ) -> torch.Tensor:
-    """The same product computed densely by torch in float64 (sparse operands expanded with
-    zeros, sparse outputs gathered from the dense product), cast to ``dtype`` (default: the
-    input dtype)."""
-    _validate(a, b, layout, mode, reference=True)
+    """The same product ``op(a) @ op(b)`` computed densely by torch in float64 (sparse operands
+    expanded with zeros, then transposed when asked; sparse outputs gathered from the dense
+    product), cast to ``dtype`` (default: the input dtype)."""
+    name = "blocksparse_matmul_reference"
+    a_, b_, checked, _ = _transposed(a, b, layout, mode, trans_a, trans_b, name)
+    _validate(a_, b_, checked, mode, reference=True)
     dtype = a.dtype if dtype is None else dtype
-    a64, b64 = a.to(torch.float64), b.to(torch.float64)
+    a64, b64 = a_.to(torch.float64), b_.to(torch.float64)
     if mode == "sdd":
         out = dense_to_sparse(a64 @ b64, layout)
     elif mode == "dsd":
-        out = sparse_to_dense(a64, layout) @ b64
+        sa = sparse_to_dense(a64, layout)
+        out = (sa.mT if trans_a else sa) @ b64
     else:
-        out = a64 @ sparse_to_dense(b64, layout)
+        sb = sparse_to_dense(b64, layout)
+        out = a64 @ (sb.mT if trans_b else sb)
     return out.to(dtype)

@@ -122,6 +122,75 @@ def test_transposed_and_strided_dense_operands(mode):
     check_forward_backward(layout, mode, a, b, 1e-4)
 
 
+def _stored_shapes(layout, mode, Z, free, trans_a, trans_b):
+    """Shapes of a and b as stored, for ``op(a) @ op(b)`` (``layout`` describes the sparse side
+    as stored; a transposed sparse operand is ``layout^T``)."""
+    blk, nnz = layout.block, layout.nnz
+    H, R, C = layout.heads, layout.rows, layout.cols
+    sparse = (Z, nnz, blk, blk)
+    if mode == "sdd":
+        a, b = (Z, H, R * blk, free), (Z, H, free, C * blk)
+    elif mode == "dsd":
+        a, b = sparse, (Z, H, (R if trans_a else C) * blk, free)
+    else:
+        a, b = (Z, H, free, (C if trans_b else R) * blk), sparse
+    flip = lambda s: (*s[:2], s[3], s[2])  # noqa: E731
+    if trans_a and mode != "dsd":
+        a = flip(a)
+    if trans_b and mode != "dds":
+        b = flip(b)
+    return a, b
+
+
+@pytest.mark.parametrize("mode", bl.MODES)
+@pytest.mark.parametrize("trans_a,trans_b", [(True, False), (False, True), (True, True)])
+def test_trans_a_trans_b(mode, trans_a, trans_b):
+    """``op(a) @ op(b)`` against the float64 reference (forward and both gradients), and a
+    transposed sparse operand against the same product with its blocks transposed explicitly
+    over ``layout^T`` (an independent route through the untransposed kernel)."""
+    layout = BlockLayout.random(2, 3, 2, density=0.6, seed=3, block=16)
+    Z, free = 2, 7
+    gen = torch.Generator().manual_seed(hash((mode, trans_a, trans_b)) % 2**31)
+    sa, sb = _stored_shapes(layout, mode, Z, free, trans_a, trans_b)
+    a = torch.randn(sa, generator=gen).to(DEV).requires_grad_()
+    b = torch.randn(sb, generator=gen).to(DEV).requires_grad_()
+    out = kernels.blocksparse_matmul(a, b, layout, mode, trans_a=trans_a, trans_b=trans_b)
+    a64, b64 = (t.detach().double().requires_grad_() for t in (a, b))
+    ref = kernels.blocksparse_matmul_reference(a64, b64, layout, mode, dtype=torch.float64,
+                                               trans_a=trans_a, trans_b=trans_b)
+    assert out.shape == ref.shape and rel_err(out, ref) < 1e-4
+    g = torch.randn(out.shape, generator=gen).to(DEV)
+    da, db = torch.autograd.grad(out, (a, b), g)
+    ra, rb = torch.autograd.grad(ref, (a64, b64), g.double())
+    assert rel_err(da, ra) < 1e-4 and rel_err(db, rb) < 1e-4
+    # independent route: transpose dense operands by hand, re-block a transposed sparse one
+    lt = layout.transpose()
+    if mode == "dsd":
+        a2 = bl.dense_to_sparse(bl.sparse_to_dense(a.detach(), layout).mT, lt) if trans_a else a.detach()
+        b2 = b.detach().mT.contiguous() if trans_b else b.detach()
+        other = kernels.blocksparse_matmul(a2, b2, lt if trans_a else layout, "dsd")
+    elif mode == "dds":
+        a2 = a.detach().mT.contiguous() if trans_a else a.detach()
+        b2 = bl.dense_to_sparse(bl.sparse_to_dense(b.detach(), layout).mT, lt) if trans_b else b.detach()
+        other = kernels.blocksparse_matmul(a2, b2, lt if trans_b else layout, "dds")
+    else:
+        a2 = a.detach().mT.contiguous() if trans_a else a.detach()
+        b2 = b.detach().mT.contiguous() if trans_b else b.detach()
+        other = kernels.blocksparse_matmul(a2, b2, layout, "sdd")
+    assert rel_err(out, other) < 1e-5
+
+
+def test_trans_flags_must_be_bools_and_shapes_follow_them():
+    a, b, layout = _good("dsd")
+    with pytest.raises(TypeError, match="trans_a must be a bool"):
+        kernels.blocksparse_matmul(a, b, layout, "dsd", trans_a=1)
+    # b fits the untransposed layout (C*block rows) but not layout^T (R*block rows)
+    lay = BlockLayout.dense(1, 2, 3, 16)
+    a = torch.randn(1, lay.nnz, 16, 16)
+    with pytest.raises(ValueError, match="rows"):
+        kernels.blocksparse_matmul(a, torch.randn(1, 1, 48, 8), lay, "dsd", trans_a=True)
+
+
 def test_empty_blocks_are_never_read():
     """Poison everything a dense operand holds outside the layout's blocks with NaN: a kernel
     that read (and multiplied by zero) an empty block would produce NaN."""
@@ -203,6 +272,8 @@ def test_flop_counter_counts_our_op_by_our_formula(mode):
     cost = kernels.cost_of("flopscale::blocksparse_matmul", a, b, *idx, mode, 16, layout.rows, layout.cols)
     assert cost.flops == cost.executed_flops == forward
     assert cost.bytes == (a.numel() + b.numel() + out.numel()) * 4
+    # float32 in IEEE precision runs on the FMA units: rated against the fp32 peak
+    assert cost.peak_dtype == ("tf32" if torch.backends.cuda.matmul.allow_tf32 else "fp32")
 
 
 # ---------------------------------------------------------------- bad input
