@@ -14,16 +14,19 @@ from flopscale._namespace import require_namespaced as _require_namespaced
 
 _require_namespaced(__name__, 'lawfit')
 from ._errors import LawfitError, LawfitWarning
-from . import datasets, laws, published
+from . import allocation_laws, datasets, laws, published
 from .laws import (BNSL, PF_DAY, Chinchilla, KaplanC, KaplanD, KaplanN, KaplanND, Law, PowerLaw, Saturating,
                    critical_batch_size, get_law)
 from .fitting import FitResult, fit, load_fit
 from .isoflop import IsoFLOPResult, PowerFit, isoflop
-from .allocation import Allocation, allocate, optimal_for_params, predict_loss
+from .allocation_laws import AllocationLaw
+from .allocation import Allocation, allocate, law_names, optimal_for_params, predict_loss
+from .allocation_report import AllocationReport, allocation_report
 
 __all__ = [
     "LawfitError", "LawfitWarning", "datasets", "laws", "published", "Law", "Chinchilla", "KaplanN", "KaplanD", "KaplanND",
     "KaplanC", "PowerLaw", "BNSL", "Saturating", "critical_batch_size", "get_law", "PF_DAY",
     "fit", "FitResult", "load_fit", "isoflop", "IsoFLOPResult", "PowerFit",
-    "allocate", "Allocation", "optimal_for_params", "predict_loss",
+    "allocate", "Allocation", "optimal_for_params", "predict_loss", "law_names", "allocation_laws", "AllocationLaw",
+    "allocation_report", "AllocationReport",
 ]

@@ -32,6 +32,8 @@ from ._data import load_runs
 from ._errors import LawfitError
 from ._optim import BAD_START, STATUS_TEXT, BatchResult, Conditioned, Objective, _duplicates, batched_lbfgs, polish
 from ._parallel import can_fork, resolve_workers, run_blocks
+from .allocation_laws import from_isoflop
+from .isoflop import FORMAT as ISOFLOP_FORMAT
 from .laws import Chinchilla, Law, get_law, law_from_spec
 
 FORMAT = "lawfit.fit/1"
@@ -190,11 +192,6 @@ class FitResult:
         lo, hi = np.nanpercentile(vals, [50 * (1 - self.ci_level), 50 * (1 + self.ci_level)], axis=0)
         return (float(lo) if np.ndim(lo) == 0 else lo, float(hi) if np.ndim(hi) == 0 else hi)
 
-    def allocate(self, compute: Any, **kwargs: Any):
-        """Shortcut for ``lawfit.allocate(compute, law=self, ...)``."""
-        from .allocation import allocate
-        return allocate(compute, law=self, **kwargs)
-
     # -- text --------------------------------------------------------------------------
     def summary(self) -> str:
         """A printable table of the fit: parameters with units and intervals, diagnostics."""
@@ -319,21 +316,34 @@ def _g(v: float) -> str:
     return f"{v:.5g}"
 
 
-def load_fit(source: "str | os.PathLike | Mapping[str, Any]") -> FitResult:
-    """A :class:`FitResult` from a path to a saved fit, its JSON text, or the parsed dict."""
+def load_fit(source: "str | os.PathLike | Mapping[str, Any]") -> Any:
+    """A saved fit from a path, its JSON text, or the parsed dict: a :class:`FitResult`, or for a
+    saved IsoFLOP analysis (``flopscale fit --law isoflop --save``) its allocation law
+    (:class:`lawfit.allocation_laws.AllocationLaw`); both are accepted by ``lawfit.allocate``."""
     if isinstance(source, Mapping):
-        return FitResult.from_dict(source)
-    if isinstance(source, str) and source.lstrip().startswith("{"):
-        text = source
+        d = source
     else:
-        path = Path(source)
-        if not path.exists():
-            raise LawfitError(f"fit file not found: {path}")
-        text = path.read_text()
-    try:
-        d = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise LawfitError(f"fit file is not JSON: {exc.msg} at line {exc.lineno}") from None
+        if isinstance(source, str) and source.lstrip().startswith("{"):
+            text = source
+        else:
+            path = Path(source)
+            if not path.exists():
+                raise LawfitError(f"fit file not found: {path}")
+            if path.is_dir():
+                raise LawfitError(f"{path} is a directory, not a saved fit")
+            try:
+                text = path.read_bytes().decode("utf-8")
+            except UnicodeDecodeError as exc:
+                raise LawfitError(f"{path} is not a lawfit fit: not UTF-8 text (byte {exc.start})") from None
+            except OSError as exc:
+                raise LawfitError(f"cannot read {path}: {exc.strerror or exc}") from None
+        try:
+            d = json.loads(text)
+        except json.JSONDecodeError as exc:
+            raise LawfitError(f"fit file is not JSON: {exc.msg} at line {exc.lineno}") from None
+    if isinstance(d, Mapping) and (d.get("format") == ISOFLOP_FORMAT or ("n_opt" in d and "d_opt" in d
+                                                                           and "format" not in d)):
+        return from_isoflop(d)
     return FitResult.from_dict(d)
 
 
