@@ -325,25 +325,47 @@ class Measured:
         return MFUModel(pts, src)
 
 
+def _text_field(obj: dict, key: str) -> str | None:
+    """A string field, None when absent or null; any other JSON type is refused."""
+    v = obj.get(key)
+    if v is None or isinstance(v, str):
+        return v or None
+    raise MeasuredFileError(f"measured file: field {key!r} must be a string, got {json.dumps(v)[:40]}")
+
+
+def _number(obj: dict, key: str) -> float | None:
+    """A numeric field, None when absent or null; ``true``/``false``, strings, lists and
+    objects are refused rather than read as numbers (JSON ``true`` is not 1 FLOP/s)."""
+    v = obj.get(key)
+    if v is None:
+        return None
+    if isinstance(v, bool) or not isinstance(v, (int, float)):
+        raise MeasuredFileError(f"measured file: field {key!r} must be a number, got {json.dumps(v)[:40]}")
+    return float(v)
+
+
 def _device_fields(obj: dict) -> tuple[str | None, str | None]:
     dev = obj.get("device")
     key = name = None
     if isinstance(dev, dict):
-        key = dev.get("key") or dev.get("spec_key")
-        name = dev.get("name") or dev.get("device_name")
+        key = _text_field(dev, "key") or _text_field(dev, "spec_key")
+        name = _text_field(dev, "name") or _text_field(dev, "device_name")
     elif isinstance(dev, str):
         name = dev
-    key = key or obj.get("device_key") or obj.get("gpu")
-    name = name or obj.get("device_name")
+    elif dev is not None:
+        raise MeasuredFileError(f"measured file: field 'device' must be an object or a string, got "
+                                f"{json.dumps(dev)[:40]}")
+    key = key or _text_field(obj, "device_key") or _text_field(obj, "gpu")
+    name = name or _text_field(obj, "device_name")
     return key, name
 
 
 def _rate_of(entry: dict) -> float | None:
     """Achieved model FLOP/s of one measurement entry, from whichever fields it has."""
     for k in ("achieved_flop_per_s", "model_flop_per_s", "flop_per_s", "achieved_flops_per_s"):
-        v = entry.get(k)
-        if isinstance(v, (int, float)) and v > 0:
-            return float(v)
+        v = _number(entry, k)
+        if v is not None and v > 0 and math.isfinite(v):
+            return v
     timing = entry.get("timing")
     if isinstance(timing, dict):
         r = _rate_of(timing)
@@ -351,34 +373,35 @@ def _rate_of(entry: dict) -> float | None:
             return r
     mfu = entry.get("mfu")
     if isinstance(mfu, dict):
-        v, peak = mfu.get("value"), mfu.get("peak_flop_per_s")
-        if isinstance(v, (int, float)) and isinstance(peak, (int, float)) and v > 0 and peak > 0:
-            return float(v) * float(peak)
-    flops, t = entry.get("model_flops"), entry.get("time_s")
-    if isinstance(flops, (int, float)) and isinstance(t, (int, float)) and t > 0 and flops > 0:
-        return float(flops) / float(t)
+        v, peak = _number(mfu, "value"), _number(mfu, "peak_flop_per_s")
+        if v is not None and peak is not None and v > 0 and peak > 0 and math.isfinite(v * peak):
+            return v * peak
+    flops, t = _number(entry, "model_flops"), _number(entry, "time_s")
+    if flops is not None and t is not None and t > 0 and flops > 0 and math.isfinite(flops / t):
+        return flops / t
     return None
 
 
 def _n_of(entry: dict) -> float | None:
     p = entry.get("params")
-    if isinstance(p, dict) and isinstance(p.get("total"), (int, float)):
-        return float(p["total"])  # total parameters: the count the plan's shapes use
+    if isinstance(p, dict) and _number(p, "total") is not None:
+        return _number(p, "total")  # total parameters: the count the plan's shapes use
     for k in ("N", "n_params", "params"):
-        v = entry.get(k)
-        if isinstance(v, (int, float)) and v > 0:
-            return float(v)
+        if k == "params" and isinstance(entry.get(k), dict):
+            continue
+        v = _number(entry, k)
+        if v is not None and v > 0:
+            return v
     return None
 
 
 def _from_profile(obj: dict, p: Path, dtype: str | None) -> Measured:
     """A ``flopscale profile --json`` file: kernel rows with ``flop_per_s``."""
-    rows = [r for r in obj["rows"] if isinstance(r, dict) and isinstance(r.get("flop_per_s"), (int, float))
-            and r["flop_per_s"] > 0]
+    rows = [r for r in obj["rows"] if isinstance(r, dict) and (_number(r, "flop_per_s") or 0) > 0]
     ours = [r for r in rows if r.get("provider") == "flopscale"]
     rows = ours or rows
     if dtype is not None:
-        rows = [r for r in rows if r.get("dtype") in (None, dtype)]
+        rows = [r for r in rows if _text_field(r, "dtype") in (None, dtype)]
     if not rows:
         raise MeasuredFileError(
             f"measured file {p} has no profiled rows with a FLOP rate" + (f" in {dtype}" if dtype else "")
@@ -407,13 +430,24 @@ def load_measured(path: str | Path, dtype: str | None = None) -> Measured:
     """
     p = Path(path)
     try:
-        text = p.read_text()
+        text = p.read_text(encoding="utf-8")
     except OSError as exc:
         raise MeasuredFileError(f"cannot read measured file {p}: {exc.strerror or exc}") from None
+    except UnicodeDecodeError as exc:
+        raise MeasuredFileError(f"measured file {p} is not UTF-8 text (byte {exc.start}: {exc.reason})") from None
     try:
         obj = json.loads(text)
-    except json.JSONDecodeError as exc:
-        raise MeasuredFileError(f"measured file {p} is not JSON ({exc.msg}, line {exc.lineno})") from None
+    except (json.JSONDecodeError, RecursionError) as exc:
+        why = f"{exc.msg}, line {exc.lineno}" if isinstance(exc, json.JSONDecodeError) else "nested too deeply"
+        raise MeasuredFileError(f"measured file {p} is not JSON ({why})") from None
+    try:
+        return _parse_measured(obj, p, dtype)
+    except MeasuredFileError as exc:
+        msg = str(exc)
+        raise MeasuredFileError(msg.replace("measured file:", f"measured file {p}:", 1)) from None
+
+
+def _parse_measured(obj: Any, p: Path, dtype: str | None) -> Measured:
     entries: list[dict]
     top: dict
     if isinstance(obj, list):
@@ -431,7 +465,7 @@ def load_measured(path: str | Path, dtype: str | None = None) -> Measured:
     else:
         raise MeasuredFileError(f"measured file {p} holds neither an object nor a list")
     key, name = _device_fields(top)
-    dtype = top.get("dtype") if isinstance(top.get("dtype"), str) else None
+    dtype = _text_field(top, "dtype")
     points: list[tuple[float | None, float]] = []
     keys = set()
     for e in entries:

@@ -21,9 +21,8 @@ from typing import Any
 from . import budget as _budget
 from . import plan as _plan
 from . import plan_text as _text
-from .textfmt import fmt_count, fmt_rate, fmt_time, table
 
-__all__ = ["PlanError", "PlanResult", "make_plan", "DEFAULT_INTERCONNECT_GBPS", "DEFAULT_TABLE"]
+__all__ = ["PlanError", "PlanResult", "make_plan", "communication_dict", "DEFAULT_INTERCONNECT_GBPS", "DEFAULT_TABLE"]
 
 #: assumed inter-node bandwidth per GPU when none is given: one 400 Gbit/s NDR InfiniBand NIC
 #: per GPU, as in NVIDIA's DGX H100 reference design
@@ -415,5 +414,3 @@ def _render(p, nb, lawb, mfu_model, meas, assumptions, by_compute: bool) -> str:
         lines += _text.neighbour_table(p, nb, by_compute)
     return "\n".join(lines)
 
-
-__all__ += ["communication_dict", "fmt_count", "fmt_rate", "fmt_time", "table"]

@@ -144,3 +144,30 @@ def test_load_measured_bad_files(tmp_path, content, match):
 
 def test_one_day_at_one_petaflop_is_one_pf_day():
     assert budget.compute_budget(1, 1, 1e15, 1.0) == PF_DAY
+
+
+# ------------------------------------------------- issue 18: wrong JSON types are refused, never misread
+
+
+@pytest.mark.parametrize("content, match", [
+    ({"device": {"key": "h100-sxm"}, "achieved_flop_per_s": True}, "'achieved_flop_per_s' must be a number, got true"),
+    ({"device": {"key": "h100-sxm"}, "achieved_flop_per_s": "4e14"}, "must be a number"),
+    ({"device": {"key": ["h100-sxm"]}, "achieved_flop_per_s": 4e14}, "'key' must be a string"),
+    ({"device": ["h100-sxm"], "achieved_flop_per_s": 4e14}, "'device' must be an object or a string"),
+    ({"device": "x", "dtype": ["bf16"], "achieved_flop_per_s": 4e14}, "'dtype' must be a string"),
+    ({"device": "x", "mfu": {"value": True, "peak_flop_per_s": 1e15}}, "'value' must be a number"),
+    ({"device": "x", "params": {"total": [1]}, "achieved_flop_per_s": 4e14}, "'total' must be a number"),
+])
+def test_load_measured_wrong_types_are_one_line(tmp_path, content, match):
+    p = tmp_path / "m.json"
+    p.write_text(json.dumps(content))
+    with pytest.raises(MeasuredFileError, match=match) as exc:
+        load_measured(p)
+    assert str(p) in str(exc.value) and "\n" not in str(exc.value)
+
+
+def test_load_measured_non_utf8_is_one_line(tmp_path):
+    p = tmp_path / "m.json"
+    p.write_bytes(b'{"device": "h\xff100", "achieved_flop_per_s": 4e14}')
+    with pytest.raises(MeasuredFileError, match="not UTF-8"):
+        load_measured(p)

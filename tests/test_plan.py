@@ -275,3 +275,83 @@ def test_flopscale_plan_without_arguments_end_to_end():
     assert len(ns) >= 4 and ns == sorted(ns)
     for row in d["table"]:
         assert row["compute_flop"] == pytest.approx(row["gpus"] * row["days"] * 86400 * 989e12 * 0.4, rel=1e-12)
+
+
+# ----------------------------------------------------- issue 18: warnings carried, no NaN, refusals in one line
+
+
+def _allocator(N, D, loss, **extra):
+    def alloc(C, flops_per_token=None, max_tokens=None):
+        return SimpleNamespace(N=N, D=D, loss=loss, ci={}, **extra)
+    return alloc
+
+
+def test_lawfit_warnings_reach_the_plan_text_and_dict():
+    from flopscale.profiler.plan_text import plan_lines
+
+    edge = "the optimum is at the edge of the searched range of 1e-4..1e6 tokens/param"
+    law = LawBackend("edge", allocator=_allocator(1e9, 2e10, 2.5, method=f"numerical (WARNING: {edge})"),
+                     loss_fn=chinchilla_loss, count="total")
+    p = plan_budget(law, compute=1.2e20, exact_count=False)
+    assert p.warnings == [edge] and p.to_dict()["warnings"] == [edge]
+    assert any(line.strip() == f"WARNING: {edge}" for line in plan_lines(p, law))
+    law2 = LawBackend("listed", allocator=_allocator(1e9, 2e10, 2.5, warnings=["not identifiable"]),
+                      loss_fn=chinchilla_loss, count="total")
+    assert plan_budget(law2, compute=1.2e20, exact_count=False).warnings == ["not identifiable"]
+
+
+def test_nan_allocations_are_refused_and_nan_losses_not_printed():
+    from flopscale.profiler.plan_text import plan_lines
+
+    bad = LawBackend("nan", allocator=_allocator(float("nan"), float("nan"), float("nan")), loss_fn=chinchilla_loss,
+                     count="total")
+    with pytest.raises(ValueError, match="no finite allocation"):
+        plan_budget(bad, compute=1e21, exact_count=False)
+    half = LawBackend("lossless", allocator=_allocator(1e9, 2e10, float("nan")),
+                      loss_fn=lambda n, d: float("nan"), count="total")
+    p = plan_budget(half, compute=1.2e20, exact_count=False)
+    assert p.loss_opt is None and p.loss_shape is None
+    text = "\n".join(plan_lines(p, half))
+    assert "nan" not in text.lower() and "predicted loss n/a" in text
+
+
+@pytest.mark.parametrize("compute", ["1e30", "1e41", "1e60"])
+def test_budgets_beyond_the_family_are_refused(capsys, compute):
+    rc, out, err = run_main(capsys, "plan", "--compute", compute, "--no-neighbours")
+    assert rc == 2 and out == ""
+    assert "beyond the largest model this family shapes" in err and len(err.strip().splitlines()) == 1
+
+
+def test_the_largest_budget_planned_keeps_6nd_honest(capsys):
+    rc, out, err = run_main(capsys, "plan", "--compute", "1e28", "--no-neighbours", "--json")
+    assert rc == 0, err
+    d = json.loads(out)
+    sp = d["shape_params"]
+    assert sp["non_embedding"] < sp["total"]
+    assert d["flops_per_token"] * d["shape_D"] == pytest.approx(d["compute_flop"], rel=1e-9)
+    assert 1.0 <= d["ratio_exact_to_6N"] < 1.1
+
+
+def test_measured_file_faults_are_one_line(capsys, tmp_path):
+    m = tmp_path / "m.json"
+    m.write_text(json.dumps({"device": {"key": "h100-sxm"}, "dtype": "bf16", "achieved_flop_per_s": True}))
+    rc, _, err = run_main(capsys, "plan", "--gpu", "h100-sxm", "--gpus", "8", "--measured", str(m))
+    assert rc == 2 and "must be a number, got true" in err and len(err.strip().splitlines()) == 1
+    m.write_text(json.dumps({"device": {"key": ["h100-sxm"]}, "achieved_flop_per_s": 4e14}))
+    rc, _, err = run_main(capsys, "plan", "--gpus", "8", "--measured", str(m))
+    assert rc == 2 and "must be a string" in err and len(err.strip().splitlines()) == 1
+    m.write_bytes(b"\xff\xfe{}")
+    rc, _, err = run_main(capsys, "plan", "--gpus", "8", "--measured", str(m))
+    assert rc == 2 and "not UTF-8" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("where", ["/proc/plan.md", "missing-dir/plan.md", "."])
+def test_report_path_is_checked_before_the_work(capsys, tmp_path, monkeypatch, where):
+    import flopscale.profiler.planner as planner
+
+    def boom(**kw):
+        raise AssertionError("planned before checking --report")
+    monkeypatch.setattr(planner, "make_plan", boom)
+    target = where if where.startswith("/") else str(tmp_path / where)
+    rc, _, err = run_main(capsys, "plan", "--gpus", "8", "--report", target)
+    assert rc == 2 and "--report" in err and len(err.strip().splitlines()) == 1
