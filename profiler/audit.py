@@ -39,6 +39,8 @@ __all__ = [
     "scope_labels",
     "make_step",
     "default_sweep_configs",
+    "sweep_audits",
+    "audit_module",
 ]
 
 BREAKDOWN_GROUPS = (
@@ -353,9 +355,13 @@ def _group_records(records: list[Any]) -> tuple[dict[str, dict[str, Any]], list[
 
 @dataclass
 class AuditResult:
-    """Everything :func:`run_audit` measured and derived (see the module docstring)."""
+    """Everything an audit measured and derived (see the module docstring): of the built-in
+    model (:func:`run_audit`; ``config`` and ``analytic`` set) or of any module
+    (:func:`profiler.audit_module.audit_module`; ``config`` and ``analytic`` None, ``by_module``,
+    ``assumptions`` and ``shape`` set).  ``compiled``: the torch.compile'd step, when asked for.
+    ``print(result)`` shows the report; ``to_dict()`` the same as JSON-ready data."""
 
-    config: GPTConfig
+    config: GPTConfig | None
     batch: int
     seq: int
     impl: str
@@ -366,7 +372,7 @@ class AuditResult:
     executed_flops: int
     nonmatmul_flops: int
     breakdown: dict[str, Any]
-    analytic: flopcount.StepFlops
+    analytic: flopcount.StepFlops | None
     estimates: list[flopcount.Estimate]
     flop_counter: dict[str, Any]
     timing: dict[str, Any]
@@ -376,6 +382,12 @@ class AuditResult:
     peak_memory_bytes: int | None
     records: list[dict[str, Any]] = field(default_factory=list)
     notes: list[str] = field(default_factory=list)
+    model: str | None = None
+    by_module: dict[str, dict[str, int]] | None = None
+    phases: dict[str, int] | None = None
+    compiled: dict[str, Any] | None = None
+    assumptions: list[str] = field(default_factory=list)
+    shape: flopcount.StepShape | None = None
 
     @property
     def tokens(self) -> int:
@@ -383,7 +395,16 @@ class AuditResult:
 
     @property
     def six_nd(self) -> float:
-        return flopcount.six_nd(self.params.non_embedding, self.tokens)
+        """6 N D with N the (active, for an MoE) non-embedding parameters."""
+        return flopcount.six_nd(self.params.active_non_embedding, self.tokens)
+
+    def to_text(self) -> str:
+        from .audit_report import render
+
+        return render(self)
+
+    def __str__(self) -> str:
+        return self.to_text()
 
     @property
     def achieved_flop_per_s(self) -> float | None:
@@ -391,8 +412,11 @@ class AuditResult:
         return self.model_flops / t if t else None
 
     def to_dict(self, with_records: bool = False) -> dict[str, Any]:
+        from dataclasses import asdict
+
         out = {
-            "config": self.config.to_dict(),
+            "model": self.model or ("GPT" if self.config is not None else None),
+            "config": self.config.to_dict() if self.config is not None else None,
             "batch": self.batch,
             "seq": self.seq,
             "tokens": self.tokens,
@@ -403,9 +427,9 @@ class AuditResult:
             "model_flops": self.model_flops,
             "executed_flops": self.executed_flops,
             "nonmatmul_flops": self.nonmatmul_flops,
-            "analytic_model_flops": self.analytic.total,
+            "analytic_model_flops": self.analytic.total if self.analytic is not None else None,
             "six_nd": self.six_nd,
-            "six_nd_total": flopcount.six_nd(self.params.total, self.tokens),
+            "six_nd_total": flopcount.six_nd(self.params.active, self.tokens),
             "flops_per_token": self.model_flops / self.tokens,
             "estimates": [e.to_dict() for e in self.estimates],
             "breakdown": self.breakdown,
@@ -416,6 +440,11 @@ class AuditResult:
             "hfu": self.hfu,
             "mfu_datasheet": self.mfu_datasheet,
             "peak_memory_bytes": self.peak_memory_bytes,
+            "phases": self.phases,
+            "by_module": self.by_module,
+            "compiled": self.compiled,
+            "shape": asdict(self.shape) if self.shape is not None else None,
+            "assumptions": list(self.assumptions),
             "notes": list(self.notes),
         }
         if with_records:
@@ -490,6 +519,7 @@ def run_audit(
     seed: int = 0,
     keep_records: bool = False,
     timed: bool = True,
+    progress: Callable[..., Any] | None = None,
 ) -> AuditResult:
     """Profile one training step of ``GPT(cfg)`` on ``batch`` x ``seq`` tokens.
 
@@ -499,6 +529,8 @@ def run_audit(
     ``profiler.calibrate(quick=True)`` for the device.  The model's parameters stay in
     ``dtype`` and so does the AdamW state.  ``timed=False`` skips the timing (and MFU): for
     counting FLOPs where time means nothing, e.g. under the Triton interpreter.
+    ``time_budget_s`` bounds the timed repetitions (at least one runs, after one warm-up);
+    ``progress(stage, step, elapsed_s, budget_s)`` is called as the work goes on.
     """
     import torch
 
@@ -527,11 +559,15 @@ def run_audit(
     targets = torch.randint(0, cfg.vocab, (batch, S), generator=gen).to(dev)
     plain_step = make_step(model, opt, idx, targets)
 
+    if progress is not None:
+        progress("warm-up step", 0, 0.0, time_budget_s)
     plain_step()  # warm-up: allocate the optimizer state, load kernels
     if kind == "cuda":
         torch.cuda.synchronize(dev)
 
     notes: list[str] = []
+    if progress is not None:
+        progress("counting FLOPs (one recorded step)", 0, 0.0, time_budget_s)
     with scope_labels(model) as phase:
         labelled_step = make_step(model, opt, idx, targets, phase)
         with Profile(all_ops=True) as prof:
@@ -553,6 +589,8 @@ def run_audit(
         )
     ests = flopcount.estimates(cfg, batch, measured=model_flops, seq=S)
 
+    if progress is not None and flop_counter:
+        progress("FlopCounterMode cross-check step", 0, 0.0, time_budget_s)
     fc = _flop_counter_total(plain_step, impl, kind) if flop_counter else {"total": None, "note": "not run"}
     if fc.get("total") is not None:
         fc["ratio_to_model_flops"] = fc["total"] / model_flops if model_flops else None
@@ -561,7 +599,18 @@ def run_audit(
     mfu = hfu = None
     achieved = None
     if timed:
-        tm = bench(plain_step, warmup=1, time_budget_s=time_budget_s, flush_l2=False, device=str(dev), min_rep=3)
+        import time as _time
+
+        t_start, n_done = _time.perf_counter(), [0]
+
+        def ticking() -> Any:
+            out = plain_step()
+            n_done[0] += 1
+            if progress is not None:
+                progress("timing step", n_done[0], _time.perf_counter() - t_start, time_budget_s)
+            return out
+
+        tm = bench(ticking, warmup=1, time_budget_s=time_budget_s, flush_l2=False, device=str(dev), min_rep=1)
         timing.update({
             "step_s": tm.median_s,
             "iqr_s": tm.iqr_s,
@@ -572,6 +621,8 @@ def run_audit(
         })
         achieved = model_flops / tm.median_s
         if ceilings is None:
+            if progress is not None:
+                progress("measuring this device's ceilings (cached after the first run)", 0, 0.0, time_budget_s)
             ceilings = devices.calibrate(dev, quick=True)
         peak = ceilings.peak(dtype) if ceilings is not None else None
         if peak:
@@ -605,7 +656,12 @@ def run_audit(
             rec_rows.append({k: getattr(r, k, None) for k in ("op", "scope", "shapes", "dtype", "flops",
                                                                "executed_flops", "nonmatmul_flops", "bytes",
                                                                "time_s")})
+    phases = {ph: int(sum(breakdown[g][ph] for g in matmul_groups)) for ph in ("forward", "backward")}
+    phases["optimizer_nonmatmul"] = int(breakdown["optimizer"]["nonmatmul_flops"])
     return AuditResult(
+        model=f"GPT (built-in, arch {cfg.arch})",
+        phases=phases,
+        shape=flopcount.StepShape(batch * S, S, cfg.n_layer, cfg.n_head, cfg.head_dim, cfg.d_model, cfg.ff, cfg.vocab),
         config=cfg,
         batch=batch,
         seq=S,
@@ -630,6 +686,43 @@ def run_audit(
     )
 
 
+def sweep_audits(cfg: GPTConfig, batch: int, base: AuditResult | None = None, *, impl: str | None = None,
+                 device: Any = None, dtype: str | None = None, time_budget_s: float = 1.0,
+                 progress: Callable[..., Any] | None = None) -> dict[str, list[dict[str, Any]]]:
+    """Audits at widths around ``cfg`` (:func:`default_sweep_configs`), each against 6ND, and
+    the exact count of this family at published-like shapes.  Returns ``{"measured": rows,
+    "analytic": rows}``; ``base`` is reused for ``cfg`` itself."""
+    measured = []
+    for c in default_sweep_configs(cfg):
+        if progress is not None:
+            progress(f"sweep: d_model {c.d_model}", 0, 0.0, time_budget_s)
+        r = base if (base is not None and c == cfg) else run_audit(
+            c, batch, impl=impl, device=device, dtype=dtype, time_budget_s=max(0.2, time_budget_s / 2),
+            flop_counter=False)
+        measured.append({
+            "n_layer": c.n_layer, "d_model": c.d_model, "n_head": c.n_head, "n_kv_head": c.kv_heads,
+            "n_ctx": c.n_ctx, "vocab": c.vocab, "arch": c.arch,
+            "params": r.params.to_dict(),
+            "model_flops": r.model_flops,
+            "six_nd": r.six_nd,
+            "ratio_to_6ND_non_embedding": r.model_flops / r.six_nd,
+            "ratio_to_6ND_total": r.model_flops / flopcount.six_nd(r.params.active, r.tokens),
+            "step_s": r.timing["step_s"],
+            "achieved_flop_per_s": r.achieved_flop_per_s,
+            "mfu": r.mfu,
+            "device": r.device,
+            "dtype": r.dtype,
+        })
+    shapes = [(12, 768, 12), (24, 1024, 16), (24, 2048, 16), (32, 4096, 32), (40, 5120, 40), (80, 8192, 64),
+              (96, 12288, 96)]
+    analytic = []
+    for n_ctx in sorted({cfg.n_ctx, 2048, 8192}):
+        cfgs = [GPTConfig(L, d, h, n_ctx, cfg.vocab, arch=cfg.arch, n_experts=cfg.n_experts, top_k=cfg.top_k)
+                for L, d, h in shapes]
+        analytic.extend(flopcount.sweep(cfgs))
+    return {"measured": measured, "analytic": analytic}
+
+
 def default_sweep_configs(cfg: GPTConfig, factors=(0.25, 0.5, 1, 2, 4)) -> list[GPTConfig]:
     """Widths around ``cfg`` (same depth, context, vocabulary, head dimension), for ``--sweep``."""
     out = []
@@ -649,3 +742,20 @@ def default_sweep_configs(cfg: GPTConfig, factors=(0.25, 0.5, 1, 2, 4)) -> list[
         out.append(GPTConfig(cfg.n_layer, d, heads, cfg.n_ctx, cfg.vocab, n_kv_head=kv_new, d_ff=d_ff, tied=cfg.tied,
                              arch=cfg.arch, n_experts=cfg.n_experts, top_k=cfg.top_k))
     return out
+
+
+def audit_module(*args: Any, **kwargs: Any) -> AuditResult:
+    """Audit one training step of any ``nn.Module``: see :func:`profiler.audit_module.audit_module`."""
+    from .audit_module import audit_module as _audit_module
+
+    return _audit_module(*args, **kwargs)
+
+
+class _CallableModule(__import__("types").ModuleType):
+    """``profiler.audit(model, batch, ...)`` calls :func:`audit_module`; ``profiler.audit.X`` is this module's X."""
+
+    def __call__(self, *args: Any, **kwargs: Any) -> AuditResult:
+        return audit_module(*args, **kwargs)
+
+
+__import__("sys").modules[__name__].__class__ = _CallableModule

@@ -393,7 +393,8 @@ def estimates(cfg: GPTConfig, batch: int, measured: float | None = None, seq: in
 
 
 def sweep(configs: Iterable[GPTConfig], seq: int | None = None) -> list[dict]:
-    """Exact count per token of each config against 6N (non-embedding and total), per token."""
+    """Exact count per token of each config against 6N (non-embedding and total; active
+    parameters for an MoE), per token."""
     rows = []
     for cfg in configs:
         S = cfg.n_ctx if seq is None else seq
@@ -407,11 +408,11 @@ def sweep(configs: Iterable[GPTConfig], seq: int | None = None) -> list[dict]:
                 "n_head": cfg.n_head,
                 "n_ctx": S,
                 "vocab": cfg.vocab,
-                "N_non_embedding": pc.non_embedding,
-                "N_total": pc.total,
+                "N_non_embedding": pc.active_non_embedding,
+                "N_total": pc.active,
                 "flops_per_token": per_tok,
-                "ratio_to_6N_non_embedding": per_tok / (6.0 * pc.non_embedding),
-                "ratio_to_6N_total": per_tok / (6.0 * pc.total),
+                "ratio_to_6N_non_embedding": per_tok / (6.0 * pc.active_non_embedding),
+                "ratio_to_6N_total": per_tok / (6.0 * pc.active),
                 "attention_share": sf.attention / sf.total,
                 "logits_share": sf.by_group["logits"] / sf.total,
             }
