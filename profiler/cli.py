@@ -75,10 +75,25 @@ def _one_line(text: object) -> str:
     return "; ".join(part.strip() for part in str(text).splitlines() if part.strip())
 
 
-def describe_fault(exc: BaseException) -> str:
-    """One line for an environment fault (OSError, MemoryError, UnicodeError)."""
+_OOM_WORDS = ("out of memory", "can't allocate memory", "cannot allocate memory")
+
+
+def is_out_of_memory(exc: BaseException) -> bool:
+    """A MemoryError, or torch's report of a failed allocation (``torch.OutOfMemoryError`` on a
+    GPU, a RuntimeError from the CPU allocator): the machine's limit, not a bug."""
     if isinstance(exc, MemoryError):
-        detail = f" ({_one_line(exc)})" if str(exc) else ""
+        return True
+    torch = sys.modules.get("torch")
+    oom = getattr(torch, "OutOfMemoryError", None) if torch is not None else None
+    if oom is not None and isinstance(exc, oom):
+        return True
+    return type(exc) is RuntimeError and any(w in str(exc).lower() for w in _OOM_WORDS)
+
+
+def describe_fault(exc: BaseException) -> str:
+    """One line for an environment fault (OSError, out of memory, UnicodeError)."""
+    if is_out_of_memory(exc):
+        detail = f" ({_one_line(exc)[:300]})" if str(exc) else ""
         return f"out of memory{detail}: try smaller sizes or fewer rows"
     if isinstance(exc, UnicodeError):
         return f"cannot decode text (not UTF-8?): {_one_line(exc)}"
@@ -131,9 +146,8 @@ def signals_raise(state: _SignalState) -> Iterator[None]:
 
 @contextlib.contextmanager
 def _one_line_warnings(command: str) -> Iterator[None]:
-    """Warnings from domain code print as ``flopscale CMD: warning: ...`` (one line)."""
-    original = warnings.showwarning
-
+    """Warnings from domain code print as ``flopscale CMD: warning: ...`` (one line); numpy's
+    floating-point RuntimeWarnings are hidden unless FLOPSCALE_DEBUG is set."""
     def show(message, category, filename, lineno, file=None, line=None):  # noqa: ARG001
         stream = file or sys.stderr
         try:
@@ -141,11 +155,13 @@ def _one_line_warnings(command: str) -> Iterator[None]:
         except (OSError, ValueError):
             pass
 
-    warnings.showwarning = show
-    try:
+    with warnings.catch_warnings():
+        warnings.showwarning = show
+        if os.environ.get(DEBUG_ENV, "").strip() in ("", "0"):
+            # numpy's floating-point notices ("divide by zero encountered in log") say nothing
+            # to a user: a non-finite result is refused or reported by the domain code itself
+            warnings.filterwarnings("ignore", message=r".*encountered in ", category=RuntimeWarning)
         yield
-    finally:
-        warnings.showwarning = original
 
 
 def main(argv: Sequence[str] | None = None) -> int:
@@ -177,6 +193,9 @@ def main(argv: Sequence[str] | None = None) -> int:
         print(f"flopscale {cmd}: error: {describe_fault(exc)}", file=sys.stderr)
         return EXIT_USAGE
     except Exception as exc:  # a bug: one line naming it, the traceback on request
+        if is_out_of_memory(exc):
+            print(f"flopscale {cmd}: error: {describe_fault(exc)}", file=sys.stderr)
+            return EXIT_USAGE
         if os.environ.get(DEBUG_ENV, "").strip() not in ("", "0"):
             raise
         print(f"flopscale {cmd}: internal error: {type(exc).__name__}: {_one_line(exc)} "

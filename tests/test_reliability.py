@@ -51,6 +51,8 @@ FAULTS = [
     (MemoryError(), "out of memory"),
     (MemoryError("Unable to allocate 2.1 TiB for an array\nwith shape (4500, 60001)"), "Unable to allocate"),
     (UnicodeDecodeError("utf-8", b"\xff\xfe", 0, 1, "invalid start byte"), "cannot decode"),
+    (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
+                  "to allocate 400000000000000 bytes. Error code 12 (Cannot allocate memory)"), "out of memory"),
 ]
 
 
@@ -68,6 +70,14 @@ def test_environment_faults_are_one_line_and_exit_2(monkeypatch, capsys, exc, ex
 def test_user_error_spanning_lines_prints_one_line(monkeypatch, capsys):
     rc, _, err = run_with(monkeypatch, capsys, raiser(UserError("first\nsecond")))
     assert rc == 2 and err == "flopscale env: error: first; second\n"
+
+
+def test_torch_out_of_memory_is_an_environment_fault(monkeypatch, capsys):
+    import torch
+
+    rc, _, err = run_with(monkeypatch, capsys, raiser(torch.OutOfMemoryError("CUDA out of memory. Tried to "
+                                                                            "allocate 2.00 GiB")))
+    assert rc == 2 and len(err.splitlines()) == 1 and "out of memory" in err and "2.00 GiB" in err
 
 
 def test_keyboard_interrupt_is_130(monkeypatch, capsys):
