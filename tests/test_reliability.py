@@ -129,6 +129,17 @@ SCRIPT = textwrap.dedent("""
     mode = sys.argv[2]
 
     def run(args):
+        if mode == "workers":  # lawfit's forked workers, as 'fit --workers 2' uses them
+            from flopscale.lawfit._parallel import run_blocks
+
+            def block(i):
+                if i == 1:
+                    (target.parent / "child.pid").write_text(str(os.getpid()))
+                else:
+                    print("ready", flush=True)
+                time.sleep(60)
+            run_blocks(block, 2, 2)
+            return 0
         if mode == "fork":
             pid = os.fork()
             if pid == 0:
@@ -196,6 +207,24 @@ def test_a_forked_worker_dies_quietly_on_sigterm(tmp_path):
     assert "Traceback" not in err, err
     assert rest.strip() == f"child {int(signal.SIGTERM)}"  # killed by the signal, as by default
     assert proc.returncode == 0
+
+
+def test_sigterm_to_a_command_with_forked_workers_leaves_no_worker_running(tmp_path):
+    proc, out, first = start(tmp_path, "workers")
+    assert first.strip() == "ready"
+    pid_file = out / "child.pid"
+    for _ in range(200):
+        if pid_file.exists() and pid_file.read_text():
+            break
+        time.sleep(0.05)
+    child = int(pid_file.read_text())
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=60)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err, err
+    time.sleep(0.2)
+    with pytest.raises(ProcessLookupError):  # the worker is gone, not orphaned
+        os.kill(child, 0)
 
 
 # ------------------------------------------------------------------ files
@@ -455,12 +484,14 @@ def test_env_agrees_with_triton_itself(monkeypatch):
         assert env.interpreter_on() == bool(triton_knobs.runtime.interpret), value
 
 
-def test_env_json_reports_false_as_off():
-    proc = subprocess.run([sys.executable, "-m", "flopscale", "env", "--json"], capture_output=True, text=True,
-                          timeout=120, env={**os.environ, "TRITON_INTERPRET": "false"})
-    assert proc.returncode == 0, proc.stderr
-    info = json.loads(proc.stdout)
+def test_env_json_and_text_report_false_as_off(monkeypatch, capsys):
+    monkeypatch.setenv("TRITON_INTERPRET", "false")
+    assert cli.main(["env", "--json"]) == 0
+    info = json.loads(capsys.readouterr().out)
     assert info["triton_interpreter"] is False and info["triton_interpret_env"] == "false"
+    assert cli.main(["env"]) == 0
+    line = [x for x in capsys.readouterr().out.splitlines() if x.startswith("Triton interpreter")]
+    assert line and line[0].split()[2] == "off"
 
 
 @pytest.mark.parametrize("value", ["1", "true", "y", " 1", "1 ", "false", "0", "", "no", "off"])
