@@ -88,11 +88,13 @@ def preferred_aspect(n_params: float) -> float:
 
 
 def law_params(pc: ParamCounts, count: str) -> int:
-    """The parameter count a law uses: ``"total"`` or ``"non_embedding"``."""
+    """The parameter count a law uses: ``"total"`` or ``"non_embedding"`` -- of the parameters
+    that touch a token (``active``; every parameter of a dense model, the router and ``top_k``
+    experts of a mixture of experts, whose other experts hold memory but do no work)."""
     if count == "total":
-        return pc.total
+        return pc.active
     if count == "non_embedding":
-        return pc.non_embedding
+        return pc.active_non_embedding
     raise ValueError(f"count must be 'total' or 'non_embedding', got {count!r}")
 
 
@@ -114,6 +116,9 @@ def shape_for(
     tied: bool = False,
     kv_group: int = 1,
     aspect: float | None = None,
+    arch: str = "gpt2",
+    n_experts: int | None = None,
+    top_k: int | None = None,
 ) -> GPTConfig:
     """A concrete shape whose parameter count (in convention ``count``) is close to ``n_target``.
 
@@ -139,9 +144,9 @@ def shape_for(
             d += _width_step(d)
             continue
         kv = heads // kv_group
-        base = GPTConfig(1, d, heads, n_ctx, vocab, n_kv_head=kv, tied=tied)
-        one = law_params(param_counts(base), count)
-        two = law_params(param_counts(GPTConfig(2, d, heads, n_ctx, vocab, n_kv_head=kv, tied=tied)), count)
+        extra = dict(n_kv_head=kv, tied=tied, arch=arch, n_experts=n_experts, top_k=top_k)
+        one = law_params(param_counts(GPTConfig(1, d, heads, n_ctx, vocab, **extra)), count)  # type: ignore[arg-type]
+        two = law_params(param_counts(GPTConfig(2, d, heads, n_ctx, vocab, **extra)), count)  # type: ignore[arg-type]
         per_layer = two - one
         fixed = one - per_layer
         l_cont = (n_target - fixed) / per_layer
@@ -149,7 +154,7 @@ def shape_for(
             n = fixed + L * per_layer
             score = 20.0 * abs(math.log(n / n_target)) + abs(math.log((d / L) / pref))
             if best is None or score < best[0]:
-                best = (score, GPTConfig(L, d, heads, n_ctx, vocab, n_kv_head=kv, tied=tied))
+                best = (score, GPTConfig(L, d, heads, n_ctx, vocab, **extra))  # type: ignore[arg-type]
         d += _width_step(d)
     if best is None:
         raise ValueError(f"no width up to 65536 has a head count divisible by kv_group {kv_group}")
@@ -386,6 +391,38 @@ class PlanPoint:
         }
 
 
+def _arch_terms(arch: str, n_experts: int | None, top_k: int | None) -> tuple[float, float, float]:
+    """(matrices per MLP, experts stored, experts run per token) of an architecture."""
+    from .model import DEFAULT_EXPERTS, DEFAULT_TOP_K
+
+    if arch not in ("gpt2", "llama", "moe"):
+        raise ValueError(f"arch must be gpt2, llama or moe, got {arch!r}")
+    if arch != "moe":
+        return (2.0 if arch == "gpt2" else 3.0), 1.0, 1.0
+    return 3.0, float(n_experts or DEFAULT_EXPERTS), float(top_k or DEFAULT_TOP_K)
+
+
+def _family_counts(d: Any, L: Any, *, n_ctx: int, vocab: int, tied: bool, kv_group: int, arch: str,
+                   n_experts: int | None, top_k: int | None) -> dict[str, Any]:
+    """Parameters (active, i.e. touching a token, and stored) and exact training FLOPs per token
+    of a real-valued width ``d`` and depth ``L`` (the formulas of :func:`param_counts` and
+    :func:`profiler.flopcount.step_flops`; the SwiGLU width 8d/3 rounded up to 256 is taken as
+    ``8d/3 + 128``, its rounding on average)."""
+    mats, E, k = _arch_terms(arch, n_experts, top_k)
+    g, S = float(kv_group), float(n_ctx)
+    ff = 4.0 * d if arch == "gpt2" else 8.0 * d / 3.0 + 128.0
+    attn = d * d * (2.0 + 2.0 / g)
+    router = d * E if arch == "moe" else 0.0
+    norm = 2.0 * d if arch == "gpt2" else d
+    ne_active = L * (attn + router + k * mats * d * ff + 2.0 * norm) + norm
+    ne_stored = ne_active + L * (E - k) * mats * d * ff
+    emb = vocab * d + (S * d if arch == "gpt2" else 0.0) + (0.0 if tied else vocab * d)
+    fwd = L * (2.0 * d * (d + 2.0 * d / g) + 2.0 * d * (S + 1.0) + 2.0 * d * d + 2.0 * k * mats * d * ff
+               + 2.0 * router) + 2.0 * d * vocab
+    return {"non_embedding": ne_active, "total": ne_active + emb, "stored_total": ne_stored + emb,
+            "flops_per_token": 3.0 * fwd}
+
+
 def family(
     n_params: Any,
     *,
@@ -394,15 +431,20 @@ def family(
     vocab: int = DEFAULT_VOCAB,
     tied: bool = False,
     kv_group: int = 1,
+    arch: str = "gpt2",
+    n_experts: int | None = None,
+    top_k: int | None = None,
 ) -> dict[str, Any]:
     """The continuous shape family behind :func:`shape_for`, at ``n_params`` (scalar or array).
 
-    ``d_model`` is real-valued, ``n_layer = max(1, d_model / preferred_aspect(N))``,
-    ``d_ff = 4 d_model``, K/V width ``d_model / kv_group``; parameters and FLOPs use the same
-    formulas as :func:`profiler.model.param_counts` and :func:`profiler.flopcount.step_flops`.
-    ``n_params`` counts parameters in convention ``count``.  Returns arrays ``d_model``,
-    ``n_layer``, ``total`` (parameters), ``non_embedding`` and ``flops_per_token`` (exact
-    training FLOP per token).  This gives the allocation a smooth FLOPs-per-token function of N.
+    ``d_model`` is real-valued, ``n_layer = max(1, d_model / preferred_aspect(N))``, the MLP
+    width that of ``arch`` (``4 d`` for gpt2, SwiGLU ``8d/3`` for llama and for each moe expert),
+    K/V width ``d_model / kv_group``; parameters and FLOPs use the same formulas as
+    :func:`profiler.model.param_counts` and :func:`profiler.flopcount.step_flops`.
+    ``n_params`` counts parameters in convention ``count`` (of the parameters that touch a token,
+    see :func:`law_params`).  Returns arrays ``d_model``, ``n_layer``, ``total``,
+    ``non_embedding``, ``stored_total`` (every expert) and ``flops_per_token`` (exact training
+    FLOP per token).  This gives the allocation a smooth FLOPs-per-token function of N.
     """
     import numpy as np
 
@@ -410,38 +452,34 @@ def family(
     if count not in ("total", "non_embedding"):
         raise ValueError(f"count must be 'total' or 'non_embedding', got {count!r}")
     asp = np.clip(64.0 * 2.0 ** (np.log10(np.maximum(N, 1.0)) - 9.0), 64.0, 128.0)
-    g = float(kv_group)
-    S = float(n_ctx)
+    kw = dict(n_ctx=n_ctx, vocab=vocab, tied=tied, kv_group=kv_group, arch=arch, n_experts=n_experts, top_k=top_k)
 
     def counts(d):
         L = np.maximum(1.0, d / asp)
-        non_emb = L * (d * d * (10.0 + 2.0 / g) + 4.0 * d) + 2.0 * d
-        total = non_emb + (vocab + S) * d + (0.0 if tied else vocab * d)
-        return L, non_emb, total
+        return L, _family_counts(d, L, **kw)  # type: ignore[arg-type]
 
     lo = np.full(N.shape, math.log(1e-3))
     hi = np.full(N.shape, math.log(1e7))
     for _ in range(80):
         mid = 0.5 * (lo + hi)
-        _, ne, tot = counts(np.exp(mid))
-        below = (tot if count == "total" else ne) < N
+        _, c = counts(np.exp(mid))
+        below = c[count] < N
         lo = np.where(below, mid, lo)
         hi = np.where(below, hi, mid)
     d = np.exp(0.5 * (lo + hi))
-    L, ne, tot = counts(d)
-    fwd = L * (2.0 * d * (d + 2.0 * d / g) + 2.0 * d * (S + 1.0) + 2.0 * d * d + 16.0 * d * d) + 2.0 * d * vocab
-    return {"d_model": d, "n_layer": L, "total": tot, "non_embedding": ne, "flops_per_token": 3.0 * fwd}
+    L, c = counts(d)
+    return {"d_model": d, "n_layer": L, **c}
 
 
 def largest_shapeable(
     *, count: str = "total", n_ctx: int = DEFAULT_N_CTX, vocab: int = DEFAULT_VOCAB, tied: bool = False,
-    kv_group: int = 1,
+    kv_group: int = 1, arch: str = "gpt2", n_experts: int | None = None, top_k: int | None = None,
 ) -> float:
     """The largest parameter count (convention ``count``) the shape family builds: ``d_model``
     :data:`MAX_D_MODEL` at the preferred aspect ratio 128 (``n_layer`` 512)."""
-    d, L, g = float(MAX_D_MODEL), MAX_D_MODEL / 128.0, float(kv_group)
-    non_emb = L * (d * d * (10.0 + 2.0 / g) + 4.0 * d) + 2.0 * d
-    return non_emb if count == "non_embedding" else non_emb + (vocab + n_ctx) * d + (0.0 if tied else vocab * d)
+    c = _family_counts(float(MAX_D_MODEL), MAX_D_MODEL / 128.0, n_ctx=n_ctx, vocab=vocab, tied=tied,
+                       kv_group=kv_group, arch=arch, n_experts=n_experts, top_k=top_k)
+    return float(c[count])
 
 
 def check_shapeable(n_params: float, **fam: Any) -> None:
@@ -472,6 +510,9 @@ def plan_budget(
     cluster: Any = None,
     layout: dict[str, Any] | None = None,
     batch_tokens: float = _budget.DEFAULT_BATCH_TOKENS,
+    arch: str = "gpt2",
+    n_experts: int | None = None,
+    top_k: int | None = None,
 ) -> PlanPoint:
     """Plan one budget: either ``compute`` (FLOP) or ``gpus x days`` at ``peak x mfu``.
 
@@ -516,8 +557,9 @@ def plan_budget(
         gpus = cluster.gpus
         if peak_flop_per_s is None or mfu is None:
             raise ValueError("a layout search needs the peak FLOP/s and an MFU")
-    fam = dict(count=law.count, n_ctx=n_ctx, vocab=vocab, tied=tied, kv_group=kv_group)
-    shape_kw = dict(n_ctx=n_ctx, vocab=vocab, count=law.count, tied=tied, kv_group=kv_group)
+    arch_kw = dict(arch=arch, n_experts=n_experts, top_k=top_k)
+    fam = dict(count=law.count, n_ctx=n_ctx, vocab=vocab, tied=tied, kv_group=kv_group, **arch_kw)
+    shape_kw = dict(n_ctx=n_ctx, vocab=vocab, count=law.count, tied=tied, kv_group=kv_group, **arch_kw)
 
     searched: dict[GPTConfig, Any] = {}
 
@@ -543,7 +585,7 @@ def plan_budget(
         if comm is None or n_law is None:
             return 1.0
         f = family(n_law, **fam)  # type: ignore[arg-type]
-        total_n = float(f["total"])
+        total_n = float(f["stored_total"])
         return comm.step(total_n, float(f["flops_per_token"]), peak_flop_per_s, mfu(total_n)).efficiency  # type: ignore[arg-type,misc]
 
     def budget_at(total_params: float | None, n_law: float | None = None) -> float:
@@ -560,7 +602,7 @@ def plan_budget(
     for it in range(1, _MAX_ITER + 1):
         C = budget_at(total, n)
         alloc = law.allocate(C, fpt if exact_count else None)
-        new_total = float(family(alloc.N, **fam)["total"])  # type: ignore[arg-type]
+        new_total = float(family(alloc.N, **fam)["stored_total"])  # type: ignore[arg-type]
         done = n is not None and abs(alloc.N - n) <= 1e-7 * n
         n, total = alloc.N, new_total
         if done or compute is not None or mfu is None or (mfu.is_constant and comm is None and cluster is None):

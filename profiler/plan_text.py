@@ -40,7 +40,11 @@ def plan_lines(p: Any, law: Any, indent: str = "  ", unit: str = "GPU") -> list[
                  f"tokens, D/N = {p.tokens_per_param:.3g}{_ci_text(p, 'tokens_per_param')}, predicted loss "
                  + _loss(p.loss_opt, _ci_text(p, "loss")) + ci_note)
     lines.append(f"{indent}model: {shape_text(p.shape)}")
-    other = (f"{p.params.non_embedding:,} non-embedding" if p.law_count == "total" else f"{p.params.total:,} total")
+    pc = p.params
+    other = (f"{pc.active_non_embedding:,} non-embedding" if p.law_count == "total" else f"{pc.active:,} total")
+    if pc.active != pc.total:
+        matched += " active"
+        other += f"; {pc.total:,} stored, every expert counted"
     lines.append(f"{indent}  N = {p.N_shape:,.0f} {matched} parameters ({other}); FLOPs per token "
                  f"{fmt_count(p.flops_per_token, 'FLOP')} exact (matmuls, causal attention, logits; forward + "
                  f"backward) = {p.ratio_to_6n:.3f} x 6N")

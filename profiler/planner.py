@@ -168,6 +168,23 @@ def _family(n_ctx: int | None, vocab: int | None, kv_group: int) -> dict[str, An
     return {"n_ctx": n_ctx, "vocab": vocab, "kv_group": kv_group}
 
 
+def _arch(arch: str | None, n_experts: int | None, top_k: int | None) -> dict[str, Any]:
+    from .model import ARCHS, DEFAULT_EXPERTS, DEFAULT_TOP_K
+
+    arch = arch or "gpt2"
+    if arch not in ARCHS:
+        raise PlanError(f"--arch must be one of {', '.join(ARCHS)}, got {arch!r}")
+    if arch != "moe":
+        if n_experts is not None or top_k is not None:
+            raise PlanError(f"--n-experts and --top-k belong to --arch moe, not {arch}")
+        return {"arch": arch}
+    e = n_experts if n_experts is not None else DEFAULT_EXPERTS
+    k = top_k if top_k is not None else DEFAULT_TOP_K
+    if e < 1 or k < 1 or k > e:
+        raise PlanError(f"--top-k must be in [1, --n-experts]; got {k} of {e} experts")
+    return {"arch": arch, "n_experts": e, "top_k": k}
+
+
 def _cluster(spec, dtype: str, gpus: int, *, nodes: int | None, gpus_per_node: int | None,
              interconnect_gbps: float | None, measured_collectives: str | None, overlap: float | None,
              grad_dtype: str | None, batch_tokens: float):
@@ -288,7 +305,7 @@ def make_plan(
     dtype: str = "bf16", mfu: float | None = None, measured: str | None = None,
     law: str | None = None, fit: str | None = None, law_params: str | None = None, max_tokens: float | None = None,
     count: str = "exact", n_ctx: int | None = None, vocab: int | None = None, kv_group: int = 1,
-    arch: str | None = None, params: float | None = None, tokens: float | None = None,
+    arch: str | None = None, n_experts: int | None = None, top_k: int | None = None, params: float | None = None, tokens: float | None = None,
     nodes: int | None = None, gpus_per_node: int | None = None, interconnect_gbps: float | None = None,
     measured_collectives: str | None = None, overlap: float | None = None, batch_tokens: float | None = None,
     grad_dtype: str | None = None, layout: str | None = None, neighbours: bool = True,
@@ -306,8 +323,7 @@ def make_plan(
     if compute is not None and days is not None:
         raise PlanError("give --compute or --days (with --gpus), not both")
     fam = _family(n_ctx, vocab, kv_group)
-    if arch is not None and arch != "gpt2":
-        raise PlanError(f"--arch {arch}: not available in plans yet (gpt2 only)")
+    fam.update(_arch(arch, n_experts, top_k))
     explicit = dict(gpu=gpu, gpus=gpus, days=days, compute=compute, mfu=mfu, measured=measured, params=params,
                     tokens=tokens, nodes=nodes, gpus_per_node=gpus_per_node, interconnect_gbps=interconnect_gbps,
                     measured_collectives=measured_collectives, overlap=overlap, batch_tokens=batch_tokens,
@@ -362,6 +378,8 @@ def make_plan(
         assumptions.append("days: 1 (default; --days)")
     if n_ctx is None or vocab is None:
         assumptions.append(f"model family: n_ctx {fam['n_ctx']}, vocab {fam['vocab']} (defaults; --n-ctx, --vocab)")
+    if arch is None:
+        assumptions.append("architecture: gpt2 (default; --arch gpt2|llama|moe)")
     if cluster is None:
         assumptions.append("no layout: give --gpus (or --nodes) to lay the model out and check its memory")
     head: dict[str, Any] = {"mode": "plan", "device": spec.to_dict(), "assumptions": assumptions,

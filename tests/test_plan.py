@@ -355,3 +355,50 @@ def test_report_path_is_checked_before_the_work(capsys, tmp_path, monkeypatch, w
     target = where if where.startswith("/") else str(tmp_path / where)
     rc, _, err = run_main(capsys, "plan", "--gpus", "8", "--report", target)
     assert rc == 2 and "--report" in err and len(err.strip().splitlines()) == 1
+
+
+# ---------------------------------------------------------------- --arch gpt2 | llama | moe
+
+
+@pytest.mark.parametrize("arch, kw", [("llama", {}), ("moe", {}), ("moe", {"n_experts": 64, "top_k": 4})])
+@pytest.mark.parametrize("target", [3e8, 7e9, 9e10])
+def test_family_matches_concrete_shapes_of_each_arch(arch, kw, target):
+    from flopscale.profiler.plan import law_params
+
+    cfg = shape_for(target, arch=arch, **kw)
+    assert cfg.arch == arch
+    pc = param_counts(cfg)
+    n = law_params(pc, "total")
+    assert n == pc.active and abs(math.log(n / target)) < 0.03  # the law's N: parameters a token uses
+    f = family(n, arch=arch, **kw)
+    assert float(f["flops_per_token"]) == pytest.approx(flops_per_token(cfg), rel=0.02)
+    assert float(f["stored_total"]) == pytest.approx(pc.total, rel=0.02)
+
+
+@pytest.mark.parametrize("argv", [["--arch", "llama"], ["--arch", "moe", "--n-experts", "16", "--top-k", "2"]])
+def test_cli_arch_plans_with_that_architecture(capsys, argv):
+    from flopscale.profiler.model import GPTConfig
+
+    rc, out, err = run_main(capsys, "plan", "--gpus", "64", "--days", "10", "--no-neighbours", "--json", *argv)
+    assert rc == 0, err
+    d = json.loads(out)
+    shape = {k: v for k, v in d["shape"].items() if k != "head_dim"}
+    cfg = GPTConfig(**shape)
+    assert cfg.arch == argv[1]
+    assert d["flops_per_token"] == flops_per_token(cfg)
+    pc = param_counts(cfg)
+    assert d["shape_N"] == pc.active
+    assert d["shape_D"] * d["flops_per_token"] == pytest.approx(d["compute_flop"], rel=1e-9)
+    top = d["layouts"]["top"][0]
+    lay = d["layout"]
+    # memory holds every stored parameter (all experts), sharded by the layout
+    assert top["memory"]["params_per_gpu"] * lay["tp"] * lay["pp"] >= 0.9 * pc.total
+    if cfg.arch == "moe":
+        assert (cfg.experts_, cfg.top_k_) == (16, 2) and pc.total > 3 * pc.active
+
+
+def test_cli_arch_options_refused_in_one_line(capsys):
+    rc, _, err = run_main(capsys, "plan", "--gpus", "8", "--arch", "llama", "--n-experts", "8")
+    assert rc == 2 and "--n-experts and --top-k belong to --arch moe" in err
+    rc, _, err = run_main(capsys, "plan", "--gpus", "8", "--arch", "moe", "--n-experts", "4", "--top-k", "5")
+    assert rc == 2 and "--top-k must be in [1, --n-experts]" in err

@@ -48,6 +48,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     s.add_argument("--n-ctx", type=int, default=None, help="sequence length (default 2048)")
     s.add_argument("--vocab", type=int, default=None, help="vocabulary size (default 32000)")
     s.add_argument("--kv-group", type=int, default=1, help="query heads per key/value head (default 1: no GQA)")
+    s.add_argument("--arch", choices=("gpt2", "llama", "moe"), default=None,
+                   help="gpt2 (GELU MLP 4d, learned positions; default), llama (SwiGLU 8d/3, RoPE, RMSNorm) or moe "
+                        "(llama blocks with routed SwiGLU experts); the law's N counts the parameters a token uses")
+    s.add_argument("--n-experts", type=int, default=None, help="experts per layer for --arch moe (default 8)")
+    s.add_argument("--top-k", type=int, default=None, help="experts per token for --arch moe (default 2)")
     i = parser.add_argument_group("inverse: a given model")
     i.add_argument("--params", type=float, default=None,
                    help="parameters N of a model to train (law's convention); without --tokens, the tokens for which "
@@ -84,7 +89,7 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 
 _OPTIONS = ("gpu", "gpus", "days", "compute", "dtype", "mfu", "measured", "law", "fit", "law_params", "max_tokens",
-            "count", "n_ctx", "vocab", "kv_group", "params", "tokens", "nodes", "gpus_per_node", "interconnect_gbps",
+            "count", "n_ctx", "vocab", "kv_group", "arch", "n_experts", "top_k", "params", "tokens", "nodes", "gpus_per_node", "interconnect_gbps",
             "measured_collectives", "overlap", "batch_tokens", "grad_dtype", "layout")
 
 
