@@ -128,9 +128,9 @@ def inventory(model: Any, *, vocab: int | None = None, top_k: int | None = None)
             notes.append(f"output layer: '{output_layer}' (a weight with the vocabulary {V} as a dimension"
                          + ("; tied to the embedding, counted once as embedding)" if tied else ")"))
         elif tok is not None:
-            tied = True
+            tied, out_w = True, tok.weight
             notes.append("no module holds an output weight: assumed tied to the token embedding "
-                         "(logits found as matmuls with the vocabulary as a dimension)")
+                         "(logits = the matmuls with an operand shaped like its weight)")
     norms = sum(int(p.numel()) for p in params if p.dim() < 2 and id(p) not in emb_ids)
     non_embedding = total - embedding - unembedding
 

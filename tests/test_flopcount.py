@@ -187,3 +187,43 @@ def test_step_flops_of_each_arch_equals_an_independent_sum(arch):
     pc = param_counts(cfg)
     sf = step_flops(cfg, B, S)
     assert sf.total - 6 * pc.active_non_embedding * T == sf.attention + sf.by_group["logits"] - 6 * pc.norms * T
+
+
+# Hoffmann et al. 2022 (Chinchilla), Table A4 ("FLOPs comparison"): exact FLOPs (Appendix F) / 6ND for
+# six models at sequence length 2048 and vocabulary 32,000 (Section 4 / Appendix F). Shapes
+# (n_layers, d_model, ffw_size, n_heads, kv_size) are the paper's Table A4/A9 rows; N is the
+# parameter count of the same rows in Table A9 (74M, 306M, 552M, 1,143M, 1,593M, 6,796M).
+# Transcription cross-checked against karpathy/nanoGPT scaling_laws.ipynb (Table A4 reproduction).
+TABLE_A4 = [  # (L, d_model, ffw, heads, kv_size, N (Table A9), ratio printed in Table A4)
+    (10, 640, 2560, 10, 64, 74e6, 1.03),
+    (20, 1024, 4096, 16, 64, 306e6, 1.10),
+    (24, 1280, 5120, 10, 128, 552e6, 1.08),
+    (26, 1792, 7168, 14, 128, 1143e6, 1.04),
+    (28, 2048, 8192, 16, 128, 1593e6, 1.03),
+    (40, 3584, 14336, 28, 128, 6796e6, 0.99),
+]
+
+
+@pytest.mark.parametrize("L,d,f,H,k,N,ratio", TABLE_A4)
+def test_chinchilla_table_a4_ratios_need_the_table_a4_convention(L, d, f, H, k, N, ratio):
+    t = chinchilla_appendix_f(2048, 32000, d, L, H, k, f)
+    six_nd_one_sequence = 6 * N * 2048
+    assert t["training_table_a4"] / six_nd_one_sequence == pytest.approx(ratio, rel=0.01)
+    # the convention: no embeddings and no final logits
+    assert t["training_table_a4"] == pytest.approx(t["training"] - 3 * (t["embeddings"] + t["logits"]), rel=1e-12)
+
+
+def test_chinchilla_formula_as_printed_misses_table_a4_for_small_models():
+    """With embeddings and logits (the formula as printed) the 73M model's ratio is far from 1.03."""
+    L, d, f, H, k, N, ratio = TABLE_A4[0]
+    t = chinchilla_appendix_f(2048, 32000, d, L, H, k, f)
+    assert t["training"] / (6 * N * 2048) > 1.5 * ratio
+
+
+def test_estimates_report_appendix_f_both_ways_labelled():
+    cfg = GPTConfig(3, 64, 4, 32, 500)
+    names = [e.name for e in estimates(cfg, 2)]
+    assert "Chinchilla Appendix F (as printed)" in names
+    assert "Chinchilla Appendix F (Table A4 convention)" in names
+    printed, a4 = (next(e for e in estimates(cfg, 2) if e.name == n) for n in names[-2:])
+    assert printed.flops - a4.flops == pytest.approx(3 * 2 * (2 * 32 * 500 * 64) * 2, rel=1e-12)
