@@ -74,6 +74,18 @@ def signals_deferred() -> Iterator[None]:
 
 
 @contextlib.contextmanager
+def _naming(path: Path) -> Iterator[None]:
+    """Report an OSError about the hidden temporary file as one about ``path``, the file the
+    user named."""
+    try:
+        yield
+    except OSError as exc:
+        if exc.errno is None:
+            raise
+        raise type(exc)(exc.errno, exc.strerror, str(path)) from exc
+
+
+@contextlib.contextmanager
 def atomic_path(path: str | os.PathLike, make_parents: bool = False) -> Iterator[Path]:
     """Yield a temporary path beside ``path``; move it into place only if the block succeeds.
 
@@ -95,14 +107,15 @@ def atomic_path(path: str | os.PathLike, make_parents: bool = False) -> Iterator
     tmp_path: Path | None = None
     fd: int | None = None
     try:
-        with signals_deferred():  # the file and its name come into being together
+        with signals_deferred(), _naming(path):  # the file and its name come into being together
             fd, tmp = tempfile.mkstemp(prefix=temp_prefix(path), suffix=path.suffix[:16] or ".tmp", dir=parent)
             tmp_path = Path(tmp)
         os.close(fd)
         fd = None
         yield tmp_path
-        os.chmod(tmp_path, mode)  # private while written; the ordinary mode once complete
-        os.replace(tmp_path, path)
+        with _naming(path):
+            os.chmod(tmp_path, mode)  # private while written; the ordinary mode once complete
+            os.replace(tmp_path, path)
     finally:
         with signals_deferred():
             if fd is not None:

@@ -259,6 +259,17 @@ def test_an_exception_inside_the_block_leaves_no_file(tmp_path):
     assert list(tmp_path.iterdir()) == []
 
 
+def test_errors_of_an_atomic_write_name_the_target_not_the_temporary_file(tmp_path):
+    (tmp_path / "dir").mkdir()
+    with pytest.raises(IsADirectoryError) as exc:
+        write_text_atomic(tmp_path / "dir", "x")
+    assert exc.value.filename == str(tmp_path / "dir")
+    with pytest.raises(FileNotFoundError) as exc:
+        write_text_atomic("/proc/x.json", "x")
+    assert exc.value.filename == "/proc/x.json"
+    assert [p.name for p in tmp_path.iterdir()] == ["dir"]
+
+
 def one_line_error(path, what="--save"):
     with pytest.raises(UserError) as exc:
         check_output_path(path, what)
