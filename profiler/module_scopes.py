@@ -9,11 +9,12 @@ win: code that labels its own launches (the audit) sees exactly its labels.
   its class name and children by their attribute names, joined by "/".  Hooks go on that
   model's modules only.
 * Without a model, one global forward pre/post hook pair covers every module that runs; a
-  module seen for the first time is named by its class, and its children (by attribute
-  name) are named below it, as ``torch.utils.module_tracker`` does.
-* Backward: when a module's outputs receive their gradients, the ops that follow carry
-  ``"<forward scope> (backward)"`` until the gradients of the module's inputs are ready
-  (``torch.autograd.graph.register_multi_grad_hook``).  Modules whose inputs need no
+  module seen for the first time is a root named by its class, and everything below it
+  is named by its dotted path from there (a ``ModuleList`` that never runs itself shows
+  up as "blocks.0").
+* Backward: when a module's output receives its gradient, the ops that follow carry
+  ``"<forward scope> (backward)"`` until the gradient of the module's input is ready
+  (tensor hooks on the first output and the first input that need a gradient).  Modules whose inputs need no
   gradient (the first layer) keep their backward scope until the backward pass ends.
 """
 from __future__ import annotations
@@ -35,10 +36,10 @@ _fw = threading.local()
 
 def forward_scope() -> str:
     """The modules whose forward is running in this thread, joined by '/' ('' when none)."""
-    return "/".join(getattr(_fw, "stack", None) or ())
+    return "/".join(e[2] for e in getattr(_fw, "stack", None) or ())
 
 
-def _fw_stack() -> list[str]:
+def _fw_stack() -> list[tuple[str, str, str]]:
     s = getattr(_fw, "stack", None)
     if s is None:
         s = _fw.stack = []
@@ -66,11 +67,18 @@ def _bw_stack() -> list[str]:
     return s
 
 
-def _grad_tensors(x: Any) -> list[torch.Tensor]:
-    from torch.utils._pytree import tree_flatten
-
-    flat, _ = tree_flatten(x)
-    return [t for t in flat if isinstance(t, torch.Tensor) and t.requires_grad]
+def _first_grad_tensor(x: Any) -> torch.Tensor | None:
+    """The first tensor in ``x`` (a tensor or nested tuples/lists/dicts) that needs a gradient."""
+    if isinstance(x, torch.Tensor):
+        return x if x.requires_grad else None
+    if isinstance(x, (list, tuple)):
+        for v in x:
+            t = _first_grad_tensor(v)
+            if t is not None:
+                return t
+    elif isinstance(x, dict):
+        return _first_grad_tensor(list(x.values()))
+    return None
 
 
 class ModuleScopes:
@@ -78,54 +86,65 @@ class ModuleScopes:
 
     def __init__(self, model: torch.nn.Module | None = None) -> None:
         self.model = model
+        # module -> (root label, dotted path below the root); '' is the root itself
         self._names: weakref.WeakKeyDictionary = weakref.WeakKeyDictionary()
         self._handles: list[Any] = []
         self._active = False  # gradient hooks outlive the block (they die with the graph): inert after it
         self._callback_queued = False
         if model is not None:
-            root = type(model).__name__
-            for name, mod in model.named_modules():
-                self._names[mod] = name.split(".")[-1] if name else root
+            self._adopt(model)
 
     # ------------------------------------------------------------ naming
-    def _name(self, mod: torch.nn.Module) -> str:
-        name = self._names.get(mod)
-        if name is None:
-            name = self._names[mod] = type(mod).__name__
-            for child_name, child in mod.named_children():
-                self._names.setdefault(child, child_name)
-        return name
+    def _adopt(self, root: torch.nn.Module) -> None:
+        """Name ``root`` by its class and everything below it by its dotted path."""
+        label = type(root).__name__
+        for name, mod in root.named_modules():
+            if mod not in self._names:
+                self._names[mod] = (label, name)
+
+    def _increment(self, mod: torch.nn.Module) -> str:
+        """What this module adds to the scope: its path below the running module it is called
+        from ("attn"; "blocks.0" past a ModuleList), or root label and path when called from
+        outside its root ("GPT", "GPT/blocks.0")."""
+        if mod not in self._names:
+            self._adopt(mod)
+        label, path = self._names[mod]
+        stack = _fw_stack()
+        if stack:
+            p_label, p_path, _inc = stack[-1]
+            if p_label == label:
+                if p_path == "" and path:
+                    return path
+                if path.startswith(p_path + "."):
+                    return path[len(p_path) + 1:]
+        return f"{label}/{path}" if path else label
 
     # ------------------------------------------------------------- hooks
     def _pre(self, mod: torch.nn.Module, inputs: Any) -> None:
-        if self.model is None:
-            # name the children on first sight of the parent
-            self._name(mod)
-            for child_name, child in mod.named_children():
-                self._names.setdefault(child, child_name)
         if not self._active:
             return
-        name = self._name(mod)
-        _fw_stack().append(name)
+        inc = self._increment(mod)
+        label, path = self._names[mod]
+        _fw_stack().append((label, path, inc))
         if torch.is_grad_enabled():
-            ts = _grad_tensors(inputs)
-            if ts:
+            t = _first_grad_tensor(inputs)
+            if t is not None:
                 scope = forward_scope()
-                torch.autograd.graph.register_multi_grad_hook(ts, lambda _g, s=scope: self._bw_leave(s))
+                t.register_hook(lambda _g, s=scope: self._bw_leave(s))
 
     def _post(self, mod: torch.nn.Module, inputs: Any, output: Any) -> None:
         if not self._active:
             return
         scope = forward_scope()
         s = _fw_stack()
-        name = self._name(mod)
-        if name in s:
-            while s and s.pop() != name:
+        key = self._names.get(mod)
+        if key is not None and any(e[:2] == key for e in s):
+            while s and s.pop()[:2] != key:
                 pass
         if torch.is_grad_enabled():
-            ts = _grad_tensors(output)
-            if ts:
-                torch.autograd.graph.register_multi_grad_hook(ts, lambda _g, s=scope: self._bw_enter(s))
+            t = _first_grad_tensor(output)
+            if t is not None:
+                t.register_hook(lambda _g, sc=scope: self._bw_enter(sc))
 
     def _bw_enter(self, scope: str) -> None:
         if not self._active:
