@@ -39,6 +39,9 @@ __all__ = [
     "configs_for",
     "smem_bytes",
     "fit_smem",
+    "predicted_time",
+    "with_splits",
+    "pick",
     "inspect_specs",
 ]
 
@@ -53,16 +56,20 @@ class MatmulConfig:
     GROUP_M: int = 8
     num_warps: int = 4
     num_stages: int = 3
+    #: programs sharing one output tile, each over a slice of K (fp32 partial sums, reduced after)
+    SPLIT_K: int = 1
 
     @property
     def name(self) -> str:
+        split = f"_sk{self.SPLIT_K}" if self.SPLIT_K > 1 else ""
         return (
             f"BM{self.BLOCK_M}_BN{self.BLOCK_N}_BK{self.BLOCK_K}_G{self.GROUP_M}"
-            f"_w{self.num_warps}_s{self.num_stages}"
+            f"_w{self.num_warps}_s{self.num_stages}{split}"
         )
 
     def meta(self) -> dict:
-        return {"BLOCK_M": self.BLOCK_M, "BLOCK_N": self.BLOCK_N, "BLOCK_K": self.BLOCK_K, "GROUP_M": self.GROUP_M}
+        return {"BLOCK_M": self.BLOCK_M, "BLOCK_N": self.BLOCK_N, "BLOCK_K": self.BLOCK_K, "GROUP_M": self.GROUP_M,
+                "SPLIT_K": self.SPLIT_K}
 
 
 # Shipped configurations, by dtype family ("16" = fp16/bf16, "32" = fp32/tf32, "8" = fp8).
@@ -151,21 +158,39 @@ def _grouped_tile(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _split_range(split, k_tiles, SPLIT_K: tl.constexpr):
+    """K tiles [lo, hi) of split number ``split`` (of SPLIT_K; the last ones may be empty)."""
+    per = tl.cdiv(k_tiles, SPLIT_K)
+    lo = split * per
+    return lo, tl.minimum(k_tiles, lo + per)
+
+
+@triton.jit
 def matmul_kernel(
     a_ptr, b_ptr, c_ptr,
     M, N, K,
     stride_ab, stride_am, stride_ak,
     stride_bb, stride_bk, stride_bn,
-    stride_cb, stride_cm, stride_cn,
+    stride_cb, stride_cm, stride_cn, stride_cs,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    INPUT_PRECISION: tl.constexpr,
+    SPLIT_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
 ):
-    """C[b] = A[b] @ B[b]; grid = (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N), batch)."""
+    """C[b] = A[b] @ B[b]; grid = (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N), batch, SPLIT_K).
+
+    With ``SPLIT_K > 1`` program ``(t, b, s)`` sums K tiles of slice ``s`` only and writes its
+    fp32 partial product to ``c_ptr + s * stride_cs`` (a workspace the caller reduces)."""
     pid = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
     num_pid_m = tl.cdiv(M, BLOCK_M)
     num_pid_n = tl.cdiv(N, BLOCK_N)
     pid_m, pid_n = _grouped_tile(pid, num_pid_m, num_pid_n, GROUP_M)
+    if SPLIT_K > 1:
+        split = tl.program_id(2)
+        k_lo, k_hi = _split_range(split, tl.cdiv(K, BLOCK_K), SPLIT_K)
+        c_ptr += split.to(tl.int64) * stride_cs
+    else:
+        k_lo = 0
+        k_hi = tl.cdiv(K, BLOCK_K)
 
     offs_m = pid_m * BLOCK_M + tl.arange(0, BLOCK_M)
     offs_n = pid_n * BLOCK_N + tl.arange(0, BLOCK_N)
@@ -176,9 +201,11 @@ def matmul_kernel(
     in_n = offs_n[None, :] < N
     a_ptrs = a_ptr + batch * stride_ab + offs_m[:, None].to(tl.int64) * stride_am + offs_k[None, :] * stride_ak
     b_ptrs = b_ptr + batch * stride_bb + offs_k[:, None] * stride_bk + offs_n[None, :].to(tl.int64) * stride_bn
+    a_ptrs += k_lo * BLOCK_K * stride_ak
+    b_ptrs += k_lo * BLOCK_K * stride_bk
 
     acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-    for k in range(0, tl.cdiv(K, BLOCK_K)):
+    for k in range(k_lo, k_hi):
         k_left = K - k * BLOCK_K
         a = tl.load(a_ptrs, mask=in_m & (offs_k[None, :] < k_left), other=0.0)
         b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & in_n, other=0.0)
@@ -195,16 +222,23 @@ def matmul_kernel(
 def matmul_tma_kernel(
     a_ptr, b_ptr, c_ptr,
     M, N, K,
-    stride_a, stride_b, stride_c,
+    stride_a, stride_b, stride_c, stride_cs,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     NUM_SMS: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr,
+    SPLIT_K: tl.constexpr, C_TMA: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
-    """Persistent TMA matmul, 2-D: C[M, N] = A[M, K] @ B[K, N]; grid = (min(NUM_SMS, tiles),).
+    """Persistent TMA matmul, 2-D: C[M, N] = A[M, K] @ B[K, N]; grid = (min(NUM_SMS, work),).
 
     ``stride_a`` is the leading (non-unit) stride of A's storage: of ``A[M, K]`` when
     ``A_T`` is false, of the column-major storage ``A^T[K, M]`` when true; same for B
     (``B[K, N]`` or ``B^T[N, K]``) and C (``C[M, N]``, always row-major).
+
+    ``C_TMA``: store C through a descriptor (its row stride is 16-byte aligned); else with
+    masked pointer stores, so an output whose rows are not aligned (a vocabulary of 50257
+    columns) still takes this kernel.  ``SPLIT_K > 1``: the work items are (tile, K slice)
+    pairs, and each writes its fp32 partial product to slice ``s`` of the workspace
+    ``c_ptr[SPLIT_K, M, N]`` (strides ``stride_cs``, ``stride_c``, 1; always by descriptor).
     """
     start_pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -220,14 +254,24 @@ def matmul_tma_kernel(
         b_desc = tl.make_tensor_descriptor(b_ptr, shape=[N, K], strides=[stride_b, 1], block_shape=[BLOCK_N, BLOCK_K])
     else:
         b_desc = tl.make_tensor_descriptor(b_ptr, shape=[K, N], strides=[stride_b, 1], block_shape=[BLOCK_K, BLOCK_N])
-    c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[stride_c, 1], block_shape=[BLOCK_M, BLOCK_N])
+    if SPLIT_K > 1:
+        c_desc = tl.make_tensor_descriptor(c_ptr, shape=[SPLIT_K, M, N], strides=[stride_cs, stride_c, 1],
+                                           block_shape=[1, BLOCK_M, BLOCK_N])
+    elif C_TMA:
+        c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[stride_c, 1], block_shape=[BLOCK_M, BLOCK_N])
 
-    for tile_id in tl.range(start_pid, num_tiles, NUM_SMS):
+    for work_id in tl.range(start_pid, num_tiles * SPLIT_K, NUM_SMS):
+        tile_id = work_id % num_tiles
         pid_m, pid_n = _grouped_tile(tile_id, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BLOCK_M
         off_n = pid_n * BLOCK_N
+        if SPLIT_K > 1:
+            k_lo, k_hi = _split_range(work_id // num_tiles, k_tiles, SPLIT_K)
+        else:
+            k_lo = 0
+            k_hi = k_tiles
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for ki in range(k_tiles):
+        for ki in range(k_lo, k_hi):
             off_k = ki * BLOCK_K
             if A_T:
                 a = a_desc.load([off_k, off_m]).T
@@ -238,7 +282,84 @@ def matmul_tma_kernel(
             else:
                 b = b_desc.load([off_k, off_n])
             acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
-        c_desc.store([off_m, off_n], acc.to(c_ptr.dtype.element_ty))
+        if SPLIT_K > 1:
+            c_desc.store([work_id // num_tiles, off_m, off_n], tl.reshape(acc, (1, BLOCK_M, BLOCK_N)))
+        elif C_TMA:
+            c_desc.store([off_m, off_n], acc.to(c_ptr.dtype.element_ty))
+        else:
+            offs_m = off_m + tl.arange(0, BLOCK_M)
+            offs_n = off_n + tl.arange(0, BLOCK_N)
+            c_ptrs = c_ptr + offs_m[:, None].to(tl.int64) * stride_c + offs_n[None, :]
+            tl.store(c_ptrs, acc.to(c_ptr.dtype.element_ty), mask=(offs_m[:, None] < M) & (offs_n[None, :] < N))
+
+
+# --------------------------------------------------------------------------- size-aware choice
+#: Largest split of K, and the fewest K tiles a split keeps (shorter slices cost more in
+#: partial-sum traffic and prologue/epilogue than they win in occupancy).
+MAX_SPLIT_K = 16
+MIN_K_TILES_PER_SPLIT = 4
+
+#: Assumed FLOP per byte an SM sustains between its tensor cores and operand traffic from L2
+#: (H100/H200: ~7.5 TFLOP/s dense 16-bit per SM against ~90 GB/s of L2 bandwidth per SM);
+#: a model constant, not a measurement.  Only the ratio matters to the choice.
+SM_FLOP_PER_BYTE = 80.0
+
+
+def split_candidates(cfg: MatmulConfig) -> bool:
+    """Whether ``cfg``'s tile takes split-K variants: tiles up to 128x128 (a problem small
+    enough to need split-K is better served by more, smaller tiles than 128x256)."""
+    return cfg.BLOCK_M * cfg.BLOCK_N <= 128 * 128
+
+
+def predicted_time(cfg: MatmulConfig, M: int, N: int, K: int, n_sms: int, in_bytes: int = 2,
+                   batch: int = 1) -> float:
+    """Model time of a launch of ``cfg`` (arbitrary units, for ranking configurations only).
+
+    Work is split into ``tiles * SPLIT_K`` items run in waves of ``n_sms``; an item costs
+    ``max(FLOP, bytes * SM_FLOP_PER_BYTE)`` of its tile (padded to the tile: ragged edges are
+    wasted work), and split-K adds the fp32 partial sums written and read back once.  This is
+    the size-aware default (``FLOPSCALE_AUTOTUNE=0``, torch.compile traces, first launch
+    before tuning): a 768x768 weight gradient over 65536 tokens gets 128x128 tiles in
+    6 slices of K instead of 18 tiles of 128x256 leaving 114 of 132 SMs idle."""
+    s = cfg.SPLIT_K
+    tiles = -(-M // cfg.BLOCK_M) * -(-N // cfg.BLOCK_N) * batch
+    k_tiles = -(-K // cfg.BLOCK_K)
+    k_len = -(-k_tiles // s) * cfg.BLOCK_K
+    item = max(2.0 * cfg.BLOCK_M * cfg.BLOCK_N * k_len,
+               (cfg.BLOCK_M + cfg.BLOCK_N) * k_len * in_bytes * SM_FLOP_PER_BYTE)
+    waves = -(-(tiles * s) // n_sms)
+    t = waves * item
+    if s > 1:  # partial sums: written by the kernel, read by the reduction, spread over all SMs
+        t += 2 * 4 * s * M * N * batch * SM_FLOP_PER_BYTE / n_sms
+    return t
+
+
+def with_splits(configs: "tuple[MatmulConfig, ...]", M: int, N: int, K: int, n_sms: int,
+                in_bytes: int = 2) -> tuple[MatmulConfig, ...]:
+    """``configs`` plus, for problems too small to fill ``n_sms`` with tiles, each eligible
+    tile's best split of K by :func:`predicted_time` (only splits that keep at least
+    ``MIN_K_TILES_PER_SPLIT`` K tiles each)."""
+    out = list(configs)
+    for cfg in configs:
+        if not split_candidates(cfg):
+            continue
+        tiles = -(-M // cfg.BLOCK_M) * -(-N // cfg.BLOCK_N)
+        k_tiles = -(-K // cfg.BLOCK_K)
+        if tiles >= n_sms or k_tiles < 2 * MIN_K_TILES_PER_SPLIT:
+            continue
+        splits = [replace(cfg, SPLIT_K=sk) for sk in range(2, MAX_SPLIT_K + 1)
+                  if k_tiles // sk >= MIN_K_TILES_PER_SPLIT]
+        if splits:
+            best = min(splits, key=lambda c: predicted_time(c, M, N, K, n_sms, in_bytes))
+            if predicted_time(best, M, N, K, n_sms, in_bytes) < predicted_time(cfg, M, N, K, n_sms, in_bytes):
+                out.append(best)
+    return tuple(out)
+
+
+def pick(configs: "tuple[MatmulConfig, ...]", M: int, N: int, K: int, n_sms: int, in_bytes: int = 2,
+         batch: int = 1) -> MatmulConfig:
+    """The configuration :func:`predicted_time` ranks first (ties: the earlier, larger tile)."""
+    return min(configs, key=lambda c: predicted_time(c, M, N, K, n_sms, in_bytes, batch))
 
 
 # --------------------------------------------------------------------------- offline inspection
@@ -259,42 +380,67 @@ def inspect_specs(capability: int = 90) -> list:
         family = _FAMILY[dt]
         ab, out = "*" + _TL_NAME[dt], "*" + _TL_NAME[_OUT[dt]]
         precision = "tf32"  # fp32 ships as tf32 (the tensor-core path); ieee fp32 uses FMA
-        for cfg in configs_for(family, major):
-            # pointer kernel, row-major A and B (stride_ak = stride_bn = stride_cn = 1)
-            sig = {
-                "a_ptr": ab, "b_ptr": ab, "c_ptr": out,
-                "M": "i32", "N": "i32", "K": "i32",
-                "stride_ab": "i32", "stride_am": "i32", "stride_ak": "constexpr",
-                "stride_bb": "i32", "stride_bk": "i32", "stride_bn": "constexpr",
-                "stride_cb": "i32", "stride_cm": "i32", "stride_cn": "constexpr",
-                "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
-                "GROUP_M": "constexpr", "INPUT_PRECISION": "constexpr",
-            }
-            const = {"stride_ak": 1, "stride_bn": 1, "stride_cn": 1, **cfg.meta(), "INPUT_PRECISION": precision}
-            specs.append(
-                KernelSpec(
-                    kernel=f"matmul[{dt}]", config=cfg.name, fn=matmul_kernel, signature=sig, constexprs=const,
-                    num_warps=cfg.num_warps, num_stages=cfg.num_stages, tensor_core=True,
-                    aligned=("a_ptr", "b_ptr", "c_ptr", "M", "N", "K", "stride_ab", "stride_am",
-                             "stride_bb", "stride_bk", "stride_cb", "stride_cm"),
-                )
+        for base in configs_for(family, major):
+            variants = [base]
+            if split_candidates(base):
+                variants.append(replace(base, SPLIT_K=INSPECT_SPLIT_K))
+            for cfg in variants:
+                specs.extend(_specs_for(dt, cfg, major, ab, out, precision))
+    return specs
+
+
+#: The split of K compiled by ``inspect`` for split-K configurations (the code does not
+#: depend on the value beyond one division).
+INSPECT_SPLIT_K = 4
+
+
+def _specs_for(dt: str, cfg: MatmulConfig, major: int, ab: str, out: str, precision: str) -> list:
+    specs = []
+    split = cfg.SPLIT_K > 1
+    c_ty = "*fp32" if split else out  # split-K writes fp32 partial sums
+    # pointer kernel, row-major A and B (stride_ak = stride_bn = stride_cn = 1)
+    sig = {
+        "a_ptr": ab, "b_ptr": ab, "c_ptr": c_ty,
+        "M": "i32", "N": "i32", "K": "i32",
+        "stride_ab": "i32", "stride_am": "i32", "stride_ak": "constexpr",
+        "stride_bb": "i32", "stride_bk": "i32", "stride_bn": "constexpr",
+        "stride_cb": "i32", "stride_cm": "i32", "stride_cn": "constexpr", "stride_cs": "i32",
+        "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
+        "GROUP_M": "constexpr", "SPLIT_K": "constexpr", "INPUT_PRECISION": "constexpr",
+    }
+    const = {"stride_ak": 1, "stride_bn": 1, "stride_cn": 1, **cfg.meta(), "INPUT_PRECISION": precision}
+    specs.append(
+        KernelSpec(
+            kernel=f"matmul[{dt}]", config=cfg.name, fn=matmul_kernel, signature=sig, constexprs=const,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages, tensor_core=True,
+            aligned=("a_ptr", "b_ptr", "c_ptr", "M", "N", "K", "stride_ab", "stride_am",
+                     "stride_bb", "stride_bk", "stride_cb", "stride_cm", "stride_cs"),
+        )
+    )
+    if major < 9 or not HAS_TMA:
+        return specs
+    sig = {
+        "a_ptr": ab, "b_ptr": ab, "c_ptr": c_ty,
+        "M": "i32", "N": "i32", "K": "i32",
+        "stride_a": "i32", "stride_b": "i32", "stride_c": "i32", "stride_cs": "i32",
+        "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
+        "GROUP_M": "constexpr", "NUM_SMS": "constexpr", "A_T": "constexpr", "B_T": "constexpr",
+        "SPLIT_K": "constexpr", "C_TMA": "constexpr", "INPUT_PRECISION": "constexpr",
+    }
+    # fp8 wgmma wants K-major B: ship the (A row-major, B^T row-major) layout for fp8.
+    # C_TMA False: the output's rows are not 16-byte aligned (N = 50257), stored by pointer;
+    # its row stride and N are then not divisible by 16 either.
+    c_layouts = (True,) if split else (True, False)
+    for c_tma in c_layouts:
+        const = {**cfg.meta(), "NUM_SMS": 132, "A_T": False, "B_T": dt == "fp8", "C_TMA": c_tma,
+                 "INPUT_PRECISION": precision}
+        aligned = ("a_ptr", "b_ptr", "c_ptr", "M", "K", "stride_a", "stride_b", "stride_cs")
+        aligned += ("N", "stride_c") if c_tma else ()
+        specs.append(
+            KernelSpec(
+                kernel=f"matmul_tma[{dt}]" if c_tma else f"matmul_tma_cptr[{dt}]", config=cfg.name,
+                fn=matmul_tma_kernel, signature=sig, constexprs=const, num_warps=cfg.num_warps,
+                num_stages=cfg.num_stages, tensor_core=True, aligned=aligned,
             )
-            if major >= 9 and HAS_TMA:
-                sig = {
-                    "a_ptr": ab, "b_ptr": ab, "c_ptr": out,
-                    "M": "i32", "N": "i32", "K": "i32",
-                    "stride_a": "i32", "stride_b": "i32", "stride_c": "i32",
-                    "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
-                    "GROUP_M": "constexpr", "NUM_SMS": "constexpr", "A_T": "constexpr", "B_T": "constexpr",
-                    "INPUT_PRECISION": "constexpr",
-                }
-                # fp8 wgmma wants K-major B: ship the (A row-major, B^T row-major) layout for fp8
-                const = {**cfg.meta(), "NUM_SMS": 132, "A_T": False, "B_T": dt == "fp8", "INPUT_PRECISION": precision}
-                specs.append(
-                    KernelSpec(
-                        kernel=f"matmul_tma[{dt}]", config=cfg.name, fn=matmul_tma_kernel, signature=sig,
-                        constexprs=const, num_warps=cfg.num_warps, num_stages=cfg.num_stages, tensor_core=True,
-                        aligned=("a_ptr", "b_ptr", "c_ptr", "M", "N", "K", "stride_a", "stride_b", "stride_c"),
-                    )
-                )
+        )
     return specs

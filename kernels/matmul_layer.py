@@ -33,6 +33,8 @@ import os
 import tempfile
 import threading
 import warnings
+from collections import Counter
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Callable, Optional, Sequence
 
@@ -45,7 +47,7 @@ from . import matmul_kernels as mk
 from ._cost import Cost, register_cost
 from ._runtime import cache_dir, check_runnable, interpreter_on, wrap_triton
 
-__all__ = ["matmul", "matmul_reference", "cache_dir"]
+__all__ = ["matmul", "matmul_reference", "matmul_path", "MatmulPath", "last_path", "PATH_COUNTS", "cache_dir"]
 
 OP = "flopscale::matmul"
 
@@ -248,10 +250,11 @@ def choose_config(
     tensors: Sequence[torch.Tensor],
     cache: ConfigCache | None = None,
     heuristic: Callable[[Sequence[Any]], Any] | None = None,
+    tune: bool = True,
 ) -> Any:
     """Pick a configuration from ``candidates`` (objects with ``.name``): a remembered choice,
-    else (when tuning is allowed) the fastest by median time of ``run(config)``, remembered,
-    else ``heuristic(candidates)`` (default: the first)."""
+    else (when ``tune`` and tuning is allowed) the fastest by median time of ``run(config)``,
+    remembered, else ``heuristic(candidates)`` (default: the first)."""
     if len(candidates) == 1:
         return candidates[0]
     cache = _CONFIG_CACHE if cache is None else cache
@@ -261,7 +264,7 @@ def choose_config(
         hit = cache.get(key)
         if hit in by_name:
             return by_name[hit]
-    if key is None or not _tuning_allowed(*tensors):
+    if key is None or not tune or not _tuning_allowed(*tensors):
         return heuristic(candidates) if heuristic else candidates[0]
     from triton.testing import do_bench
 
@@ -351,10 +354,13 @@ def _smem_limit(device: torch.device) -> int:
     return _SMEM_OPTIN.get(props.major, 101376)
 
 
-def _candidates(family: str, device: torch.device, M: int, N: int, in_bytes: int = 2, out_bytes: int = 2,
+def _candidates(family: str, device: torch.device, M: int, N: int, K: int, in_bytes: int = 2, out_bytes: int = 2,
                 tma: bool = False) -> tuple[mk.MatmulConfig, ...]:
+    """Shipped tiles that fit shared memory and the problem, plus split-K variants when the
+    problem has too few tiles to fill the GPU (``mk.with_splits``)."""
+    n_sms = _num_sms(device)
     if device.type != "cuda":
-        return (mk.INTERPRETER_CONFIG,)
+        return mk.with_splits((mk.INTERPRETER_CONFIG,), M, N, K, n_sms, in_bytes)
     configs = mk.configs_for(family, torch.cuda.get_device_capability(device)[0])
     # fit the pipeline to shared memory: an fp32 output staged for the TMA store needs twice
     # the bytes of a 16-bit one (the 128x256 tile would not launch at 3 stages)
@@ -363,32 +369,72 @@ def _candidates(family: str, device: torch.device, M: int, N: int, in_bytes: int
     configs = tuple(c for c in fitted if c is not None) or configs[-1:]
     # drop tiles much larger than the problem (they only waste work); keep at least one
     fit = tuple(c for c in configs if c.BLOCK_M <= max(64, _bucket(M)) and c.BLOCK_N <= max(64, _bucket(N)))
-    return fit or (min(configs, key=lambda c: c.BLOCK_M * c.BLOCK_N),)
+    configs = fit or (min(configs, key=lambda c: c.BLOCK_M * c.BLOCK_N),)
+    with_split = mk.with_splits(configs, M, N, K, n_sms, in_bytes)
+    # split-K stages fp32 partial sums for the TMA store
+    split = [mk.fit_smem(c, in_bytes, 4, tma, limit) for c in with_split[len(configs):]]
+    return configs + tuple(c for c in split if c is not None)
 
 
-def _heuristic(candidates: Sequence[mk.MatmulConfig]) -> mk.MatmulConfig:
-    return candidates[0]
+def _round_up(x: int, m: int) -> int:
+    return -(-x // m) * m
+
+
+def _aligned_copy(t: torch.Tensor) -> torch.Tensor:
+    """A copy of 2-D ``t`` whose leading stride is padded to 16 bytes (same shape and
+    values, same row- or column-major order), so TMA can read it."""
+    r, c = t.shape
+    align = max(1, 16 // t.element_size())
+    if t.stride(0) == 1 and t.stride(1) != 1:  # column-major: pad the column stride
+        buf = torch.empty(c, _round_up(r, align), dtype=t.dtype, device=t.device)[:, :r].mT
+    else:
+        buf = torch.empty(r, _round_up(c, align), dtype=t.dtype, device=t.device)[:, :c]
+    return buf.copy_(t)
+
+
+def _reduce_into(c: torch.Tensor, partials: torch.Tensor) -> None:
+    """``c = sum of the fp32 partial products over dim 0`` (one pass, a fixed order: the
+    result does not depend on which program finished first)."""
+    if c.dtype == torch.float32:
+        torch.sum(partials, dim=0, out=c)
+    else:
+        c.copy_(partials.sum(dim=0))
 
 
 def _launch_pointer(a3: torch.Tensor, b3: torch.Tensor, c3: torch.Tensor, cfg: mk.MatmulConfig, precision: str) -> None:
+    Bt, M, K = a3.shape
+    N = b3.shape[-1]
+    if cfg.SPLIT_K > 1:  # fp32 partial sums per slice of K, reduced in a fixed order
+        ws = torch.empty((cfg.SPLIT_K, Bt, M, N), dtype=torch.float32, device=a3.device)
+        _launch_pointer_into(a3, b3, ws, cfg, precision)
+        _reduce_into(c3, ws)
+        return
+    _launch_pointer_into(a3, b3, c3.unsqueeze(0), cfg, precision)
+
+
+def _launch_pointer_into(a3: torch.Tensor, b3: torch.Tensor, c4: torch.Tensor, cfg: mk.MatmulConfig,
+                         precision: str) -> None:
     Bt, M, K = a3.shape
     N = b3.shape[-1]
     tiles = triton.cdiv(M, cfg.BLOCK_M) * triton.cdiv(N, cfg.BLOCK_N)
     # the batch is grid axis 1, at most MAX_GRID_YZ programs: larger batches launch in slices
     for z0 in range(0, Bt, MAX_GRID_YZ):
         z1 = min(Bt, z0 + MAX_GRID_YZ)
-        a_, b_, c_ = (a3, b3, c3) if (z0, z1) == (0, Bt) else (a3[z0:z1], b3[z0:z1], c3[z0:z1])
-        wrap_triton(mk.matmul_kernel)[(tiles, z1 - z0)](
+        whole = (z0, z1) == (0, Bt)
+        a_, b_, c_ = (a3, b3, c4) if whole else (a3[z0:z1], b3[z0:z1], c4[:, z0:z1])
+        wrap_triton(mk.matmul_kernel)[(tiles, z1 - z0, cfg.SPLIT_K)](
             a_, b_, c_, M, N, K,
             a_.stride(0), a_.stride(1), a_.stride(2),
             b_.stride(0), b_.stride(1), b_.stride(2),
-            c_.stride(0), c_.stride(1), c_.stride(2),
+            c_.stride(1), c_.stride(2), c_.stride(3), c_.stride(0),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=cfg.GROUP_M,
-            INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            SPLIT_K=cfg.SPLIT_K, INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 
 
 def _launch_tma(a2: torch.Tensor, b2: torch.Tensor, c2: torch.Tensor, cfg: mk.MatmulConfig, precision: str) -> None:
+    """The persistent TMA kernel on 2-D operands that meet TMA's rules (``_tma_major``);
+    ``c2`` may have unaligned rows (stored by pointer then)."""
     M, K = a2.shape
     N = b2.shape[1]
     a_t, sa = _tma_major(a2)  # type: ignore[misc]
@@ -396,13 +442,23 @@ def _launch_tma(a2: torch.Tensor, b2: torch.Tensor, c2: torch.Tensor, cfg: mk.Ma
     ensure_tma_allocator(a2.device)
     n_sms = _num_sms(a2.device)
     tiles = triton.cdiv(M, cfg.BLOCK_M) * triton.cdiv(N, cfg.BLOCK_N)
-    grid = (max(1, min(n_sms, tiles)),)
+    grid = (max(1, min(n_sms, tiles * cfg.SPLIT_K)),)
+    if cfg.SPLIT_K > 1:
+        # workspace rows padded to 16 bytes for its TMA store
+        ld = _round_up(N, 4)
+        out = torch.empty((cfg.SPLIT_K, M, ld), dtype=torch.float32, device=a2.device)[:, :, :N]
+        c_tma, sc, scs = True, ld, M * ld
+    else:
+        out = c2
+        c_tma, sc, scs = _tma_major(c2) == (False, c2.stride(0)), c2.stride(0), 0
     wrap_triton(mk.matmul_tma_kernel)[grid](
-        a2, b2, c2, M, N, K, sa, sb, c2.stride(0),
+        a2, b2, out, M, N, K, sa, sb, sc, scs,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=cfg.GROUP_M,
-        NUM_SMS=n_sms, A_T=a_t, B_T=b_t, INPUT_PRECISION=precision,
+        NUM_SMS=n_sms, A_T=a_t, B_T=b_t, SPLIT_K=cfg.SPLIT_K, C_TMA=c_tma, INPUT_PRECISION=precision,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
+    if cfg.SPLIT_K > 1:
+        _reduce_into(c2, out)
 
 
 def no_launch(*tensors: torch.Tensor) -> bool:
@@ -454,15 +510,121 @@ def _plan(a: torch.Tensor, b: torch.Tensor) -> tuple[tuple[int, ...], torch.Tens
     return batch, a3, b3
 
 
+@dataclass(frozen=True)
+class MatmulPath:
+    """Which code ran a matmul: ``kernel`` "tma" (persistent TMA kernel) or "pointer";
+    ``padded``: operands copied into 16-byte aligned storage first (TMA cannot read rows that
+    start unaligned, e.g. 50257 bf16 columns); ``c_store`` "tma" or "pointer" (the TMA
+    kernel's output with unaligned rows is stored by pointer); ``split_k``: slices of K
+    summed after the kernel (1 = none); ``config``: the tile configuration's name."""
+
+    kernel: str
+    padded: tuple[str, ...] = ()
+    c_store: str = "pointer"
+    split_k: int = 1
+    config: str = ""
+
+    @property
+    def name(self) -> str:
+        parts = [self.kernel]
+        if self.kernel == "tma" and self.c_store == "pointer":
+            parts.append("c-by-pointer")
+        if self.padded:
+            parts.append("padded-" + "".join(self.padded))
+        if self.split_k > 1:
+            parts.append(f"split-k{self.split_k}")
+        return "+".join(parts)
+
+    def __str__(self) -> str:
+        return f"{self.name} [{self.config}]" if self.config else self.name
+
+
+#: How many launches took each path (``MatmulPath.name``) in this process; see ``last_path``.
+PATH_COUNTS: Counter = Counter()
+_LAST_PATH: list[MatmulPath] = []
+
+
+def last_path() -> MatmulPath | None:
+    """The path of the most recent matmul launched in this process (None before any)."""
+    return _LAST_PATH[-1] if _LAST_PATH else None
+
+
+@dataclass
+class _Plan:
+    batch: tuple[int, ...]
+    a3: torch.Tensor
+    b3: torch.Tensor
+    odt: torch.dtype
+    tma: bool
+    pad_a: bool
+    pad_b: bool
+    c_tma: bool
+    candidates: tuple[mk.MatmulConfig, ...]
+    shape_key: str
+    kind: str
+
+    def heuristic(self, candidates: Sequence[mk.MatmulConfig]) -> mk.MatmulConfig:
+        Bt, M, K = self.a3.shape
+        N = self.b3.shape[-1]
+        return mk.pick(tuple(candidates), M, N, K, _num_sms(self.a3.device), self.a3.element_size(), Bt)
+
+    def path(self, cfg: mk.MatmulConfig) -> MatmulPath:
+        padded = tuple(n for n, p in (("a", self.pad_a), ("b", self.pad_b)) if p)
+        c_store = "tma" if (self.tma and (self.c_tma or cfg.SPLIT_K > 1)) else "pointer"
+        return MatmulPath("tma" if self.tma else "pointer", padded, c_store, cfg.SPLIT_K, cfg.name)
+
+
+def _make_plan(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype], path: str = "auto",
+               config: mk.MatmulConfig | None = None) -> _Plan:
+    """Kernel, operand layouts and candidate configurations for ``a @ b`` (no launch)."""
+    odt = _out_dtype_of(a.dtype, out_dtype)
+    batch, a3, b3 = _plan(a, b)
+    Bt, M, K = a3.shape
+    N = b3.shape[-1]
+    # torch.compile traces (fake tensors) take the pointer kernel: a device-built TMA
+    # descriptor needs triton's per-thread scratch allocator, which compiled graphs
+    # (and their backward threads) do not set up
+    traced = _is_fake(a) or _is_fake(b)
+    tma = pad_a = pad_b = c_tma = False
+    if path == "tma" or (path == "auto" and not traced and _tma_supported(a.device)):
+        tma = Bt == 1
+        if path == "tma" and not tma:
+            raise ValueError("matmul: the TMA kernel takes 2-D problems (a batch of a against a 2-D b at most)")
+        if tma:
+            # operands TMA cannot read in place are copied into aligned storage: the copy costs
+            # one pass over the operand, the pointer kernel's unaligned loads cost far more
+            pad_a, pad_b = _tma_major(a3[0]) is None, _tma_major(b3[0]) is None
+            c_tma = (N * _itemsize(odt)) % 16 == 0  # c is fresh and contiguous: rows of N elements
+    precision = _input_precision(a.dtype)
+    candidates = (config,) if config is not None else _candidates(
+        _FAMILY[a.dtype], a.device, M, N, K, a.element_size(), _itemsize(odt), tma)
+    # the output dtype is part of the key: it changes the candidates (an fp32 output staged
+    # for the TMA store takes fewer pipeline stages) and what is fastest
+    shape_key = (f"{a.dtype}->{odt}|{_bucket(M)}x{_bucket(N)}x{_bucket(K)}|b{_bucket(Bt) if Bt > 1 else 1}"
+                 f"|{precision}")
+    return _Plan(batch, a3, b3, odt, tma, pad_a, pad_b, c_tma, candidates, shape_key,
+                 "tma" if tma else "pointer")
+
+
+def matmul_path(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype] = None) -> MatmulPath:
+    """The path ``matmul(a, b, out_dtype)`` takes on these tensors' device, decided as the op
+    decides it (a remembered tuned choice, else the size-aware model), without launching or
+    tuning: what a profile reports as "which path ran"."""
+    _validate(a, b, out_dtype)
+    plan = _make_plan(a, b, out_dtype)
+    cfg = choose_config(f"matmul-{plan.kind}", plan.candidates, plan.shape_key, a.device, lambda c: None,
+                        (plan.a3, plan.b3), heuristic=plan.heuristic, tune=False)
+    return plan.path(cfg)
+
+
 def _run(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype], path: str = "auto",
          config: mk.MatmulConfig | None = None) -> torch.Tensor:
     """The op body: plan, pick kernel and configuration, launch.  ``path`` in
     {"auto", "tma", "pointer"}; ``config`` overrides the choice (tests)."""
     odt = _out_dtype_of(a.dtype, out_dtype)
-    batch, a3, b3 = _plan(a, b)
-    Bt, M, K = a3.shape
-    N = b3.shape[-1]
-    c = _new_output((*batch, a.shape[-2], N), odt, a.device)
+    batch = _batch_shape(a.shape, b.shape)
+    M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
+    c = _new_output((*batch, M, N), odt, a.device)
     if c.numel() == 0:
         return c
     if K == 0:
@@ -470,48 +632,41 @@ def _run(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype], pat
     if no_launch(a, b):
         return c
     check_runnable(a, b, op="matmul", dtypes=(a.dtype,))  # also when the op is called directly
+    plan = _make_plan(a, b, out_dtype, path, config)
+    a3, b3 = plan.a3, plan.b3
+    Bt, M, K = a3.shape
     c3 = c.view(Bt, M, N)
     precision = _input_precision(a.dtype)
-    family = _FAMILY[a.dtype]
-
-    use_tma = False
-    # torch.compile traces (fake tensors) take the pointer kernel: a device-built TMA
-    # descriptor needs triton's per-thread scratch allocator, which compiled graphs
-    # (and their backward threads) do not set up
-    traced = _is_fake(a) or _is_fake(b)
-    if path == "tma" or (path == "auto" and not traced and _tma_supported(a.device)):
-        use_tma = Bt == 1 and _tma_major(a3[0]) is not None and _tma_major(b3[0]) is not None and _tma_major(c3[0]) is not None
-        if path == "tma" and not use_tma:
-            raise ValueError("matmul: operands do not meet TMA's layout rules (2-D, unit inner stride, 16-byte aligned strides)")
-    kind = "tma" if use_tma else "pointer"
-    candidates = (config,) if config is not None else _candidates(
-        family, a.device, M, N, a.element_size(), _itemsize(odt), use_tma)
+    if plan.tma:
+        a2 = _aligned_copy(a3[0]) if plan.pad_a else a3[0]
+        b2 = _aligned_copy(b3[0]) if plan.pad_b else b3[0]
 
     def run(cfg: mk.MatmulConfig) -> None:
-        if use_tma:
-            _launch_tma(a3[0], b3[0], c3[0], cfg, precision)
+        if plan.tma:
+            _launch_tma(a2, b2, c3[0], cfg, precision)
         else:
             _launch_pointer(a3, b3, c3, cfg, precision)
 
-    # the output dtype is part of the key: it changes the candidates (an fp32 output staged
-    # for the TMA store takes fewer pipeline stages) and what is fastest
-    shape_key = (f"{a.dtype}->{odt}|{_bucket(M)}x{_bucket(N)}x{_bucket(K)}|b{_bucket(Bt) if Bt > 1 else 1}"
-                 f"|{precision}")
-    cfg = choose_config(f"matmul-{kind}", candidates, shape_key, a.device, run, (a3, b3), heuristic=_heuristic)
+    cfg = choose_config(f"matmul-{plan.kind}", plan.candidates, plan.shape_key, a.device, run, (a3, b3),
+                        heuristic=plan.heuristic)
     try:
         run(cfg)
     except triton.runtime.errors.OutOfResources:
         # a remembered or heuristic choice that this device cannot launch: the next candidates
-        rest = [c for c in candidates if c is not cfg]
+        rest = [c for c in plan.candidates if c is not cfg]
         for i, alt in enumerate(rest):
             try:
                 run(alt)
+                cfg = alt
                 break
             except triton.runtime.errors.OutOfResources:
                 if i == len(rest) - 1:
                     raise
         else:
             raise
+    taken = plan.path(cfg)
+    PATH_COUNTS[taken.name] += 1
+    _LAST_PATH[:] = [taken]
     return c
 
 

@@ -119,25 +119,112 @@ def test_tma_kernel_folds_batches_of_a(device):
     assert rel_err(out, a.double() @ b.double()) < 1e-4
 
 
-@pytest.mark.parametrize(
-    "a_shape,b_shape,why",
-    [((33, 7), (7, 16), "K*4 bytes not a multiple of 16"), ((16, 8), (8, 7), "N*4 bytes"), ((2, 16, 8), (2, 8, 8), "batched b")],
-)
-def test_shapes_breaking_tma_alignment_take_the_pointer_kernel(a_shape, b_shape, why, device, monkeypatch):
-    a, b = rand(*a_shape, device=device), rand(*b_shape, device=device)
-    with pytest.raises(ValueError, match="TMA"):
-        ml._run(a, b, None, path="tma")
-    # "auto" on a TMA-capable device falls back to the pointer kernel for these shapes
+def _tma_device(monkeypatch):
+    """Treat the device as TMA-capable (sm_90) so "auto" chooses as on a Hopper GPU."""
     monkeypatch.setattr(ml, "_tma_supported", lambda dev: True)
-    launched = []
-    real = ml._launch_pointer
-    monkeypatch.setattr(ml, "_launch_pointer", lambda *args: launched.append(1) or real(*args))
-    out = ml._run(a, b, None)
-    assert launched and rel_err(out, a.double() @ b.double()) < 1e-4
 
 
-def test_interpreter_uses_exactly_one_config():
-    assert ml._candidates("16", torch.device("cpu"), 4096, 4096) == (mk.INTERPRETER_CONFIG,)
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize(
+    "case,want",
+    [
+        ("K unaligned", "tma+padded-a"),  # a [33, 7]: rows of 7 elements
+        ("N unaligned", "tma+c-by-pointer+padded-b"),  # b [8, 7] and c [16, 7]
+        ("lm head", "tma+c-by-pointer"),  # h @ W^T, W [vocab=51, 24]: only the logits are unaligned
+        ("lm head dh", "tma+padded-a"),  # g [37, 51] @ W
+        ("lm head dW", "tma+padded-a"),  # g^T (column-major, leading stride 51) @ h
+    ],
+)
+def test_unaligned_leading_dimensions_stay_on_the_tma_kernel(case, want, dtype, device, monkeypatch):
+    """Rows that start off a 16-byte boundary (a vocabulary of 50257) used to send the whole
+    product to the pointer kernel; now the operand is copied to aligned storage or the output
+    stored by pointer, and the path says which."""
+    _tma_device(monkeypatch)
+    r = lambda *s: rand(*s, dtype=dtype, device=device)  # noqa: E731
+    V, d, T = 51, 24, 37
+    a, b = {
+        "K unaligned": lambda: (r(33, 7), r(7, 16)),
+        "N unaligned": lambda: (r(16, 8), r(8, 7)),
+        "lm head": lambda: (r(T, d), r(V, d).mT),
+        "lm head dh": lambda: (r(T, V), r(V, d)),
+        "lm head dW": lambda: (r(T, V).mT, r(T, d)),
+    }[case]()
+    before = ml.PATH_COUNTS[want]
+    out = kernels.matmul(a, b)
+    assert ml.last_path().name == want and ml.PATH_COUNTS[want] == before + 1
+    assert ml.matmul_path(a, b).name == want  # the same decision without launching
+    assert rel_err(out, a.double() @ b.double()) < tolerance(dtype)
+    assert out.is_contiguous()
+
+
+def test_batched_b_takes_the_pointer_kernel(device, monkeypatch):
+    a, b = rand(2, 16, 8, device=device), rand(2, 8, 8, device=device)
+    with pytest.raises(ValueError, match="TMA kernel takes 2-D"):
+        ml._run(a, b, None, path="tma")
+    _tma_device(monkeypatch)
+    out = kernels.matmul(a, b)
+    assert ml.last_path().kernel == "pointer" and rel_err(out, a.double() @ b.double()) < 1e-4
+
+
+def test_aligned_copy_keeps_values_order_and_aligns_the_leading_stride():
+    x = rand(5, 7, dtype=torch.float16)
+    for t, t_major in ((x, False), (x.mT, True)):
+        y = ml._aligned_copy(t)
+        assert torch.equal(y, t) and ml._tma_major(y) is not None and ml._tma_major(y)[0] is t_major
+
+
+# ---------------------------------------------------------------- split-K and the size-aware choice
+@pytest.mark.parametrize("kernel", ["pointer", "tma"])
+@pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
+@pytest.mark.parametrize("split", [2, 3, 4])
+def test_split_k_matches_float64(kernel, dtype, split, device):
+    """K = 291 is 10 tiles of 32 (ragged): 3 slices take 4, 4, 2 tiles, 4 slices 3, 3, 3, 1."""
+    from dataclasses import replace
+
+    M, N, K = 45, 38, 291
+    a = rand(K, M, dtype=dtype, device=device).mT if kernel == "tma" else rand(M, K, dtype=dtype, device=device)
+    b = rand(K, 40, dtype=dtype, device=device)[:, :N]  # non-contiguous rows (stride 40)
+    cfg = replace(mk.INTERPRETER_CONFIG, SPLIT_K=split)
+    out = ml._run(a, b, None, path=kernel, config=cfg)
+    assert ml.last_path().split_k == split and ml.last_path().kernel == kernel
+    assert rel_err(out, a.double() @ b.double()) < tolerance(dtype)
+
+
+def test_split_k_over_a_batch_on_the_pointer_kernel(device):
+    from dataclasses import replace
+
+    a, b = rand(3, 20, 150, device=device), rand(3, 150, 9, device=device)
+    out = ml._run(a, b, None, config=replace(mk.INTERPRETER_CONFIG, SPLIT_K=2))
+    assert rel_err(out, a.double() @ b.double()) < 1e-4
+
+
+def test_a_weight_gradient_shape_is_split_by_default(device):
+    """Small M*N, long K (a weight gradient over many tokens): with tuning off the size-aware
+    model picks split-K, not the first candidate; here 3 'SMs' (the interpreter's count) and
+    one 32x32 tile."""
+    a = rand(600, 20, device=device).mT  # [20, 600]: activations^T
+    b = rand(600, 30, device=device)  # [600, 30]: output gradients
+    out = kernels.matmul(a, b)
+    path = ml.last_path()
+    assert path.split_k > 1 and ml.matmul_path(a, b).split_k == path.split_k
+    assert rel_err(out, a.double() @ b.double()) < 1e-4
+
+
+def test_size_aware_pick_on_an_h100_sized_gpu():
+    """The model with 132 SMs and the shipped sm_90 16-bit tiles: the GPT-2-small weight
+    gradient (768x768 over 65,536 tokens) gets split-K on a 128x128 tile (18 tiles of 128x256
+    would leave 114 SMs idle); a large square product keeps the 128x256 tile unsplit."""
+    configs = mk.HOPPER_CONFIGS["16"]
+    small = mk.with_splits(configs, 768, 768, 65536, 132)
+    got = mk.pick(small, 768, 768, 65536, 132)
+    assert got.SPLIT_K > 1 and got.BLOCK_M * got.BLOCK_N <= 128 * 128
+    tiles = -(-768 // got.BLOCK_M) * -(-768 // got.BLOCK_N)
+    assert tiles * got.SPLIT_K >= 100  # most of the 132 SMs get work
+    big = mk.with_splits(configs, 8192, 8192, 8192, 132)
+    assert big == configs and mk.pick(big, 8192, 8192, 8192, 132) == configs[0]
+    # a model time, not a measurement: fewer waves of the same tile are never predicted slower
+    t = [mk.predicted_time(configs[1], 1024, 1024, 4096, n) for n in (16, 32, 64)]  # 64 tiles: 4, 2, 1 waves
+    assert t[0] > t[1] > t[2]
 
 
 def test_batches_beyond_the_grid_limit_launch_in_slices(device, monkeypatch):
