@@ -25,6 +25,11 @@ def _config(ctx: Context):
     return GPTConfig(n_layer=2, d_model=128, n_head=4, n_ctx=128, vocab=2048), 4
 
 
+def expected_rows(ctx: Context) -> int:
+    """Rows :func:`rows` yields (for the progress line): the plain and the profiled step."""
+    return 2
+
+
 def rows(ctx: Context) -> Iterator[dict]:
     from flopscale import profiler
     from flopscale.profiler.audit import make_step

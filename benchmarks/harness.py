@@ -236,22 +236,46 @@ def skipped(base: dict, reason: str, providers: Iterable[str] = ("-",)) -> Itera
 
 
 class CsvSink:
-    """Write rows as they arrive; flush after each so an interrupted run keeps them."""
+    """Write rows as they arrive; flush after each so an interrupted run keeps them.
 
-    def __init__(self, path: Path):
-        self.path = path
-        self._fh = open(path, "w", newline="")
+    The file is created exclusively (an existing file is never overwritten: FileExistsError)
+    and only when the first row arrives, so a run that ends before its first row leaves no
+    header-only file behind.  ``rows`` counts the rows written."""
+
+    def __init__(self, path: Path, exclusive: bool = True):
+        self.path = Path(path)
+        self.rows = 0
+        self._mode = "x" if exclusive else "w"
+        self._fh = None
+        self._w = None
+        if exclusive:  # claim the name now (a concurrent run picks another); written on the first row
+            self._fh = open(self.path, "x", newline="")
+            self._fh.close()
+            self._fh = None
+            self._mode = "w"
+
+    def _open(self) -> None:
+        self._fh = open(self.path, self._mode, newline="")
         self._w = csv.DictWriter(self._fh, fieldnames=COLUMNS, extrasaction="ignore")
         self._w.writeheader()
-        self._fh.flush()
 
     def write(self, row: dict) -> None:
+        if self._fh is None:
+            self._open()
         self._w.writerow({k: _fmt_csv(row.get(k)) for k in COLUMNS})
+        self.rows += 1
         self._fh.flush()
         os.fsync(self._fh.fileno())
 
     def close(self) -> None:
-        self._fh.close()
+        """Close; a file that never got a row is removed (no empty or header-only table)."""
+        if self._fh is not None:
+            self._fh.close()
+        if self.rows == 0:
+            try:
+                self.path.unlink()
+            except FileNotFoundError:
+                pass
 
 
 def _fmt_csv(v: Any) -> Any:

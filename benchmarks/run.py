@@ -6,7 +6,12 @@
 is the same as ``flopscale bench``.  A suite that fails ends as an error row and the next
 suite runs.  ``FLOPSCALE_BENCH_TIME_LIMIT_S`` (seconds) stops starting new rows once that
 much time has passed (the rest are listed as skipped), so a run under an outer ``timeout``
-still ends by itself and writes both tables; SIGTERM also ends the run with both tables.
+still ends by itself and writes both tables; SIGTERM also ends the run with both tables
+(``header["terminated"]`` is then True and the command exits 143, as after Ctrl-C it exits 130).
+
+Tables are never overwritten: a run takes ``<card>-<date>.csv``/``.md`` if neither exists,
+else ``<card>-<date>-2``, ``-3``, ... (the CSV is created exclusively, so concurrent runs
+get different names), and a run that ends before its first row leaves no file.
 """
 from __future__ import annotations
 
@@ -60,6 +65,63 @@ def card_slug() -> str:
     return "cpu"
 
 
+def suite_size(name: str, ctx: Context) -> int | None:
+    """Rows a suite will yield, when its module says so (``expected_rows(ctx)``), else None."""
+    try:
+        mod = importlib.import_module(f"flopscale.benchmarks.bench_{name}")
+        fn = getattr(mod, "expected_rows", None)
+        return int(fn(ctx)) if fn is not None else None
+    except Exception:  # noqa: BLE001 - a count is only for the progress line
+        return None
+
+
+def claim_table(out: Path, stem: str, limit: int = 10_000) -> tuple[Path, Path, CsvSink]:
+    """The first free ``stem``, ``stem-2``, ``stem-3``, ... in ``out`` (neither .csv nor .md there);
+    the CSV is created exclusively, so two runs never get the same name."""
+    for i in range(1, limit + 1):
+        s = stem if i == 1 else f"{stem}-{i}"
+        csv_path, md_path = out / f"{s}.csv", out / f"{s}.md"
+        if md_path.exists() or csv_path.exists():
+            continue
+        try:
+            return csv_path, md_path, CsvSink(csv_path)
+        except FileExistsError:
+            continue
+    raise FileExistsError(f"{limit} tables named {stem}* already in {out}")
+
+
+class Progress:
+    """Rows done / total (when the suites declare their sizes) and an ETA, as one line of text."""
+
+    def __init__(self, names: list[str], sizes: dict[str, int | None]) -> None:
+        self.names = names
+        self.sizes = sizes
+        self.total = sum(sizes.values()) if all(v is not None for v in sizes.values()) else None  # type: ignore[misc]
+        self.rows = 0
+        self.suites_done = 0
+        self.t0 = time.perf_counter()
+
+    def line(self, suite: str) -> str:
+        elapsed = time.perf_counter() - self.t0
+        k = self.names.index(suite) + 1 if suite in self.names else self.suites_done
+        eta = None
+        if self.total:
+            head = f"rows {self.rows}/{self.total}"
+            if self.rows:
+                eta = elapsed / self.rows * max(self.total - self.rows, 0)
+        else:
+            head = f"rows {self.rows}"
+            if self.suites_done:
+                eta = elapsed / self.suites_done * (len(self.names) - self.suites_done)
+        tail = f", ETA {_fmt_eta(eta)}" if eta is not None else ""
+        return f"{head} (suite {suite} {k}/{len(self.names)}, {_fmt_eta(elapsed)} elapsed{tail})"
+
+
+def _fmt_eta(s: float) -> str:
+    s = max(0, int(round(s)))
+    return f"{s // 3600}h{s % 3600 // 60:02d}m" if s >= 3600 else f"{s // 60}m{s % 60:02d}s" if s >= 60 else f"{s}s"
+
+
 def suite_rows(name: str, ctx: Context) -> Iterator[dict]:
     mod = importlib.import_module(f"flopscale.benchmarks.bench_{name}")
     if name == "lawfit":
@@ -100,7 +162,14 @@ def run(
     progress: Callable[[str], None] | None = None,
     echo: Callable[[str], None] | None = print,
 ) -> tuple[list[dict], dict, Path | None, Path | None]:
-    """Run the suites; return (rows, environment header, csv path, markdown path)."""
+    """Run the suites; return (rows, environment header, csv path, markdown path).
+
+    ``only``: suite names (None: the default set; an empty list is refused).  ``progress``
+    gets one line of text per event (suite start, every row: rows done / total, ETA).
+    The paths are None when no table was written (no ``out``, or no row before the end).
+    """
+    if only is not None and not list(only):
+        raise ValueError("no suite selected")
     names = list(only or DEFAULT_SUITES)
     t_start = time.perf_counter()
     limit_s = _time_limit_s()
@@ -137,10 +206,9 @@ def run(
     sink = None
     if out is not None:
         out.mkdir(parents=True, exist_ok=True)
-        stem = f"{card_slug()}-{time.strftime('%Y-%m-%d')}"
-        csv_path, md_path = out / f"{stem}.csv", out / f"{stem}.md"
-        sink = CsvSink(csv_path)
+        csv_path, md_path, sink = claim_table(out, f"{card_slug()}-{time.strftime('%Y-%m-%d')}")
     rows: list[dict] = []
+    tracker = Progress(names, {n: suite_size(n, ctx) for n in names}) if progress else None
 
     def emit(row: dict) -> None:
         rows.append(row)
@@ -148,6 +216,9 @@ def run(
             sink.write(row)
         if echo:
             echo(format_row(row, WIDTHS))
+        if tracker is not None:
+            tracker.rows += 1
+            progress(tracker.line(str(row.get("suite", ""))))
 
     def over_time() -> bool:
         return limit_s is not None and time.perf_counter() - t_start > limit_s
@@ -189,11 +260,14 @@ def run(
                 _settle_cuda()
             finally:
                 gen.close()
+            if tracker is not None:
+                tracker.suites_done += 1
             if progress:
                 progress(f"suite {name} done in {time.perf_counter() - t0:.1f} s")
         header["finished"] = time.strftime("%Y-%m-%d %H:%M:%S %Z")
     except _Terminated:
         header["finished"] = "terminated (SIGTERM): the table holds the rows that finished"
+        header["terminated"] = True
     finally:
         if old_handler is not None:
             try:
@@ -202,6 +276,8 @@ def run(
                 pass
         if sink:
             sink.close()
+            if sink.rows == 0:  # nothing finished: no header-only table, no empty summary
+                csv_path = md_path = None
         if md_path is not None:
             # written whatever happens, from the rows that finished
             header_end = dict(header)
@@ -268,9 +344,11 @@ def main(argv: list[str] | None = None) -> int:
     if a.markdown_from:
         print(markdown_from_csv(Path(a.markdown_from), note="the run did not finish; rows as written"))
         return 0
-    only = a.only.split(",") if a.only else None
-    run(only, a.quick, Path(a.out), progress=lambda m: print(m, file=sys.stderr))
-    return 0
+    only = [x.strip() for x in a.only.split(",") if x.strip()] if a.only is not None else None
+    if only is not None and not only:
+        p.error("--only names no suite")
+    _rows, header, _c, _m = run(only, a.quick, Path(a.out), progress=lambda m: print(m, file=sys.stderr))
+    return 128 + signal.SIGTERM if header.get("terminated") else 0
 
 
 if __name__ == "__main__":

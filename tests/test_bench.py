@@ -3,6 +3,7 @@ from __future__ import annotations
 
 import csv
 import math
+import time
 
 import numpy as np
 import pytest
@@ -212,3 +213,110 @@ def test_lawfit_baselines_evaluate_the_same_objective_as_lawfit():
         fd = (bl.objective_and_gradient(th + e, x["log_N"], x["log_D"], logy)[0]
               - bl.objective_and_gradient(th - e, x["log_N"], x["log_D"], logy)[0]) / 2e-6
         assert bl.objective_and_gradient(th, x["log_N"], x["log_D"], logy)[1][j] == pytest.approx(fd, rel=1e-4, abs=1e-9)
+
+
+# ------------------------------------------------------------ signals, file names, selection
+
+
+def _fake_suite(n_rows):
+    def rows(name, ctx):
+        for i in range(n_rows):
+            yield {"suite": name, "op": f"op{i}", "provider": "p", "status": "ok", "median_ms": 1.0 + i}
+    return rows
+
+
+def test_sigterm_makes_the_command_exit_143_and_keeps_the_rows(tmp_path, monkeypatch, capsys):
+    import os
+    import signal
+
+    import flopscale.benchmarks.run as brun
+
+    def rows_then_term(name, ctx):
+        yield {"suite": name, "op": "first", "provider": "p", "status": "ok"}
+        os.kill(os.getpid(), signal.SIGTERM)  # what `timeout` or a scheduler sends
+        yield {"suite": name, "op": "never", "provider": "p", "status": "ok"}
+
+    monkeypatch.setattr(brun, "suite_rows", rows_then_term)
+    rc = main(["bench", "--only", "overhead", "--out", str(tmp_path)])
+    err = capsys.readouterr().err
+    assert rc == 143 and "terminated" in err
+    (csv_path,) = tmp_path.glob("*.csv")
+    with open(csv_path) as fh:
+        assert [r["op"] for r in csv.DictReader(fh)] == ["first"]
+
+
+def test_a_second_run_the_same_day_never_overwrites_the_first(tmp_path, monkeypatch):
+    import flopscale.benchmarks.run as brun
+
+    monkeypatch.setattr(brun, "suite_rows", _fake_suite(2))
+    _, _, csv1, md1 = brun.run(["overhead"], quick=True, out=tmp_path, echo=None)
+    first = csv1.read_text()
+    _, _, csv2, md2 = brun.run(["overhead"], quick=True, out=tmp_path, echo=None)
+    _, _, csv3, _ = brun.run(["overhead"], quick=True, out=tmp_path, echo=None)
+    assert csv1.read_text() == first and md1.exists()
+    assert csv2 != csv1 and csv2.stem == csv1.stem + "-2" and md2.stem == csv2.stem
+    assert csv3.stem == csv1.stem + "-3"
+
+
+def test_an_existing_table_is_kept_and_a_run_without_rows_leaves_no_file(tmp_path, monkeypatch):
+    import flopscale.benchmarks.run as brun
+
+    stem = f"{brun.card_slug()}-{time.strftime('%Y-%m-%d')}"
+    (tmp_path / f"{stem}.csv").write_text("earlier results\n")
+
+    def interrupted(name, ctx):
+        raise KeyboardInterrupt
+        yield  # pragma: no cover
+
+    monkeypatch.setattr(brun, "suite_rows", interrupted)
+    with pytest.raises(KeyboardInterrupt):
+        brun.run(["overhead"], quick=True, out=tmp_path, echo=None)
+    assert sorted(p.name for p in tmp_path.iterdir()) == [f"{stem}.csv"]  # no header-only -2 file
+    assert (tmp_path / f"{stem}.csv").read_text() == "earlier results\n"
+
+
+@pytest.mark.parametrize("only", [",", "", " , "])
+def test_an_empty_selection_is_refused_in_one_line(capsys, only, tmp_path):
+    assert main(["bench", "--only", only, "--out", str(tmp_path)]) == 2
+    err = capsys.readouterr().err
+    assert "names no suite" in err and err.count("\n") == 1
+    assert not list(tmp_path.iterdir())
+
+
+def test_progress_counts_rows_with_eta_on_a_terminal_only(tmp_path, monkeypatch, capsys):
+    import sys
+
+    import flopscale.benchmarks.run as brun
+
+    monkeypatch.setattr(brun, "suite_rows", _fake_suite(3))
+    monkeypatch.setattr(brun, "suite_size", lambda name, ctx: 3)
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: True)
+    assert main(["bench", "--only", "overhead,lawfit", "--out", str(tmp_path / "a")]) == 0
+    err = capsys.readouterr().err
+    assert "rows 1/6" in err and "rows 6/6" in err and "ETA" in err
+    assert main(["bench", "--only", "overhead", "--out", str(tmp_path / "b"), "--json"]) == 0
+    assert "[bench]" not in capsys.readouterr().err  # off with --json
+    monkeypatch.setattr(sys.stderr, "isatty", lambda: False)
+    assert main(["bench", "--only", "overhead", "--out", str(tmp_path / "c")]) == 0
+    assert "[bench]" not in capsys.readouterr().err  # off when stderr is not a terminal
+
+
+def test_no_import_statement_in_the_profiler_names_the_benchmarks():
+    """Arrows point one way: benchmarks -> profiler; the bench command finds its runner by name."""
+    import ast
+    from pathlib import Path
+
+    import flopscale.profiler as prof_pkg
+
+    root = Path(prof_pkg.__file__).parent
+    offenders = []
+    for path in root.rglob("*.py"):
+        for node in ast.walk(ast.parse(path.read_text())):
+            names = []
+            if isinstance(node, ast.Import):
+                names = [a.name for a in node.names]
+            elif isinstance(node, ast.ImportFrom):
+                names = [node.module or ""] + [f"{node.module}.{a.name}" for a in node.names]
+            if any(n.split(".")[:2] == ["flopscale", "benchmarks"] or n.split(".")[0] == "benchmarks" for n in names):
+                offenders.append(f"{path.relative_to(root)}:{node.lineno}")
+    assert offenders == []
