@@ -21,7 +21,8 @@ def inverse(n: float, d: float | None, law: Any, fam: dict[str, Any], common: di
     _plan.check_shapeable(n, **fam_law)
     extra: dict[str, Any] = {}
     if d is None:
-        alloc = law.optimal_for_params(n, lambda x: _plan.family(x, **fam_law)["flops_per_token"])
+        fpt_n = (lambda x: _plan.family(x, **fam_law)["flops_per_token"]) if common.get("exact_count", True) else None
+        alloc = law.optimal_for_params(n, fpt_n)
         d = alloc.D
         extra = {"from_law": True, "law_compute_flop": None,
                  "law_loss": alloc.loss, "ci": {k: list(v) for k, v in alloc.ci.items()}, "ci_level": alloc.ci_level}

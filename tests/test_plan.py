@@ -402,3 +402,31 @@ def test_cli_arch_options_refused_in_one_line(capsys):
     assert rc == 2 and "--n-experts and --top-k belong to --arch moe" in err
     rc, _, err = run_main(capsys, "plan", "--gpus", "8", "--arch", "moe", "--n-experts", "4", "--top-k", "5")
     assert rc == 2 and "--top-k must be in [1, --n-experts]" in err
+
+
+# ------------------------------------------------- law names pass through to lawfit; --params alone
+
+
+@pytest.mark.parametrize("name", ["deepseek2024", "llama3_2024", "power:k=0.1,a=0.5"])
+def test_any_lawfit_allocation_law_name_plans(capsys, name):
+    if not hasattr(lawfit, "law_names"):
+        pytest.skip("lawfit without allocation laws")
+    rc, out, err = run_main(capsys, "plan", "--compute", "1e23", "--law", name, "--count", "6n", "--no-neighbours",
+                            "--json")
+    assert rc == 0, err
+    d = json.loads(out)
+    ref = lawfit.allocate(1e23, law=name)
+    assert d["N"] == pytest.approx(ref.N, rel=1e-9) and d["D"] == pytest.approx(ref.D, rel=1e-9)
+    assert d["loss"] is None and "nan" not in out.lower()
+    assert d["warnings"] == list(getattr(ref, "warnings", []) or [])
+
+
+def test_params_alone_is_allocate_params(capsys):
+    rc, out, err = run_main(capsys, "plan", "--gpus", "8", "--params", "7e9", "--count", "6n", "--json")
+    assert rc == 0, err
+    d = json.loads(out)
+    ref = lawfit.optimal_for_params(7e9, law="besiroglu2024")
+    assert d["mode"] == "params" and d["D"] == pytest.approx(ref.D, rel=1e-12)
+    assert d["compute_flop"] == pytest.approx(d["flops_per_token"] * ref.D, rel=1e-12)
+    rc, out, err = run_main(capsys, "plan", "--gpus", "8", "--params", "7e9")
+    assert rc == 0 and "as 'allocate --params'" in out
