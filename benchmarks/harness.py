@@ -213,13 +213,18 @@ def measure(
             continue
         med = t.median_s
         row.update(status="ok", median_ms=med * 1e3, iqr_ms=t.iqr_s * 1e3, reps=t.count)
-        if note:
-            row["note"] = "; ".join(x for x in (row.get("note"), note) if x)
+        notes = [note]
+        if t.unstable:
+            notes.append(f"timing {t.stability_note}")
         if flops:
             row["tflops"] = flops / med / 1e12
             peak = ctx.ceiling(dtype)
             if peak:
                 row["pct_ceiling"] = 100.0 * flops / med / peak
+                notes.append(ceiling_note(row["pct_ceiling"]))
+        row["note"] = "; ".join(x for x in (row.get("note"), *notes) if x)
+        if not row["note"]:
+            del row["note"]
         if nbytes:
             row["gbps"] = nbytes / med / 1e9
         if baseline_s is None:
@@ -228,6 +233,14 @@ def measure(
         else:
             row["speedup"] = baseline_s / med
         yield row
+
+
+def ceiling_note(pct: float) -> str:
+    """'' for a share of the ceiling up to 100 % (2 % for rounding), else the flag a ratio above 1 needs."""
+    if pct is None or not math.isfinite(pct) or pct <= 102.0:
+        return ""
+    return (f"{pct:.0f}% of the measured ceiling is impossible: the ceiling is stale or was measured under "
+            "load (recalibrate: profiler.calibrate(recalibrate=True))")
 
 
 def skipped(base: dict, reason: str, providers: Iterable[str] = ("-",)) -> Iterator[dict]:

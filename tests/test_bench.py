@@ -320,3 +320,19 @@ def test_no_import_statement_in_the_profiler_names_the_benchmarks():
             if any(n.split(".")[:2] == ["flopscale", "benchmarks"] or n.split(".")[0] == "benchmarks" for n in names):
                 offenders.append(f"{path.relative_to(root)}:{node.lineno}")
     assert offenders == []
+
+
+def test_unstable_timings_and_shares_above_the_ceiling_are_flagged_in_the_note(monkeypatch):
+    from types import SimpleNamespace
+
+    import flopscale.benchmarks.harness as h
+    from flopscale.profiler.timing import Timing
+
+    shaky = Timing.from_times([0.002, 0.003, 0.004, 0.007, 0.008])
+    monkeypatch.setattr(h, "time_fn", lambda fn, ctx, **k: (shaky, ""))
+    ctx = Context(device="cuda", quick=True, ceilings=SimpleNamespace(flops={"fp32": 1e9}, bandwidth=None))
+    (row,) = h.measure(ctx, base={}, dtype="fp32", flops=8e6, nbytes=0, providers=[("p", lambda: None)],
+                       reference=None)
+    assert row["pct_ceiling"] == pytest.approx(200.0)  # 8e6 FLOP in 4 ms = 2e9 FLOP/s against 1e9
+    assert "unstable" in row["note"] and "impossible" in row["note"]
+    assert h.ceiling_note(99.0) == "" and h.ceiling_note(float("nan")) == ""
