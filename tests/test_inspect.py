@@ -20,12 +20,14 @@ from flopscale.profiler.cli import main
 
 SM90 = 90
 
-# "kernel config" substrings compiled in the default run (11 configurations)
+# "kernel config" substrings compiled in the default run (13 configurations)
 REPRESENTATIVE = (
     "matmul[bf16] BM128_BN256",  # pointer kernel (the Hopper fallback for TMA-misaligned shapes), largest tile
     "matmul_tma[bf16] BM128_BN256",  # the biggest shared-memory user (128x256x64, 3 stages)
-    "matmul_tma[bf16] BM64_BN128",  # smallest tile
-    "matmul_tma[fp32] BM128_BN128",  # tf32
+    "matmul_tma[bf16] BM64_BN128_BK64_G8_w4_s4_sk4",  # smallest tile, split-K
+    "matmul_tma[fp32] BM128_BN128_BK32_G8_w8_s3_sk4",  # tf32, split-K (fp32 partial sums by TMA)
+    "matmul_tma_cptr[bf16] BM128_BN256",  # output rows not 16-byte aligned (vocab 50257): pointer stores
+    "matmul[bf16] BM128_BN128_BK64_G8_w4_s4_sk4",  # pointer split-K (torch.compile path)
     "matmul_tma[fp8] BM128_BN256",
     "blocksparse_sdd[bf16,b16]",  # grouped, transposed small-block path
     "blocksparse_dsd[bf16,b16]",  # SWAP path
@@ -75,10 +77,17 @@ def test_specs_cover_every_shipped_config(all_specs):
     from flopscale.kernels import blocksparse_kernels as bk
     from flopscale.kernels import matmul_kernels as mk
 
+    from dataclasses import replace
+
     for dt, fam in (("bf16", "16"), ("fp16", "16"), ("fp32", "32"), ("fp8", "8")):
+        shipped = mk.HOPPER_CONFIGS[fam]
+        with_split = [c.name for b in shipped
+                      for c in ([b, replace(b, SPLIT_K=mk.INSPECT_SPLIT_K)] if mk.split_candidates(b) else [b])]
         for kernel in (f"matmul[{dt}]", f"matmul_tma[{dt}]"):
             got = [s.config for s in all_specs if s.kernel == kernel]
-            assert got == [c.name for c in mk.HOPPER_CONFIGS[fam]]
+            assert got == with_split
+        # the pointer-store epilogue of the TMA kernel (unaligned output rows) for every tile
+        assert [s.config for s in all_specs if s.kernel == f"matmul_tma_cptr[{dt}]"] == [c.name for c in shipped]
     for dt, fam in (("bf16", "16"), ("fp16", "16"), ("fp32", "32")):
         for block in (16, 32, 64, 128):
             for variant in ("sdd", "dsd", "dsd^T", "dds", "dds^T"):
@@ -97,7 +106,7 @@ def test_representative_hopper_configs_compile_without_spills_and_use_wgmma(repr
 def test_tma_kernel_really_uses_tma(representative):
     for (kernel, _), r in representative.items():
         tma = kernel.startswith("matmul_tma")
-        assert (r.tma_loads > 0) is tma and (r.tma_stores > 0) is tma, kernel
+        assert (r.tma_loads > 0) is tma and (r.tma_stores > 0) is kernel.startswith("matmul_tma["), kernel
         assert r.extra["tma"] is tma, kernel
 
 
