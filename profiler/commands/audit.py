@@ -64,6 +64,11 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
     parser.add_argument("--json", action="store_true", help="print a JSON object instead of text")
 
 
+def render(res) -> str:
+    """The text report of an audit result (kept for callers of the old helper)."""
+    return res.to_text()
+
+
 def _positive(args: argparse.Namespace, *names: str, optional: bool = False) -> None:
     for name in names:
         v = getattr(args, name)
