@@ -111,8 +111,15 @@ def _find(df: pd.DataFrame, name: str, mapping: Mapping[str, str]) -> str | None
 
 def _numeric(df: pd.DataFrame, col: str, name: str) -> np.ndarray:
     raw = df[col]
+    if pd.api.types.is_bool_dtype(raw):
+        raise LawfitError(f"column {col!r} ({name}) holds true/false values, not numbers")
+    if pd.api.types.is_numeric_dtype(raw):
+        return raw.to_numpy(dtype=float)
     vals = pd.to_numeric(raw, errors="coerce")
-    bad = vals.isna() & raw.notna() & (raw.astype(str).str.strip() != "")
+    cand = vals.isna() & raw.notna()
+    bad = cand.copy()
+    if cand.any():      # text only where a value did not parse (cheap for large numeric tables)
+        bad[cand] = raw[cand].astype(str).str.strip() != ""
     if bad.any():
         i = int(np.flatnonzero(bad.to_numpy())[0])
         raise LawfitError(f"column {col!r} ({name}) has non-numeric values, e.g. {raw.iloc[i]!r} in row {i + 1}")

@@ -9,8 +9,10 @@ crash, no answer within the deadline) is redone here, so the answer never depend
 """
 from __future__ import annotations
 
+import ctypes
 import multiprocessing
 import os
+import signal
 import sys
 import threading
 import time
@@ -30,13 +32,54 @@ def usable_cpus() -> int:
         return max(1, os.cpu_count() or 1)
 
 
+def _cpu_times() -> "dict[int, tuple[int, int]] | None":
+    """Per-CPU (idle, total) jiffies from /proc/stat, or None where there is none."""
+    try:
+        with open("/proc/stat") as fh:
+            out = {}
+            for line in fh:
+                if line.startswith("cpu") and line[3].isdigit():
+                    f = line.split()
+                    v = [int(x) for x in f[1:]]
+                    out[int(f[0][3:])] = (v[3] + (v[4] if len(v) > 4 else 0), sum(v[:8]))
+            return out
+    except (OSError, ValueError, IndexError):
+        return None
+
+
+def free_cpus(window_s: float = 0.03) -> int:
+    """Usable CPUs that were mostly idle over a short window (other processes' load counted,
+    this one's not: it sleeps while measuring); at least 1.  Falls back to the usable CPUs
+    where /proc/stat cannot be read."""
+    usable = usable_cpus()
+    try:
+        mine = sorted(os.sched_getaffinity(0))
+    except (AttributeError, OSError):
+        mine = None
+    a = _cpu_times()
+    if a is None:
+        return usable
+    time.sleep(window_s)
+    b = _cpu_times()
+    if b is None:
+        return usable
+    free = 0
+    for cpu in (mine if mine is not None else sorted(b)):
+        if cpu in a and cpu in b:
+            d_idle, d_tot = b[cpu][0] - a[cpu][0], b[cpu][1] - a[cpu][1]
+            if d_tot <= 0 or d_idle / d_tot >= 0.5:
+                free += 1
+    return max(1, min(usable, free))
+
+
 def resolve_workers(workers: "int | None") -> int:
-    """``workers`` as given, else ``$LAWFIT_WORKERS``, else the usable CPUs."""
+    """``workers`` as given, else ``$LAWFIT_WORKERS``, else the CPUs that are free now
+    (:func:`free_cpus`: on a busy machine a second process would only compete for one core)."""
     src = "workers"
     if workers is None:
         env = os.environ.get(ENV, "").strip()
         if not env:
-            return usable_cpus()
+            return free_cpus()
         src, workers = f"${ENV}", env
     try:
         w = int(workers)
@@ -54,7 +97,30 @@ def can_fork() -> bool:
             and not multiprocessing.current_process().daemon and threading.active_count() == 1)
 
 
-def _child(fn: Callable[[int], Any], i: int, conn) -> None:
+_PR_SET_PDEATHSIG = 1
+
+
+def _child_setup(parent: int) -> None:
+    """In a forked worker: the default actions for SIGTERM and SIGINT (the parent's handlers
+    would raise in the child and print tracebacks; the default ends the child silently), and on
+    Linux a death signal, so that a worker never outlives its parent (even one killed by
+    SIGKILL) to spin on its own."""
+    for sig in (signal.SIGTERM, signal.SIGINT):
+        try:
+            signal.signal(sig, signal.SIG_DFL)
+        except (ValueError, OSError):
+            pass
+    try:
+        ctypes.CDLL(None, use_errno=True).prctl(_PR_SET_PDEATHSIG, signal.SIGTERM)
+    except (OSError, AttributeError, TypeError):
+        pass
+    if os.getppid() != parent:          # the parent died before the death signal was armed
+        os._exit(1)
+
+
+def _child(fn: Callable[[int], Any], i: int, conn, parent: int | None = None) -> None:
+    if parent is not None:
+        _child_setup(parent)
     try:
         out = ("ok", fn(i))
     except BaseException as e:  # reported, and the block is redone by the parent
@@ -86,7 +152,7 @@ def run_blocks(fn: Callable[[int], Any], n: int, workers: int, min_wait_s: float
     try:
         for i in range(1, min(workers, n)):
             recv, send = ctx.Pipe(duplex=False)
-            p = ctx.Process(target=_child, args=(fn, i, send), daemon=True, name=f"lawfit-block-{i}")
+            p = ctx.Process(target=_child, args=(fn, i, send, os.getpid()), daemon=True, name=f"lawfit-block-{i}")
             try:
                 with warnings.catch_warnings():
                     warnings.simplefilter("ignore", DeprecationWarning)   # fork with native threads

@@ -391,6 +391,30 @@ def fit(table: Any, law: "str | Law" = "chinchilla", columns: "str | Mapping[str
     A fit whose data cannot determine the law (fewer distinct points than parameters + 1, or
     all losses equal) raises :class:`LawfitError` saying "not identifiable".
     """
+    with _blas_single_thread():
+        return _fit(table, law, columns, delta, starts, bootstrap, seed, ci_level, n_polish, workers, exclude)
+
+
+class _blas_single_thread:
+    """BLAS limited to one thread for the duration of a fit (threadpoolctl): the fit's own
+    products are small, and a multithreaded BLAS's spinning threads would take the core that a
+    second worker process (or another program) needs."""
+
+    def __enter__(self):
+        try:
+            from threadpoolctl import threadpool_limits
+            self._ctl = threadpool_limits(limits=1, user_api="blas")
+        except Exception:  # noqa: BLE001 - threadpoolctl missing or unable: the fit still runs
+            self._ctl = None
+        return self
+
+    def __exit__(self, *exc):
+        if self._ctl is not None:
+            self._ctl.restore_original_limits()
+        return False
+
+
+def _fit(table, law, columns, delta, starts, bootstrap, seed, ci_level, n_polish, workers, exclude) -> FitResult:
     t0 = time.perf_counter()
     base = get_law(law).unbound()
     if not (delta > 0):
