@@ -167,12 +167,17 @@ def run_case(case: Case, provider: str, device: Any, o: ProfileOptions, budget: 
     notes += sorted({r.note for r in recs if r.note})
     tel_summary: dict[str, Any] = {}
     if prep.interpreted:
-        # the Profile call was the warm-up; one more call, timed: the interpreter is too slow
-        # (and too far from hardware) for a distribution to matter
+        # the interpreter is too slow (and too far from hardware) for a distribution to matter:
+        # the Profile call was the warm-up and one more call is timed -- unless the first call
+        # already used up the time budget, then its own time stands
         notes.append("Triton interpreter: not a hardware time")
-        t0 = time.perf_counter()
-        prep.fn()
-        t = Timing.from_times([time.perf_counter() - t0], clock="perf_counter", warmup=1)
+        if t_first > budget:
+            notes.append(f"the first call took {t_first:.3g} s, over the time budget of {budget:g} s: its time is shown")
+            t = Timing.from_times([t_first], clock="perf_counter", warmup=0)
+        else:
+            t0 = time.perf_counter()
+            prep.fn()
+            t = Timing.from_times([time.perf_counter() - t0], clock="perf_counter", warmup=1)
     else:
         # the budget covers the warm-up too: a call that takes a good part of it is warmed up once
         warmup = 1 if t_first > budget / 4 else 2

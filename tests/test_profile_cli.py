@@ -212,3 +212,25 @@ def test_python_api_returns_the_object_the_cli_prints(capsys):
     assert set(d) == {"device", "peak", "peak_source", "ceilings", "notes", "rows"}
     assert d["rows"][0]["flops"] == 2 * 16 * 24 * 8
     assert "matmul 16x24x8 fp32" in str(res) and "peak for MFU" in str(res)
+
+
+def test_time_budget_is_honoured_for_interpreted_rows(capsys, monkeypatch):
+    import time as _time
+
+    import flopscale.profiler.profile_run as pr
+    from flopscale.profiler.profile_cases import Prepared
+
+    calls = []
+
+    def slow():
+        calls.append(1)
+        _time.sleep(0.12)
+        return torch.ones(2, 2) @ torch.ones(2, 2)
+
+    monkeypatch.setattr(pr, "prepare", lambda case, prov, device, seed: Prepared(slow, interpreted=True))
+    rc = main(["profile", "matmul", "--shape", "8x8x8", "--provider", "flopscale", "--time-budget", "0.05", "--json"])
+    out = capsys.readouterr()
+    assert rc == 0, out.err
+    row = json.loads(out.out)["rows"][0]
+    assert len(calls) == 1  # the profiled call used up the budget: no second call
+    assert row["reps"] == 1 and row["time_s"] >= 0.12 and "over the time budget" in row["note"]
