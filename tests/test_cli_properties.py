@@ -41,8 +41,10 @@ def number_text(lo: float, hi: float, max_float: float | None = None) -> st.Sear
                              st.sampled_from([math.nan, math.inf, -math.inf]))
     typed = st.one_of(plausible.map(repr), plausible.map(lambda v: f"{v:.3g}"),
                       plausible.filter(lambda v: v >= 1).map(lambda v: str(int(v))))
-    return st.one_of(typed, typed, typed, anything.map(repr), st.sampled_from(ODD),
-                     st.builds(lambda m, e: f"{m}e{e}", st.integers(-9, 9), st.integers(-400, 400)))
+    top = 400 if max_float is None else int(math.log10(max_float))
+    odd = ODD if max_float is None else [v for v in ODD if v != "5e-324"]
+    return st.one_of(typed, typed, typed, anything.map(repr), st.sampled_from(odd),
+                     st.builds(lambda m, e: f"{m}e{e}", st.integers(-9, 9), st.integers(-top, top)))
 
 
 def run(capsys, argv: list[str]) -> tuple[int, str, str]:
@@ -95,7 +97,7 @@ def test_allocate_compute(capsys, compute, law):
 
 
 @settings(max_examples=25, **SETTINGS)
-@given(params=number_text(1e6, 1e13, max_float=1e60), max_tokens=st.one_of(st.none(), number_text(1e8, 1e14)))
+@given(params=number_text(1e6, 1e13, max_float=1e60), max_tokens=st.one_of(st.none(), number_text(1e8, 1e14, max_float=1e60)))
 def test_allocate_params_and_max_tokens(capsys, params, max_tokens):
     argv = ["allocate", f"--params={params}", "--json"]
     if max_tokens is not None:
@@ -104,7 +106,7 @@ def test_allocate_params_and_max_tokens(capsys, params, max_tokens):
 
 
 @settings(max_examples=15, **SETTINGS)
-@given(compute=number_text(1e18, 1e26), max_tokens=number_text(1e8, 1e14))
+@given(compute=number_text(1e18, 1e26), max_tokens=number_text(1e8, 1e14, max_float=1e60))
 def test_allocate_compute_with_max_tokens(capsys, compute, max_tokens):
     check(capsys, ["allocate", f"--compute={compute}", f"--max-tokens={max_tokens}", "--json"], allocate_results)
 
@@ -169,6 +171,10 @@ KNOWN = [
     pytest.param(["allocate", "--params=4.943667266090817e+156", "--json"], id="allocate-params-1e156",
                  marks=pytest.mark.xfail(strict=False, reason="allocate --params: D overflows to inf and is "
                                                               "printed as null with exit 0")),
+    pytest.param(["allocate", "--compute=1e18", "--max-tokens=1.7488378436157915e-187", "--json"],
+                 id="allocate-max-tokens-1e-187",
+                 marks=pytest.mark.xfail(strict=False, reason="allocate --max-tokens tiny: the capped loss "
+                                                              "overflows to inf and is printed as null with exit 0")),
     pytest.param(["allocate", "--params=1.2689961854668867e-183", "--json"], id="allocate-params-1e-183",
                  marks=pytest.mark.xfail(strict=False, reason="allocate --params: the predicted loss overflows "
                                                               "to inf and is printed as null with exit 0")),
