@@ -1,7 +1,9 @@
 """Dense matmul: ``kernels.matmul`` against ``torch.matmul`` (cuBLAS), forward.
 
-Shapes: square 1024-8192 and LLM projection shapes (tokens x d_model -> QKV, MLP up
-and down), in fp16, bf16, fp32 (tf32 when torch allows it) and fp8 e4m3 on sm_89+.
+Shapes: square 1024-8192, LLM projection shapes (tokens x d_model -> QKV, MLP up
+and down), weight gradients of small models (M*N small, K = tokens: split-K) and GPT-2's LM
+head (vocabulary 50257: rows not 16-byte aligned), in fp16, bf16, fp32 (tf32 when torch
+allows it) and fp8 e4m3 on sm_89+.
 Model FLOP = 2*M*N*K; bytes = A + B read once, C written once.
 """
 from __future__ import annotations
@@ -19,11 +21,15 @@ SQUARE_QUICK = (1024, 4096, 8192)
 # (M tokens, K, N): QKV of a 4096-wide model, MLP up/down of Llama-style widths
 LLM = ((16384, 4096, 12288), (16384, 4096, 14336), (16384, 14336, 4096), (8192, 8192, 28672))
 LLM_QUICK = ((16384, 4096, 12288), (16384, 14336, 4096))
+# weight gradients of small models (M*N small, K = tokens): the split-K path
+WGRAD = ((768, 65536, 768), (1024, 16384, 1024))
+# GPT-2's LM head, logits = h @ W^T with a vocabulary of 50257 (rows not 16-byte aligned)
+LM_HEAD = ((8192, 768, 50257),)
 
 
 def _shapes(ctx: Context):
     sq = SQUARE_QUICK if ctx.quick else SQUARE
-    return [(n, n, n) for n in sq] + list(LLM_QUICK if ctx.quick else LLM)
+    return [(n, n, n) for n in sq] + list(LLM_QUICK if ctx.quick else LLM) + list(WGRAD) + list(LM_HEAD)
 
 
 def _dtypes(ctx: Context):
@@ -86,7 +92,8 @@ def _one(ctx: Context, base: dict, dtype: str, m: int, k: int, n: int, kernels) 
         else:
             dt = DTYPES[dtype]
             a = torch.randn(m, k, device=dev, dtype=dt)
-            b = torch.randn(k, n, device=dev, dtype=dt)
+            # an odd N is a vocabulary: b is the embedding [N, K] read transposed, as an LM head does
+            b = torch.randn(n, k, device=dev, dtype=dt).mT if n % 2 else torch.randn(k, n, device=dev, dtype=dt)
             nbytes = (m * k + k * n + m * n) * a.element_size()
             providers = [("torch.matmul", lambda: torch.matmul(a, b)), ("kernels.matmul", lambda: kernels.matmul(a, b))]
             reference = lambda: a.double() @ b.double()  # noqa: E731

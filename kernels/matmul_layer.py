@@ -23,7 +23,9 @@
 
 Cost (``kernels.cost_of`` and ``FlopCounterMode`` agree): ``flops = executed_flops =
 2*batch*M*N*K`` FLOP, ``bytes`` = each operand read once (its own elements: a broadcast ``b``
-counts once) + the output written once, in bytes.
+counts once) + the output written once, in bytes (an aligned copy of an operand and split-K
+partial sums are extra traffic, not counted); ``detail = {"path:<name>": flops}`` names the
+path that runs them (``matmul_path``).
 """
 from __future__ import annotations
 
@@ -731,7 +733,19 @@ def matmul_cost(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtyp
     odt = _out_dtype_of(a.dtype, out_dtype)
     nbytes = a.numel() * _itemsize(a.dtype) + b.numel() * _itemsize(b.dtype)
     nbytes += math.prod(batch) * M * N * _itemsize(odt)
-    return Cost(flops=flops, executed_flops=flops, bytes=nbytes)
+    return Cost(flops=flops, executed_flops=flops, bytes=nbytes, detail=_path_detail(a, b, out_dtype, flops))
+
+
+def _path_detail(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype], flops: int) -> dict:
+    """``{"path:<MatmulPath.name>": flops}``: the FLOPs of this launch by the path that runs
+    them (so a profile's launch records, and their sums, say which path ran).  Empty for
+    tensors no kernel runs on (meta, fake)."""
+    if a.device.type not in ("cuda", "cpu") or _is_fake(a) or _is_fake(b) or a.numel() == 0 or b.numel() == 0:
+        return {}
+    try:
+        return {f"path:{matmul_path(a, b, out_dtype).name}": flops}
+    except (TypeError, ValueError):  # inputs the op itself refuses: the op reports them
+        return {}
 
 
 # --------------------------------------------------------------------------- public API

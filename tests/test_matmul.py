@@ -332,6 +332,15 @@ def test_flop_counter_counts_our_op_by_our_formula(device):
     assert cost.bytes == (2 * M * K + K * N + 2 * M * N) * 4
 
 
+def test_cost_names_the_path_that_runs(device, monkeypatch):
+    _tma_device(monkeypatch)
+    a, W = rand(37, 24, device=device), rand(51, 24, device=device)
+    cost = kernels.cost_of("flopscale::matmul", a, W.mT)
+    assert cost.detail == {"path:tma+c-by-pointer": 2 * 37 * 51 * 24}
+    kernels.matmul(a, W.mT)
+    assert ml.last_path().name == "tma+c-by-pointer"
+
+
 def test_cost_counts_output_dtype_and_broadcast_operand_once():
     a = torch.empty(4, 8, 16, dtype=torch.float16, device="meta")
     b = torch.empty(16, 32, dtype=torch.float16, device="meta")
