@@ -154,8 +154,32 @@ def _shape(tally: Tally, inv: Inventory, B: int, S: int, d_ff: int | None, notes
     return flopcount.StepShape(B * S, S, L, H, hd, d, ff, inv.vocab or 0)
 
 
+_QKV_NAMES = {"q_proj", "k_proj", "v_proj", "qkv_proj", "qkv", "wq", "wk", "wv", "wqkv", "query", "key", "value",
+              "c_attn", "in_proj", "to_q", "to_k", "to_v", "to_qkv", "kv_proj"}
+_OUT_NAMES = {"o_proj", "out_proj", "wo", "to_out", "c_proj", "proj", "dense", "out", "o"}
+_MLP_PARTS = {"mlp", "ffn", "feed_forward", "feedforward", "ff", "moe", "experts"}
+
+
+def name_group(path: str) -> str | None:
+    """``qkv``, ``out_proj`` or ``mlp`` from a module path's names (``layers.0.attn.q_proj`` -> qkv), or None."""
+    parts = path.lower().split(".")
+    if any(p in _MLP_PARTS for p in parts[:-1]) or parts[-1] in _MLP_PARTS:
+        return "mlp"
+    if parts[-1] in _QKV_NAMES:
+        return "qkv"
+    in_attn = any("attn" in p or "attention" in p for p in parts[:-1])
+    if parts[-1] in ("o_proj", "out_proj", "wo", "to_out") or (in_attn and parts[-1] in _OUT_NAMES):
+        return "out_proj"
+    if parts[-1] in ("w1", "w2", "w3", "gate_proj", "up_proj", "down_proj", "fc1", "fc2", "c_fc", "w_gate", "w_up",
+                     "w_down", "gate", "up", "down"):
+        return "mlp"
+    return None
+
+
 def _group(tally: Tally, inv: Inventory) -> dict[str, Any]:
-    """The AuditResult breakdown (:data:`profiler.audit.BREAKDOWN_GROUPS`) from the tally."""
+    """The AuditResult breakdown (:data:`profiler.audit.BREAKDOWN_GROUPS`) from the tally.
+    Matmuls go to ``qkv``/``out_proj``/``mlp`` by their module's name (:func:`name_group`), to
+    ``router``/``mlp`` when inside the found router/experts, else to ``other``."""
     from .audit import BREAKDOWN_GROUPS
 
     groups = {g: {"model_flops": 0, "executed_flops": 0, "nonmatmul_flops": 0, "time_s": None, "launches": None,
@@ -179,7 +203,7 @@ def _group(tally: Tally, inv: Inventory) -> dict[str, Any]:
                 groups[g][ph] += v
             continue
         if k == "matmul":
-            g = "router" if under(p, routers) else "mlp" if under(p, experts) else "other"
+            g = "router" if under(p, routers) else "mlp" if under(p, experts) else (name_group(p) or "other")
         else:
             g = k
         e = groups[g]
@@ -348,6 +372,10 @@ def audit_module(
     ests = flopcount.published_estimates(
         shape, counts, measured=model_flops, attention=tally.total(("attn_scores", "attn_pv")),
         logits=tally.total(("logits",)))
+    named = [g for g in ("qkv", "out_proj", "mlp") if breakdown[g]["model_flops"]]
+    if named:
+        notes.append("matmul groups " + ", ".join(named) + " assigned by module names (q_proj/wq, o_proj/wo, mlp/ffn, ...);"
+                     " matmuls in other modules are in 'other'")
     if not tally.total(("logits",)):
         notes.append("no output-layer matmul recognised: logits FLOPs are inside 'other'")
 

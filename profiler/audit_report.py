@@ -122,7 +122,7 @@ def _group_lines(res) -> list[str]:
     generic = res.config is None
     labels = dict(GROUP_LABELS)
     if generic:
-        labels["other"] = "other matmuls (projections, MLP, ...)"
+        labels["other"] = "other matmuls (modules not named like q_proj, wo, mlp)"
     rows = []
     matmul = ("qkv", "attn_scores", "attn_pv", "out_proj", "mlp", "router", "logits", "other")
     for g in matmul:

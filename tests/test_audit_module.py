@@ -134,6 +134,12 @@ def test_llama_written_here_matches_an_independent_sum():
     assert r.by_module["layers"]["model_flops"] + r.by_module["out"]["model_flops"] == r.model_flops
     assert r.by_module["layers.0"]["model_flops"] == r.by_module["layers.1"]["model_flops"]
     assert r.breakdown["logits"]["model_flops"] == 3 * 2 * B * S * 48 * 97
+    # groups by module name: wq/wk/wv -> QKV, wo -> output projection, mlp.* -> MLP; nothing left over
+    T = B * S
+    assert r.breakdown["qkv"]["model_flops"] == 3 * 2 * (2 * T * 48 * 48 + 2 * 2 * T * 48 * 24)
+    assert r.breakdown["out_proj"]["model_flops"] == 3 * 2 * 2 * T * 48 * 48
+    assert r.breakdown["mlp"]["model_flops"] == 3 * 2 * 3 * 2 * T * 48 * 72
+    assert r.breakdown["other"]["model_flops"] == 0
     # the CPU attention recomputes Q K^T in the backward: executed, not model
     assert r.executed_flops - r.model_flops == 2 * 2 * B * 4 * 12 * (S * (S + 1) // 2)
     assert r.shape.n_layer == 2 and r.shape.n_head == 4 and r.shape.head_dim == 12
