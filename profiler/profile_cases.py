@@ -291,7 +291,9 @@ def default_shape(op: str, on_gpu: bool, mode: str | None = None) -> tuple:
     """The shape used when none is given: large enough on a GPU to reach its ceiling, small
     enough on the CPU for the Triton interpreter (under ``INTERPRETER_FLOP_LIMIT``)."""
     if op == "matmul" or (op == "blocksparse" and mode is not None):
-        return (8192, 8192, 8192) if on_gpu and op == "matmul" else (4096, 4096, 4096) if on_gpu else (256, 256, 256)
-    if op in ("attention", "blocksparse"):
-        return (4, 32, 4096, 128) if on_gpu else (1, 4, 256, 64)
+        return (8192, 8192, 8192) if on_gpu and op == "matmul" else (4096, 4096, 4096) if on_gpu else (128, 128, 128)
+    if op == "attention":
+        return (4, 32, 4096, 128) if on_gpu else (1, 2, 128, 64)
+    if op == "blocksparse":
+        return (4, 32, 4096, 128) if on_gpu else (1, 2, 256, 64)
     raise ProfileError(f"no default shape for {op!r}")

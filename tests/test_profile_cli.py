@@ -147,8 +147,9 @@ def test_all_runs_the_suite_with_progress_on_stderr(capsys):
 
 
 @pytest.mark.parametrize("op,expected", [
-    ("matmul", "256x256x256" if ON_CPU else "8192x8192x8192"),
-    ("attention", "1,4,256,64" if ON_CPU else "4,32,4096,128"),
+    ("matmul", "128x128x128" if ON_CPU else "8192x8192x8192"),
+    ("attention", "1,2,128,64" if ON_CPU else "4,32,4096,128"),
+    ("blocksparse", "1,2,256,64" if ON_CPU else "4,32,4096,128"),
 ])
 def test_without_shape_a_default_shape_per_kind(capsys, op, expected):
     doc, _ = run_json(capsys, op, "--provider", "torch")
