@@ -35,6 +35,7 @@ __all__ = [
     "StepFlops",
     "step_flops",
     "flops_per_token",
+    "shape_counts",
     "six_nd",
     "kaplan_params",
     "kaplan_forward_per_token",
@@ -149,6 +150,37 @@ def flops_per_token(cfg: GPTConfig, seq: int | None = None) -> float:
     Honours ``cfg.arch``; for ``"moe"`` it counts the ``top_k`` experts a token runs and the
     router.  ``seq`` defaults to ``cfg.n_ctx`` (the attention term depends on it)."""
     return step_flops(cfg, 1, seq).per_token
+
+
+def shape_counts(
+    d_model, n_layer, *, arch: str = "gpt2", n_ctx: int, vocab: int, kv_group: float = 1.0, tied: bool = False,
+    d_ff=None, n_experts: int = 8, top_k: int = 2,
+) -> dict:
+    """Parameters and exact training FLOPs per token as plain arithmetic of ``d_model`` and
+    ``n_layer`` (floats or numpy arrays: a continuous shape family for allocation).
+
+    Same formulas as :func:`profiler.model.param_counts` and :func:`flops_per_token` with
+    ``head_dim`` free (the head count does not enter), K/V width ``d_model / kv_group`` and
+    ``d_ff`` defaulting to ``4 d`` (gpt2) or ``8/3 d`` *unrounded* (llama, moe; a concrete
+    config rounds up to a multiple of 256).  Equal to them for any concrete config with
+    ``d_ff`` given.  Returns ``non_embedding``, ``total``, ``active_non_embedding``, ``active``
+    (parameters; active = what one token touches in an MoE) and ``flops_per_token``.
+    """
+    d, L, S = d_model, n_layer, n_ctx
+    m = 2 if arch == "gpt2" else 3
+    ff = (4 * d if arch == "gpt2" else 8.0 * d / 3.0) if d_ff is None else d_ff
+    E, k = (n_experts, top_k) if arch == "moe" else (1, 1)
+    attn = d * d * (2.0 + 2.0 / kv_group)
+    expert = m * d * ff
+    router = d * E if arch == "moe" else 0.0
+    norms = (2 * L + 1) * (2 * d if arch == "gpt2" else d)
+    non_emb = L * (attn + router + E * expert) + norms
+    active_non_emb = non_emb - L * (E - k) * expert
+    emb = vocab * d + (S * d if arch == "gpt2" else 0.0)
+    out = 0.0 if tied else vocab * d
+    fwd = L * (2.0 * (attn + router + k * expert) + 2.0 * d * (S + 1)) + 2.0 * d * vocab
+    return {"non_embedding": non_emb, "total": non_emb + emb + out, "active_non_embedding": active_non_emb,
+            "active": active_non_emb + emb + out, "flops_per_token": 3.0 * fwd}
 
 
 # ----------------------------------------------------------------------------------------

@@ -227,3 +227,23 @@ def test_estimates_report_appendix_f_both_ways_labelled():
     assert "Chinchilla Appendix F (Table A4 convention)" in names
     printed, a4 = (next(e for e in estimates(cfg, 2) if e.name == n) for n in names[-2:])
     assert printed.flops - a4.flops == pytest.approx(3 * 2 * (2 * 32 * 500 * 64) * 2, rel=1e-12)
+
+
+@pytest.mark.parametrize("arch", ["gpt2", "llama", "moe"])
+def test_shape_counts_is_the_exact_count_of_concrete_configs(arch):
+    """The arithmetic family used for allocation equals param_counts / flops_per_token at concrete shapes."""
+    import numpy as np
+
+    extra = {"n_experts": 5, "top_k": 2} if arch == "moe" else {}
+    for L, d, h, kv, ff, tied in [(3, 96, 6, 2, 200, False), (2, 64, 4, 4, 100, True), (5, 128, 8, 1, 344, False)]:
+        cfg = GPTConfig(L, d, h, 40, 500, n_kv_head=kv, d_ff=ff, tied=tied, arch=arch, **extra)
+        pc = param_counts(cfg)
+        got = flopcount.shape_counts(float(d), float(L), arch=arch, n_ctx=40, vocab=500, kv_group=h // kv,
+                                     tied=tied, d_ff=ff, **extra)
+        assert got["total"] == pytest.approx(pc.total, rel=1e-12)
+        assert got["non_embedding"] == pytest.approx(pc.non_embedding, rel=1e-12)
+        assert got["active"] == pytest.approx(pc.active, rel=1e-12)
+        assert got["active_non_embedding"] == pytest.approx(pc.active_non_embedding, rel=1e-12)
+        assert got["flops_per_token"] == pytest.approx(flopcount.flops_per_token(cfg), rel=1e-12)
+    arr = flopcount.shape_counts(np.array([64.0, 128.0]), np.array([2.0, 4.0]), arch=arch, n_ctx=40, vocab=500)
+    assert arr["flops_per_token"].shape == (2,) and np.all(np.diff(arr["flops_per_token"]) > 0)
