@@ -1,8 +1,8 @@
 """lawfit speed: the batched 4,500-start Chinchilla fit against per-start scipy L-BFGS-B loops,
 measured side by side in one run on the same data, and the time of 1,000 bootstrap refits.
 
-Data: ``../shared/data/chinchilla_fig4_epoch.csv`` without its five highest-loss runs (240 runs),
-D = C/(6N), as in Besiroglu et al. 2024.  Providers:
+Data: the shipped data set ``chinchilla_fig4_epoch`` (``lawfit.datasets``) without its five
+highest-loss runs (240 runs), D = C/(6N), as in Besiroglu et al. 2024.  Providers:
 
 * ``lawfit batched, W workers``: ``lawfit.fit(df, workers=W)`` end to end (Hoffmann's 4,500-start
   grid, duplicate starts merged, batched L-BFGS with analytic gradients, scipy polish of the best
@@ -15,6 +15,9 @@ D = C/(6N), as in Besiroglu et al. 2024.  Providers:
   the data taken inside the objective, Huber by ``np.where``).  One process, one core.
 * ``scipy per-start, analytic grad``: a stronger baseline the replication does not use: the same
   loop with a plain numpy objective that also returns its analytic gradient.
+* ``..., loaded``: lawfit again while a competing process spins on one core for the whole fit
+  (the "loaded" condition; ``auto workers`` is ``fit``'s own choice from the CPUs idle at the
+  start).  ``slowdown`` in the note is the loaded time over the idle time of the same provider.
 
 Every provider is timed in each of ``reps`` rounds in the same run (interleaved round by round,
 so a burst of load on a shared machine hits all of them; lawfit's fits, half a second each,
@@ -51,15 +54,14 @@ import pandas as pd
 import scipy
 from scipy.optimize import minimize
 
-DATA = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch.csv"
 COLUMNS = ("op", "shape", "provider", "status", "time_s", "reps", "speedup", "objective", "rel_err",
            "E", "A", "B", "alpha", "beta", "starts_at_best", "note")
 
 
 def _data() -> pd.DataFrame:
-    if not DATA.exists():
-        raise FileNotFoundError(f"benchmark data not found: {DATA}")
-    df = pd.read_csv(DATA).sort_values("loss").iloc[:-5].reset_index(drop=True)
+    from flopscale import lawfit
+
+    df = lawfit.datasets.load("chinchilla_fig4_epoch").sort_values("loss").iloc[:-5].reset_index(drop=True)
     return pd.DataFrame({"N": df["Model Size"], "D": df["Training FLOP"] / (6 * df["Model Size"]), "loss": df["loss"]})
 
 
@@ -112,6 +114,28 @@ def _scipy_loop(starts: np.ndarray, data: dict, analytic: bool):
     return np.array(xs), np.array(fs)
 
 
+def _spin() -> None:
+    while True:
+        pass
+
+
+class _Spinner:
+    """A competing process that spins on one core while the block runs (the "loaded" condition)."""
+
+    def __enter__(self):
+        import multiprocessing
+
+        self.p = multiprocessing.get_context("fork").Process(target=_spin, daemon=True)
+        self.p.start()
+        time.sleep(0.3)            # let it take its core before the fit chooses its workers
+        return self
+
+    def __exit__(self, *exc):
+        self.p.terminate()
+        self.p.join(5)
+        return False
+
+
 def _params(law, theta) -> dict:
     return {k: float(v) for k, v in law._from_theta(theta).items()}
 
@@ -144,12 +168,19 @@ def run(quick: bool = False, seed: int = 0) -> list[dict]:
     times: dict[str, list[float]] = {}
     fits: dict[int, object] = {}
     ends: dict[str, tuple] = {}
+    loaded_fits: dict = {}
     for _ in range(reps):                     # interleaved: each round times every provider
         for _ in range(FIT_TIMES_PER_ROUND):  # lawfit's half second is timed three times a round
             for w in worker_counts:
                 t0 = time.perf_counter()
                 fits[w] = lawfit.fit(df, workers=w)
                 times.setdefault(f"w{w}", []).append(time.perf_counter() - t0)
+        with _Spinner():
+            for _ in range(FIT_TIMES_PER_ROUND):
+                for w in worker_counts + [None]:
+                    t0 = time.perf_counter()
+                    loaded_fits[w] = lawfit.fit(df, workers=w)
+                    times.setdefault(f"loaded-w{w}", []).append(time.perf_counter() - t0)
         for name, analytic in loops:
             t0 = time.perf_counter()
             ends[name] = _scipy_loop(sub, data, analytic)
@@ -173,6 +204,21 @@ def run(quick: bool = False, seed: int = 0) -> list[dict]:
                          note=f"fastest of {len(times[f'w{w}'])} ({_reps(times[f'w{w}'])}); {how}; duplicate starts merged "
                               f"({merged} of {len(grid)}); scipy polish of the best end point (and distinct ones within 0.1%); starts_at_best counts "
                               f"merged starts with their representative"))
+    for w in worker_counts + [None]:
+        fw = loaded_fits[w]
+        tw = min(times[f"loaded-w{w}"])
+        idle = min(times[f"w{w if w is not None else worker_counts[0]}"])
+        who = "auto workers" if w is None else f"{w} worker{'s' if w > 1 else ''}"
+        rows.append(dict(op="chinchilla_fit", shape=shape, provider=f"lawfit batched, {who}, loaded",
+                         status="ok", time_s=tw, reps=len(times[f"loaded-w{w}"]), speedup=tw / t_ref,
+                         objective=fw.objective, rel_err=(fw.objective - fit.objective) / fit.objective, **fw.params,
+                         starts_at_best=fw.n_at_best,
+                         note=f"one competing process spinning on a core during the fit; fastest of "
+                              f"{len(times[f'loaded-w{w}'])} ({_reps(times[f'loaded-w{w}'])}); ran {fw.processes} "
+                              f"process{'es' if fw.processes > 1 else ''}; slowdown {tw / idle:.2f}x against the "
+                              f"idle time of {'the most workers' if w is None else 'the same workers'}; "
+                              f"{min(times['scipy per-start, finite diff']) / tw:.0f}x faster than the replication "
+                              f"loop (timed without the spinner)"))
     for name, analytic in loops:
         xs, fs = ends[name]
         t = min(times[name])
