@@ -15,7 +15,7 @@ import pytest
 
 from flopscale.profiler.cli import main
 from flopscale.profiler.collectives import bus_factor, hierarchical_allreduce_time_s
-from flopscale.profiler.distributed import launch, profile_aggregate, render_profile
+from flopscale.profiler.distributed import launch, profile_aggregate, render_profile  # noqa: F401
 
 TINY = ["--n-layer", "2", "--d-model", "64", "--n-head", "2", "--n-ctx", "32", "--vocab", "256", "--batch", "2"]
 
@@ -286,7 +286,7 @@ def test_bad_cluster_input_is_one_line(capsys, argv, needle):
 
 
 def test_profile_distributed_prints_the_torchrun_line(capsys):
-    from flopscale.profiler.distributed import build_parser
+    from flopscale.profiler.commands.torchrun import build_parser
 
     assert main(["profile", "matmul", "--shape", "48x40x56", "--provider", "torch", "--distributed", "4"]) == 0
     line = capsys.readouterr().out.splitlines()[0].split()
