@@ -1,5 +1,9 @@
 """Audit ``C = 6ND``: profile one training step of :class:`profiler.model.GPT` launch by launch.
 
+(For any other ``nn.Module`` -- a Llama or MoE of your own, compiled or not -- see
+:mod:`profiler.audit_module`; ``profiler.audit(model, batch, ...)`` calls it, and returns the
+same :class:`AuditResult`.  The built-in model takes ``GPTConfig(arch="gpt2"|"llama"|"moe")``.)
+
 :func:`run_audit` runs a forward pass, the backward pass and an optimizer step (AdamW) under
 :class:`profiler.Profile`, attributes every launch to the module that issued it (forward *and*
 backward, through module hooks that set :func:`profiler.record.label`), and groups the FLOPs:

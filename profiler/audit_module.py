@@ -349,8 +349,13 @@ def audit_module(
 
     counter = StepCounter(model, inv.output_layer, inv.output_weight, inv.vocab)
     step = module_step(model, batch, optimizer, loss_fn, counter=counter)
-    with counter:
-        step()
+    try:
+        with counter:
+            step()
+    except AuditError:
+        raise
+    except Exception as exc:  # the user's model failed on this batch: say so in one line, keep the cause chained
+        raise AuditError(f"the training step failed: {type(exc).__name__}: {_line(exc)}") from exc
     tally = counter.tally
     if inv.experts:
         fwd = {g.path: tally.under(g.path, ("matmul",), "forward") for g in inv.experts}

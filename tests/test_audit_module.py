@@ -363,3 +363,12 @@ def test_progress_goes_to_a_terminal_only():
     off = Tty()
     Progress("x", enabled=False, stream=off)("timing step", 1, 0.1, 1.0)
     assert off.getvalue() == ""
+
+
+def test_a_step_that_fails_is_one_clear_line(model_file, capsys):
+    from flopscale.profiler.cli import main
+
+    # token ids beyond the model's vocabulary: the embedding raises inside the step
+    rc = main(["audit", "--model", f"{model_file}:make", "--batch", "1", "--n-ctx", "4", "--vocab", "5000"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "training step failed: IndexError" in err and len(err.strip().splitlines()) == 1, err
