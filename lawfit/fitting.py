@@ -213,7 +213,7 @@ class FitResult:
         lines.append(f"  {'param'.ljust(w)}{'value':>12}  {ci_head:<34}unit")
         for n, v, u in rows:
             ci = self.ci.get(n)
-            cis = f"[{_g(ci[0])}, {_g(ci[1])}]" if ci else ""
+            cis = f"[{_g(ci[0])}, {_g(ci[1])}]" if ci and all(map(math.isfinite, ci)) else ""
             lines.append(f"  {n.ljust(w)}{_g(v):>12}  {cis:<34}{u}")
         if der and isinstance(law, Chinchilla):
             lines.append("  compute-optimal under C = 6ND: N_opt = G*(C/6)^a, D_opt = (C/6)^b/G "
@@ -226,6 +226,9 @@ class FitResult:
             lines.append(f"  time: {self.seconds:.2f} s wall clock, {self.processes} "
                          f"process{'es' if self.processes > 1 else ''}")
         return "\n".join(lines)
+
+    def __str__(self) -> str:
+        return self.summary()
 
     def __repr__(self) -> str:
         vals = ", ".join(f"{k}={_g(v)}" for k, v in self.params.items())

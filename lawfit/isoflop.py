@@ -64,6 +64,9 @@ class IsoFLOPResult:
     n_bootstrap: int
     ci_level: float
 
+    def __str__(self) -> str:
+        return self.summary()
+
     def summary(self) -> str:
         pct = int(round(self.ci_level * 100))
         lines = [f"IsoFLOP analysis (Approach 2): {len(self.budgets)} budgets, {len(self.data)} runs"

@@ -6,7 +6,7 @@ import math
 import sys
 import warnings
 
-from ._common import UserError, atomic_path, print_json, write_text_atomic
+from ._common import UserError, atomic_path, check_output_path, print_json, write_text_atomic
 
 NAME = "fit"
 HELP = "fit a scaling law to a table of training runs, with bootstrap intervals"
@@ -64,12 +64,7 @@ def run(args: argparse.Namespace) -> int:
     if not 0 < args.ci_level < 1:
         raise UserError(f"--ci-level must be between 0 and 1, got {args.ci_level}")
     for opt, path in (("--plot", args.plot), ("--save", args.save)):
-        if path:
-            from pathlib import Path
-
-            parent = Path(path).expanduser().resolve().parent
-            if not parent.is_dir():
-                raise UserError(f"{opt}: directory does not exist: {parent}")
+        check_output_path(path, opt)        # before the work
     is_iso = args.law.strip().lower() == "isoflop"
     with warnings.catch_warnings(record=True) as caught:
         warnings.simplefilter("always", lawfit.LawfitWarning)
@@ -112,7 +107,7 @@ def run(args: argparse.Namespace) -> int:
         out["written"] = {k: v for k, v in written}
         print_json(out)
         return 0
-    print(result.summary())
+    print(result)
     for what, path in written:
         print(f"wrote {what}: {path}")
     return 0
