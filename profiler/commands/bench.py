@@ -18,7 +18,7 @@ NAME = "bench"
 HELP = "benchmark flopscale kernels against torch baselines (CSV row by row + Markdown summary)"
 DESCRIPTION = (
     "Benchmark flopscale kernels against torch baselines measured in the same run. Each row: op, "
-    "shape, dtype, provider, median time, TFLOP/s (model FLOP), %% of the measured ceiling, GB/s, "
+    "shape, dtype, provider, median time, TFLOP/s (model FLOP), % of the measured ceiling, GB/s, "
     "speedup against the baseline (first provider), and the relative error against a float64 "
     "reference, checked before timing. Suites: matmul, attention, blocksparse, overhead, lawfit "
     "(the default set), and collectives (all-reduce, all-gather, reduce-scatter, broadcast on "
