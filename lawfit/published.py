@@ -109,6 +109,17 @@ besiroglu2024 = PublishedFit(
            "(E 1.8172, A 477.8, B 2143, alpha 0.3473, beta 0.3672; the printed A, B differ in the 3rd digit)."),
 )
 
+muennighoff2023 = PublishedFit(
+    name="muennighoff2023",
+    citation=("Muennighoff et al. 2023, 'Scaling Data-Constrained Language Models', arXiv:2305.16264, "
+              "the data-constrained fit (Eq. 5 with R*_N 5.309, R*_D 15.387)"),
+    law=Chinchilla(E=1.87, A=521.0, B=1488.0, alpha=0.353, beta=0.353),
+    n_counts="all parameters of their GPT-2-style models, embeddings included",
+    notes=("E 1.87, A 521, B 1488, alpha = beta = 0.353 fitted on C4 runs with repeated data; with unique data "
+           "it is a Chinchilla-form law; allocate(..., max_tokens=U, repeat=True) applies their effective data "
+           "and parameters (lawfit.allocation.R_D_STAR, R_N_STAR)."),
+)
+
 kaplan2020 = KaplanFit(
     name="kaplan2020",
     citation="Kaplan et al. 2020, 'Scaling Laws for Neural Language Models', arXiv:2001.08361",
@@ -129,7 +140,8 @@ kaplan2020 = KaplanFit(
                "C_c_pf_days": 3.1e8},
 )
 
-FITS: dict[str, PublishedFit] = {f.name: f for f in (hoffmann2022, hoffmann2022_rounded, besiroglu2024, kaplan2020)}
+FITS: dict[str, PublishedFit] = {f.name: f for f in (hoffmann2022, hoffmann2022_rounded, besiroglu2024,
+                                                    muennighoff2023, kaplan2020)}
 
 
 def names() -> list[str]:

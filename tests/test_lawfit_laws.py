@@ -144,3 +144,24 @@ def test_cli_allocate_says_which_budget_and_reports_epochs(capsys):
     assert a["epochs"] > 1 and a["repetition"]["loss_cost"] > 0
     assert main(["allocate", "--law", "hoffmann2022", "--compute", "1e22", "--inference-tokens", "1e13"]) == 0
     assert "inference-aware" in capsys.readouterr().out
+
+
+def test_repeated_data_loss_is_muennighoffs_data_constrained_law():
+    """Muennighoff et al. 2023, Eq. 5 with their fit (E 1.87, A 521, B 1488, alpha = beta = 0.353,
+    R*_N 5.309, R*_D 15.387, U_N = min(N, N_opt(U_D)) where N_opt(U_D) = 0.051 U_D for this law)."""
+    from flopscale.lawfit.allocation import _Repeated
+
+    law = lawfit.published.muennighoff2023.law
+    rng = np.random.default_rng()
+    U = 10 ** rng.uniform(9, 11)
+    N = 10 ** rng.uniform(8, 10.5, 20)
+    D = U * rng.uniform(1, 60, 20)
+    UN = np.minimum(0.0512 * U, N)
+    RN = np.maximum(N / UN - 1, 0)
+    RD = D / U - 1
+    ref = (521 / (UN + 5.309 * UN * (1 - np.exp(-RN / 5.309))) ** 0.353
+           + 1488 / (U + 15.387 * U * (1 - np.exp(-RD / 15.387))) ** 0.353 + 1.87)
+    got = _Repeated(law, U).evaluate(law.params, N, D)
+    np.testing.assert_allclose(got, ref, rtol=2e-4)
+    a = lawfit.allocate(1e22, law="muennighoff2023", max_tokens=U, repeat=True)
+    assert a.loss == pytest.approx(float(_Repeated(law, U).evaluate(law.params, a.N, a.D)))
