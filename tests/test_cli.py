@@ -66,3 +66,16 @@ def test_user_error_is_one_line_without_traceback():
     proc = run_cli("profile", "--definitely-not-an-option")
     assert proc.returncode == 2
     assert "Traceback" not in proc.stderr
+
+
+@pytest.mark.parametrize("args", [
+    ("allocate", "--compute", "nan"),
+    ("plan", "--gpus", "abc"),
+    ("allocate", "--compute", "1e22", "--plot", "/proc/x.png"),
+])
+def test_bad_input_through_the_installed_entry_point_is_one_line_and_exit_2(args):
+    proc = run_cli(*args)
+    assert proc.returncode == 2, proc.stderr
+    lines = proc.stderr.splitlines()
+    assert len(lines) == 1 and lines[0].startswith(f"flopscale {args[0]}: error: "), proc.stderr
+    assert proc.stdout == ""

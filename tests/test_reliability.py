@@ -227,6 +227,37 @@ def test_sigterm_to_a_command_with_forked_workers_leaves_no_worker_running(tmp_p
         os.kill(child, 0)
 
 
+def catches_sigterm(pid: int) -> bool:
+    """Whether process ``pid`` has a handler for SIGTERM (Linux: SigCgt in /proc/PID/status)."""
+    try:
+        for line in Path(f"/proc/{pid}/status").read_text().splitlines():
+            if line.startswith("SigCgt:"):
+                return bool(int(line.split()[1], 16) >> (signal.SIGTERM - 1) & 1)
+    except OSError:
+        pass
+    return False
+
+
+@pytest.mark.skipif(not Path("/proc/self/status").exists(), reason="needs Linux /proc")
+def test_sigterm_to_a_real_profile_run_exits_143_and_writes_nothing(tmp_path):
+    out = tmp_path / "out"
+    out.mkdir()
+    proc = subprocess.Popen(
+        [sys.executable, "-m", "flopscale", "profile", "matmul", "--shape", "32x32x32", "--provider", "torch",
+         "--time-budget", "60", "--csv", str(out / "rows.csv"), "--plot", str(out / "roofline.png")],
+        stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True,
+        env={**os.environ, "FLOPSCALE_CACHE_DIR": str(tmp_path / "cache")})
+    deadline = time.monotonic() + 120
+    while not catches_sigterm(proc.pid) and proc.poll() is None and time.monotonic() < deadline:
+        time.sleep(0.05)
+    time.sleep(1.0)  # into the work
+    proc.send_signal(signal.SIGTERM)
+    _, err = proc.communicate(timeout=120)
+    assert proc.returncode == 143, err
+    assert "Traceback" not in err and err.strip().splitlines()[-1] == "flopscale profile: terminated (SIGTERM)"
+    assert list(out.iterdir()) == []
+
+
 # ------------------------------------------------------------------ files
 
 @pytest.mark.parametrize("mask", [0o022, 0o077, 0o002])
