@@ -336,3 +336,17 @@ def test_unstable_timings_and_shares_above_the_ceiling_are_flagged_in_the_note(m
     assert row["pct_ceiling"] == pytest.approx(200.0)  # 8e6 FLOP in 4 ms = 2e9 FLOP/s against 1e9
     assert "unstable" in row["note"] and "impossible" in row["note"]
     assert h.ceiling_note(99.0) == "" and h.ceiling_note(float("nan")) == ""
+
+
+def test_an_unusable_out_folder_is_refused_before_any_work(tmp_path, monkeypatch, capsys):
+    import flopscale.benchmarks.run as brun
+
+    def no_work(*a, **k):
+        raise AssertionError("the benchmarks ran before --out was checked")
+
+    monkeypatch.setattr(brun, "run", no_work)
+    (tmp_path / "file").write_text("x")
+    for out in (tmp_path / "file", tmp_path / "file" / "sub"):
+        assert main(["bench", "--only", "overhead", "--out", str(out)]) == 2
+        err = capsys.readouterr().err
+        assert "--out" in err and err.count("\n") == 1 and "Traceback" not in err
