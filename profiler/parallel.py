@@ -30,7 +30,9 @@ micro-batches of ``b`` sequences per pipeline), all in seconds per GPU:
   ``= MFU x compute_s / step_s``.
 
 :func:`search` evaluates every layout that divides the GPUs and fits in memory
-(:mod:`profiler.memory`) and ranks them by tokens per second.
+(:mod:`profiler.memory`) and ranks them by tokens per second.  The model credits no kernel
+efficiency to larger micro-batches (the MFU stays the given one), so a larger micro-batch only
+adds memory and bubble; the search keeps micro-batch 1 unless one is pinned.
 """
 from __future__ import annotations
 
@@ -328,8 +330,9 @@ def search(cfg: Any, pc: Any, fpt: float, cluster: Cluster, *, peak_flop_per_s: 
             if "dp" in fixed and fixed["dp"] != dp:
                 continue
             zeros = [fixed["zero_stage"]] if "zero_stage" in fixed else ([0, 1, 2, 3] if dp > 1 else [0])
-            mbs = [fixed["micro_batch"]] if "micro_batch" in fixed else [
-                x for x in (1, 2, 4, 8, 16) if x <= max(1, B // dp)]
+            # a larger micro-batch only lengthens the bubble here (kernel efficiency is the MFU's,
+            # not the micro-batch's), so micro-batch 1 is searched unless one is pinned
+            mbs = [fixed["micro_batch"]] if "micro_batch" in fixed else [1]
             recs = [fixed["recompute"]] if "recompute" in fixed else list(_mem.RECOMPUTE)
             for z, b, r in itertools.product(zeros, mbs, recs):
                 lay = Layout(t, p, dp, z, b, r)

@@ -402,13 +402,16 @@ def _arch_terms(arch: str, n_experts: int | None, top_k: int | None) -> tuple[fl
     return 3.0, float(n_experts or DEFAULT_EXPERTS), float(top_k or DEFAULT_TOP_K)
 
 
+_ARCH_TERMS = {"gpt2": (2.0, 1.0, 1.0), "llama": (3.0, 1.0, 1.0)}
+
+
 def _family_counts(d: Any, L: Any, *, n_ctx: int, vocab: int, tied: bool, kv_group: int, arch: str,
                    n_experts: int | None, top_k: int | None) -> dict[str, Any]:
     """Parameters (active, i.e. touching a token, and stored) and exact training FLOPs per token
     of a real-valued width ``d`` and depth ``L`` (the formulas of :func:`param_counts` and
     :func:`profiler.flopcount.step_flops`; the SwiGLU width 8d/3 rounded up to 256 is taken as
     ``8d/3 + 128``, its rounding on average)."""
-    mats, E, k = _arch_terms(arch, n_experts, top_k)
+    mats, E, k = _ARCH_TERMS[arch] if arch != "moe" else _arch_terms(arch, n_experts, top_k)
     g, S = float(kv_group), float(n_ctx)
     ff = 4.0 * d if arch == "gpt2" else 8.0 * d / 3.0 + 128.0
     attn = d * d * (2.0 + 2.0 / g)
@@ -458,15 +461,25 @@ def family(
         L = np.maximum(1.0, d / asp)
         return L, _family_counts(d, L, **kw)  # type: ignore[arg-type]
 
+    def excess(x):  # log of (count at width e^x) / N: increasing in x
+        return np.log(counts(np.exp(x))[1][count]) - np.log(N)
+
+    # safeguarded Newton in x = ln d_model: a Newton step when it stays inside the bracket,
+    # else bisection; stops once every entry matches N to 1e-12 (relative)
     lo = np.full(N.shape, math.log(1e-3))
     hi = np.full(N.shape, math.log(1e7))
-    for _ in range(80):
-        mid = 0.5 * (lo + hi)
-        _, c = counts(np.exp(mid))
-        below = c[count] < N
-        lo = np.where(below, mid, lo)
-        hi = np.where(below, hi, mid)
-    d = np.exp(0.5 * (lo + hi))
+    x = 0.5 * (lo + hi)
+    for _ in range(100):
+        f = excess(x)
+        lo = np.where(f < 0, x, lo)
+        hi = np.where(f < 0, hi, x)
+        if np.all(np.abs(f) < 1e-12):
+            break
+        slope = (excess(x + 1e-6) - f) / 1e-6
+        step = x - f / np.where(slope > 0, slope, np.inf)
+        inside = (step > lo) & (step < hi) & np.isfinite(step)
+        x = np.where(inside, step, 0.5 * (lo + hi))
+    d = np.exp(x)
     L, c = counts(d)
     return {"d_model": d, "n_layer": L, **c}
 
