@@ -807,12 +807,15 @@ class Profile:
         :func:`profiler.roofline.annotate`: flop_per_s (model FLOP/s),
         executed_flop_per_s, bytes_per_s, arithmetic_intensity (FLOP/byte),
         peak_flop_per_s, bandwidth (bytes/s), ridge (FLOP/byte), roofline_time_s,
-        ceiling_share (roofline time / measured time, 0..1), mfu, hfu, bound
-        ('compute'/'memory'/'unknown') and peak_source.
+        ceiling_share (roofline time / measured time, 0..1), peak_share and
+        executed_peak_share (model / executed FLOPs over the launch's own time x peak: a
+        utilisation of that launch's time, not MFU -- MFU divides by the wall time, see
+        :meth:`totals`), bound ('compute'/'memory'/'unknown') and peak_source.
         """
         from .roofline import annotate
 
-        return annotate(self.raw_table().drop(columns=["index"]), self._ceilings(peak, ceilings))
+        t = annotate(self.raw_table().drop(columns=["index"]), self._ceilings(peak, ceilings))
+        return t.rename(columns={"mfu": "peak_share", "hfu": "executed_peak_share"})
 
     def summary(self, peak: str | None = None, ceilings: Any = None) -> Any:
         """Totals per op (sorted by time): count, FLOPs, bytes, time, rates, share of time, share of

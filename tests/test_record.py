@@ -267,12 +267,13 @@ def test_table_rates_roofline_and_mfu_from_given_ceilings():
         a @ b
     t = prof.table()
     for col in ("op", "scope", "flops", "executed_flops", "nonmatmul_flops", "bytes", "time_s", "flop_per_s",
-                "bytes_per_s", "ceiling_share", "arithmetic_intensity", "bound", "mfu", "hfu", "peak_source"):
+                "bytes_per_s", "ceiling_share", "arithmetic_intensity", "bound", "peak_share", "executed_peak_share",
+                "peak_source"):
         assert col in t.columns
     r = t.iloc[0]
     F_, B_ = 2 * 40 * 30 * 20, 4 * (40 * 30 + 30 * 20 + 40 * 20)
     assert r["flops"] == F_ and r["bytes"] == B_
-    assert r["mfu"] == pytest.approx(F_ / r["time_s"] / 1e9)
+    assert r["peak_share"] == pytest.approx(F_ / r["time_s"] / 1e9)
     assert r["arithmetic_intensity"] == pytest.approx(F_ / B_)
     assert r["ceiling_share"] == pytest.approx(max(F_ / 1e9, B_ / 1e9) / r["time_s"])
     assert r["bound"] == "compute"  # AI 4.3 FLOP/B above the ridge of 1 FLOP/B
@@ -309,7 +310,7 @@ def test_datasheet_peak_on_cpu_is_absent_not_invented():
         torch.randn(8, 8) @ torch.randn(8, 8)
     if not torch.cuda.is_available():
         t = prof.table()
-        assert math.isnan(t.iloc[0]["mfu"]) and "datasheet" in t.iloc[0]["peak_source"]
+        assert math.isnan(t.iloc[0]["peak_share"]) and "datasheet" in t.iloc[0]["peak_source"]
 
 
 def test_exports_csv_json_trace_and_plot(tmp_path):
