@@ -100,7 +100,8 @@ def run(args: argparse.Namespace) -> int:
             print(f"{k}: {v}")
         print(f"rows written to {csv_path} and {md_path}" if csv_path else "no row finished: no table written")
     if header.get("terminated"):
-        print("flopscale bench: terminated (SIGTERM); the tables hold the rows that finished", file=sys.stderr)
+        kept = "the tables hold the rows that finished" if csv_path else "no row had finished, no table written"
+        print(f"flopscale bench: terminated (SIGTERM); {kept}", file=sys.stderr)
         return 143  # 128 + SIGTERM, as for any terminated command
     bad = [r for r in rows if r.get("status") in ("wrong", "error")]
     if bad:
