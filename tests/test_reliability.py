@@ -151,12 +151,13 @@ SCRIPT = textwrap.dedent("""
             return 0
         with atomic_path(target) as tmp:
             tmp.write_bytes(b"")          # a 0-byte file, as savefig leaves at first
-            print("ready", flush=True)
             if mode == "swallow":
                 try:
+                    print("ready", flush=True)
                     time.sleep(60)
                 except KeyboardInterrupt:
                     return 0
+            print("ready", flush=True)
             time.sleep(60)
         return 0
 
@@ -477,7 +478,7 @@ def test_a_measurement_taken_while_another_calibration_holds_the_lock_is_not_cac
 
 
 CONCURRENT = textwrap.dedent("""
-    import json, sys, time
+    import json, sys, time, types
     from flopscale.profiler import devices
     log = sys.argv[1]
     def measure(name, quick):
@@ -487,6 +488,10 @@ CONCURRENT = textwrap.dedent("""
             f.write(json.dumps([t0, time.time()]) + "\\n")
         return devices.Ceilings(flops={"fp32": 2e11}, bandwidth=3e10, device_name=name, quick=quick)
     devices._measure_cpu = measure
+    # no torch needed to test the lock: a fixed CPU device, name and versions
+    devices._torch_device = lambda device=None: types.SimpleNamespace(type="cpu")
+    devices._device_name = lambda dev: "test-cpu"
+    devices._versions = lambda dev: {"threads": 1}
     print(devices.calibrate("cpu", quick=True).flops["fp32"])
 """)
 
