@@ -95,6 +95,9 @@ def describe_fault(exc: BaseException) -> str:
     if is_out_of_memory(exc):
         detail = f" ({_one_line(exc)[:300]})" if str(exc) else ""
         return f"out of memory{detail}: try smaller sizes or fewer rows"
+    if isinstance(exc, UnicodeEncodeError):
+        return (f"cannot write this text in the output's encoding ({_one_line(exc)}); "
+                "set PYTHONIOENCODING=utf-8")
     if isinstance(exc, UnicodeError):
         return f"cannot decode text (not UTF-8?): {_one_line(exc)}"
     if isinstance(exc, OSError):
@@ -102,7 +105,8 @@ def describe_fault(exc: BaseException) -> str:
         if exc.errno == errno.ENOSPC:
             what = "no space left on device"
         names = [n for n in (exc.filename, exc.filename2) if n is not None]
-        where = ": " + " -> ".join(os.fsdecode(n) for n in names) if names else ""
+        where = ": " + " -> ".join(os.fsdecode(n) if isinstance(n, (str, bytes, os.PathLike)) else str(n)
+                                   for n in names) if names else ""
         return _one_line(f"{what}{where}")
     return _one_line(exc)
 

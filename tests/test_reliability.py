@@ -51,6 +51,8 @@ FAULTS = [
     (MemoryError(), "out of memory"),
     (MemoryError("Unable to allocate 2.1 TiB for an array\nwith shape (4500, 60001)"), "Unable to allocate"),
     (UnicodeDecodeError("utf-8", b"\xff\xfe", 0, 1, "invalid start byte"), "cannot decode"),
+    (UnicodeEncodeError("ascii", "\u03b1 = 0.34", 0, 1, "ordinal not in range(128)"), "PYTHONIOENCODING=utf-8"),
+    (OSError(errno.EBADF, "Bad file descriptor", 3), "Bad file descriptor: 3"),
     (RuntimeError("[enforce fail at alloc_cpu.cpp:127] DefaultCPUAllocator: can't allocate memory: you tried "
                   "to allocate 400000000000000 bytes. Error code 12 (Cannot allocate memory)"), "out of memory"),
 ]
