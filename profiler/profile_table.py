@@ -179,6 +179,8 @@ def _tolerance() -> float:
 
 def totals_lines(u: Any) -> list[str]:
     """MFU with its definition and peak, HFU, and the op-time utilisation under its own name."""
+    if not u.flops:
+        return [f"MFU: no FLOPs recorded in {fmt_time(u.time_s)} ({'wall time' if u.over == 'wall' else 'op time'})"]
     peaks = ", ".join(f"{d} {fmt_rate(p)}" for d, p in u.peak_flop_per_s.items()) or "no peak for these dtypes"
     mark = FLAG if math.isfinite(u.mfu) and u.mfu > _tolerance() else ""
     if u.over == "wall":

@@ -118,3 +118,10 @@ def test_str_while_recording_does_not_fail():
     with Profile(ceilings=ceil()) as prof:
         torch.randn(4, 4) @ torch.randn(4, 4)
         assert "still recording" in str(prof)
+
+
+def test_an_empty_profile_says_no_flops_instead_of_an_mfu():
+    with Profile(ceilings=ceil()) as prof:
+        pass
+    text = str(prof)
+    assert "MFU: no FLOPs recorded" in text and "MFU 0.0%" not in text
