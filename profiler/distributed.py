@@ -747,7 +747,54 @@ def measure_data_parallel(
         notes.append(f"no {dtype} ceiling for this device: MFU not computed")
     if kind == "cpu":
         notes.append("CPU ranks with gloo: the torch reference path and loopback TCP, not GPU or network figures")
+    out["prediction"] = _layout_prediction(model, opt, params, esize, world, fsdp, batch, compute_s, comm_s, step_s)
     return out
+
+
+def _local_numel(t: Any) -> int:
+    """Elements this rank holds of ``t`` (its shard for a sharded DTensor)."""
+    local = t.to_local() if hasattr(t, "to_local") else t
+    return int(local.numel())
+
+
+def _layout_prediction(model: Any, opt: Any, params: int, esize: int, world: int, fsdp: bool, batch: int,
+                       compute_s: float, comm_s: float, step_s: float) -> dict[str, Any]:
+    """What the plan's layout model (:mod:`profiler.memory`, :mod:`profiler.parallel`) predicts for
+    this run, beside what the run holds and takes.
+
+    Memory: weights, gradients and AdamW's two moments per rank -- measured from the tensors the
+    rank holds (its shards under FSDP; a gradient is counted for every local parameter element,
+    since each exists from the backward pass to the optimizer step) -- against
+    ``params x (e + e + 2e) / share`` for ZeRO-0 (DDP) or ZeRO-3 (FSDP) over the ranks.
+    Step: the model's ``compute + comm - hidden`` with ``hidden`` between 0 (no overlap, its
+    default) and ``min(comm, 2/3 compute)`` (all the backward pass can hide), at the measured
+    compute and communication times.
+    """
+    from . import memory
+
+    held_w = sum(_local_numel(p) for p in model.parameters()) * esize
+    held_o = 0
+    for state in opt.state.values():
+        for v in state.values():
+            if hasattr(v, "numel") and v.dim() > 0:  # the moments; not the 0-d step counter
+                held_o += _local_numel(v) * v.element_size()
+    measured = {"weights": held_w, "gradients": held_w, "optimizer": held_o, "total": 2 * held_w + held_o}
+    stage = 3 if fsdp else 0
+    per = memory.model_state_bytes_per_param(stage, world, weight_bytes=esize, grad_bytes=esize,
+                                             optimizer_bytes=2 * esize)
+    predicted = {k: params * v for k, v in per.items()}
+    lo = compute_s + max(0.0, comm_s - (2.0 / 3.0) * compute_s)
+    hi = compute_s + comm_s
+    return {
+        "layout": {"tp": 1, "pp": 1, "dp": world, "zero_stage": stage, "micro_batch": batch, "recompute": "none"},
+        "model_states_bytes_per_rank": {"measured": measured, "predicted": predicted,
+                                        "ratio": measured["total"] / predicted["total"]},
+        "step_s": {"measured": step_s, "predicted_no_overlap": hi, "predicted_most_overlap": lo,
+                   "within": lo * 0.9 <= step_s <= hi * 1.1},
+        "how": ("memory: profiler.memory with e + e + 2e bytes per parameter (weights, gradients, AdamW moments in "
+                f"the run's {esize}-byte dtype), ZeRO-{stage} over {world} ranks; step: profiler.parallel's "
+                "compute + exposed communication at the measured compute and communication times"),
+    }
 
 
 def backend_is_nccl() -> bool:
@@ -786,6 +833,13 @@ def render_ddp(r: dict[str, Any]) -> str:
         m = r["mfu"]
         lines.append(f"  MFU {100 * m['value']:.2f}% (compute alone {100 * m['compute_only']:.2f}%) of "
                      f"{fmt_rate(m['peak_flop_per_s'])} {m['dtype']}: {m['peak_source']}")
+    pred = r.get("prediction")
+    if pred:
+        m, st = pred["model_states_bytes_per_rank"], pred["step_s"]
+        lines.append(f"  layout model (as flopscale plan predicts it): model states {fmt_count(m['predicted']['total'], 'B')} "
+                     f"per rank predicted, {fmt_count(m['measured']['total'], 'B')} held (ratio {m['ratio']:.3f}); step "
+                     f"{fmt_time(st['predicted_most_overlap'])} .. {fmt_time(st['predicted_no_overlap'])} predicted "
+                     f"(all the backward pass can hide .. no overlap), {fmt_time(st['measured'])} measured")
     lines.append(f"  how: {r['method']}")
     for n in r["notes"]:
         lines.append(f"  note: {n}")

@@ -52,19 +52,22 @@ def _check_zero(stage: int) -> int:
     return int(stage)
 
 
-def model_state_bytes_per_param(zero_stage: int = 0, dp: int = 1) -> dict[str, float]:
+def model_state_bytes_per_param(zero_stage: int = 0, dp: int = 1, *, weight_bytes: float = WEIGHT_BYTES,
+                                grad_bytes: float = GRAD_BYTES, optimizer_bytes: float = OPTIMIZER_BYTES
+                                ) -> dict[str, float]:
     """Bytes per parameter held by one GPU for weights, gradients and optimizer state.
 
-    Mixed-precision Adam (2 + 2 + 12 bytes, Rajbhandari et al. 2020), sharded over ``dp``
-    ranks up to ZeRO ``zero_stage``: 1 shards the optimizer, 2 the gradients too, 3 the
-    weights too.  Returns ``{"weights", "gradients", "optimizer", "total"}``.
+    Mixed-precision Adam by default (2 + 2 + 12 bytes, Rajbhandari et al. 2020; a run in one
+    dtype of ``e`` bytes holds ``e + e + 2e``), sharded over ``dp`` ranks up to ZeRO
+    ``zero_stage``: 1 shards the optimizer, 2 the gradients too, 3 the weights too (FSDP's full
+    sharding).  Returns ``{"weights", "gradients", "optimizer", "total"}``.
     """
     stage = _check_zero(zero_stage)
     if isinstance(dp, bool) or not isinstance(dp, int) or dp < 1:
         raise ValueError(f"data-parallel degree must be a positive integer, got {dp!r}")
-    w = WEIGHT_BYTES / (dp if stage >= 3 else 1)
-    g = GRAD_BYTES / (dp if stage >= 2 else 1)
-    o = OPTIMIZER_BYTES / (dp if stage >= 1 else 1)
+    w = weight_bytes / (dp if stage >= 3 else 1)
+    g = grad_bytes / (dp if stage >= 2 else 1)
+    o = optimizer_bytes / (dp if stage >= 1 else 1)
     return {"weights": w, "gradients": g, "optimizer": o, "total": w + g + o}
 
 

@@ -125,6 +125,18 @@ def test_ddp_step_reports_compute_comm_and_overlap(tmp_path):
         assert res["grad_bytes"] == 4 * params  # fp32 gradients
         assert res["model_flops_per_rank"] == flopcount.step_flops(cfg, 2, 32).total
         assert res["tokens_per_s"] == pytest.approx(2 * 2 * 32 / s)
+        # the plan's layout model beside the run: fp32 AdamW holds 4 + 4 + 8 bytes per parameter, all of them
+        # on every DDP rank (ZeRO-0), half of them (padded shards) on each of 2 FSDP ranks (ZeRO-3)
+        pred = res["prediction"]
+        mem = pred["model_states_bytes_per_rank"]
+        share = 1 if res["mode"] == "ddp" else 2
+        assert mem["predicted"]["total"] == pytest.approx(16 * params / share)
+        assert mem["ratio"] == pytest.approx(1.0, abs=1e-9 if share == 1 else 0.02)
+        assert pred["layout"] == {"tp": 1, "pp": 1, "dp": 2, "zero_stage": 0 if share == 1 else 3,
+                                  "micro_batch": 2, "recompute": "none"}
+        st = pred["step_s"]
+        assert st["predicted_no_overlap"] == pytest.approx(c + m)
+        assert st["predicted_most_overlap"] == pytest.approx(c + max(0.0, m - 2 / 3 * c))
     ddp = out["ddp"]
     assert ddp["mode"] == "ddp"
     assert ddp["comm_bytes"] == ddp["grad_bytes"]  # DDP's buckets hold every gradient once
