@@ -42,6 +42,7 @@ __all__ = [
     "predicted_time",
     "with_splits",
     "pick",
+    "tuning_space",
     "inspect_specs",
 ]
 
@@ -58,14 +59,30 @@ class MatmulConfig:
     num_stages: int = 3
     #: programs sharing one output tile, each over a slice of K (fp32 partial sums, reduced after)
     SPLIT_K: int = 1
+    #: TMA kernel only (sm_90+): output stored in two halves; K loop warp-specialized; loops flattened
+    EPILOGUE_SUBTILE: bool = False
+    WARP_SPECIALIZE: bool = False
+    FLATTEN: bool = False
+
+    @property
+    def tma_only(self) -> bool:
+        """Options only the TMA kernel has (the pointer kernel would ignore them)."""
+        return self.EPILOGUE_SUBTILE or self.WARP_SPECIALIZE or self.FLATTEN
 
     @property
     def name(self) -> str:
         split = f"_sk{self.SPLIT_K}" if self.SPLIT_K > 1 else ""
+        opts = ("_sub" if self.EPILOGUE_SUBTILE else "") + ("_ws" if self.WARP_SPECIALIZE else "") + (
+            "_flat" if self.FLATTEN else "")
         return (
             f"BM{self.BLOCK_M}_BN{self.BLOCK_N}_BK{self.BLOCK_K}_G{self.GROUP_M}"
-            f"_w{self.num_warps}_s{self.num_stages}{split}"
+            f"_w{self.num_warps}_s{self.num_stages}{split}{opts}"
         )
+
+    def tma_meta(self) -> dict:
+        """The TMA kernel's scheduling constexprs."""
+        return {"EPILOGUE_SUBTILE": self.EPILOGUE_SUBTILE, "WARP_SPECIALIZE": self.WARP_SPECIALIZE,
+                "FLATTEN": self.FLATTEN}
 
     def meta(self) -> dict:
         return {"BLOCK_M": self.BLOCK_M, "BLOCK_N": self.BLOCK_N, "BLOCK_K": self.BLOCK_K, "GROUP_M": self.GROUP_M,
@@ -80,6 +97,10 @@ HOPPER_CONFIGS: dict[str, tuple[MatmulConfig, ...]] = {
         MatmulConfig(128, 128, 64, 8, num_warps=8, num_stages=4),
         MatmulConfig(128, 128, 64, 8, num_warps=4, num_stages=4),
         MatmulConfig(64, 128, 64, 8, num_warps=4, num_stages=4),
+        # TMA kernel only: half-tile epilogue buys a 4th stage at 128x256 (229 kB of 227 KiB);
+        # warp specialization takes effect at 4 warps (setmaxnreg in SASS), not at 8
+        MatmulConfig(128, 256, 64, 8, num_warps=8, num_stages=4, EPILOGUE_SUBTILE=True),
+        MatmulConfig(128, 128, 64, 8, num_warps=4, num_stages=4, WARP_SPECIALIZE=True),
     ),
     "32": (
         MatmulConfig(128, 128, 32, 8, num_warps=8, num_stages=3),
@@ -124,11 +145,12 @@ def configs_for(family: str, capability_major: int) -> tuple[MatmulConfig, ...]:
 def smem_bytes(cfg: MatmulConfig, in_bytes: int, out_bytes: int, tma: bool) -> int:
     """Upper estimate of the shared memory (bytes per program) a launch of ``cfg`` needs:
     ``num_stages`` buffered A and B tiles, plus, for the TMA kernel, the output tile staged in
-    shared memory for the descriptor store.  Checked against ``flopscale inspect`` on sm_90
+    shared memory for the descriptor store (half of it with ``EPILOGUE_SUBTILE``).  Checked against ``flopscale inspect`` on sm_90
     (Triton 3.6 and 3.9): exact for 16-bit pointer launches, exact within the few barrier
     bytes for TMA, an over-estimate for fp8/fp32 pointer launches."""
     ab = cfg.num_stages * (cfg.BLOCK_M * cfg.BLOCK_K + cfg.BLOCK_K * cfg.BLOCK_N) * in_bytes
-    return ab + (cfg.BLOCK_M * cfg.BLOCK_N * out_bytes if tma else 0)
+    staged = cfg.BLOCK_M * cfg.BLOCK_N * out_bytes // (2 if cfg.EPILOGUE_SUBTILE and cfg.SPLIT_K == 1 else 1)
+    return ab + (staged if tma else 0)
 
 
 def fit_smem(cfg: MatmulConfig, in_bytes: int, out_bytes: int, tma: bool, limit: int) -> MatmulConfig | None:
@@ -226,6 +248,7 @@ def matmul_tma_kernel(
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     NUM_SMS: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr,
     SPLIT_K: tl.constexpr, C_TMA: tl.constexpr,
+    EPILOGUE_SUBTILE: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, FLATTEN: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
     """Persistent TMA matmul, 2-D: C[M, N] = A[M, K] @ B[K, N]; grid = (min(NUM_SMS, work),).
@@ -239,6 +262,13 @@ def matmul_tma_kernel(
     columns) still takes this kernel.  ``SPLIT_K > 1``: the work items are (tile, K slice)
     pairs, and each writes its fp32 partial product to slice ``s`` of the workspace
     ``c_ptr[SPLIT_K, M, N]`` (strides ``stride_cs``, ``stride_c``, 1; always by descriptor).
+
+    Hopper scheduling options (each visible in ``flopscale inspect``): ``EPILOGUE_SUBTILE``
+    stores the output tile in two halves of ``BLOCK_N / 2`` columns, halving the shared memory
+    staged for the store (room for one more pipeline stage at 128x256); ``WARP_SPECIALIZE``
+    asks Triton to split the K loop into a TMA-producer and wgmma-consumer partitions (it takes
+    effect at 4 warps, and is dropped silently at 8); ``FLATTEN`` lets Triton flatten the tile
+    and K loops into one so the next tile's loads overlap this tile's epilogue.
     """
     start_pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -258,9 +288,14 @@ def matmul_tma_kernel(
         c_desc = tl.make_tensor_descriptor(c_ptr, shape=[SPLIT_K, M, N], strides=[stride_cs, stride_c, 1],
                                            block_shape=[1, BLOCK_M, BLOCK_N])
     elif C_TMA:
-        c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[stride_c, 1], block_shape=[BLOCK_M, BLOCK_N])
+        if EPILOGUE_SUBTILE:
+            c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[stride_c, 1],
+                                               block_shape=[BLOCK_M, BLOCK_N // 2])
+        else:
+            c_desc = tl.make_tensor_descriptor(c_ptr, shape=[M, N], strides=[stride_c, 1],
+                                               block_shape=[BLOCK_M, BLOCK_N])
 
-    for work_id in tl.range(start_pid, num_tiles * SPLIT_K, NUM_SMS):
+    for work_id in tl.range(start_pid, num_tiles * SPLIT_K, NUM_SMS, flatten=FLATTEN):
         tile_id = work_id % num_tiles
         pid_m, pid_n = _grouped_tile(tile_id, num_pid_m, num_pid_n, GROUP_M)
         off_m = pid_m * BLOCK_M
@@ -271,7 +306,7 @@ def matmul_tma_kernel(
             k_lo = 0
             k_hi = k_tiles
         acc = tl.zeros((BLOCK_M, BLOCK_N), dtype=tl.float32)
-        for ki in range(k_lo, k_hi):
+        for ki in tl.range(k_lo, k_hi, warp_specialize=WARP_SPECIALIZE):
             off_k = ki * BLOCK_K
             if A_T:
                 a = a_desc.load([off_k, off_m]).T
@@ -285,7 +320,13 @@ def matmul_tma_kernel(
         if SPLIT_K > 1:
             c_desc.store([work_id // num_tiles, off_m, off_n], tl.reshape(acc, (1, BLOCK_M, BLOCK_N)))
         elif C_TMA:
-            c_desc.store([off_m, off_n], acc.to(c_ptr.dtype.element_ty))
+            if EPILOGUE_SUBTILE:
+                halves = tl.permute(tl.reshape(acc, (BLOCK_M, 2, BLOCK_N // 2)), (0, 2, 1))
+                c0, c1 = tl.split(halves)
+                c_desc.store([off_m, off_n], c0.to(c_ptr.dtype.element_ty))
+                c_desc.store([off_m, off_n + BLOCK_N // 2], c1.to(c_ptr.dtype.element_ty))
+            else:
+                c_desc.store([off_m, off_n], acc.to(c_ptr.dtype.element_ty))
         else:
             offs_m = off_m + tl.arange(0, BLOCK_M)
             offs_n = off_n + tl.arange(0, BLOCK_N)
@@ -362,6 +403,57 @@ def pick(configs: "tuple[MatmulConfig, ...]", M: int, N: int, K: int, n_sms: int
     return min(configs, key=lambda c: predicted_time(c, M, N, K, n_sms, in_bytes, batch))
 
 
+# --------------------------------------------------------------------------- the wide tuning space
+#: Tile shapes and pipeline options of the wide sm_90 tuning space (``FLOPSCALE_AUTOTUNE=wide``),
+#: by dtype family: (BLOCK_M, BLOCK_N, BLOCK_K) values.
+_WIDE_TILES = {
+    "16": ((64, 128), (64, 128, 256), (64, 128)),
+    "32": ((64, 128), (64, 128, 256), (32, 64)),
+    "8": ((64, 128), (64, 128, 256), (128, 256)),
+}
+#: Accumulator registers per thread above which a tile spills (fp32, BM*BN / threads); a
+#: warp-specialized consumer gets registers from the producer (setmaxnreg) and may hold more.
+MAX_ACC_REGS = 128
+
+
+def tuning_space(family: str, smem_limit: int, in_bytes: int, out_bytes: int) -> tuple[MatmulConfig, ...]:
+    """The wide sm_90 TMA tuning space, pruned by models instead of by trying: every tile of
+    ``_WIDE_TILES`` x 4 or 8 warps x 3-5 stages x epilogue subtiling x warp specialization,
+    kept when it fits ``smem_limit`` by :func:`smem_bytes` (1 KiB spare), when its fp32
+    accumulator fits ``MAX_ACC_REGS`` registers per thread (twice that when warp-specialized),
+    when 8 warps have a 128x128 tile or more to share, when warp specialization is asked at 4
+    warps only (Triton drops it at 8; ``flopscale inspect`` shows it), and when a subtiled
+    epilogue halves at least 128 columns.  On sm_90 (227 KiB) 87 of 288 combinations remain
+    for each dtype family.  Used when ``FLOPSCALE_AUTOTUNE=wide`` (tuning on a GPU only)."""
+    bms, bns, bks = _WIDE_TILES[family]
+    out = []
+    for bm in bms:
+        for bn in bns:
+            for bk in bks:
+                for warps in (4, 8):
+                    for sub in (False, True):
+                        for ws in (False, True):
+                            for stages in (3, 4, 5):
+                                cfg = MatmulConfig(bm, bn, bk, 8, num_warps=warps, num_stages=stages,
+                                                   EPILOGUE_SUBTILE=sub, WARP_SPECIALIZE=ws)
+                                if _wide_ok(cfg, smem_limit, in_bytes, out_bytes):
+                                    out.append(cfg)
+    return tuple(out)
+
+
+def _wide_ok(cfg: MatmulConfig, smem_limit: int, in_bytes: int, out_bytes: int) -> bool:
+    if smem_bytes(cfg, in_bytes, out_bytes, tma=True) > smem_limit - 1024:
+        return False
+    acc = cfg.BLOCK_M * cfg.BLOCK_N // (32 * cfg.num_warps)
+    if acc > MAX_ACC_REGS * (2 if cfg.WARP_SPECIALIZE else 1):
+        return False
+    if cfg.num_warps == 8 and cfg.BLOCK_M * cfg.BLOCK_N < 128 * 128:
+        return False
+    if cfg.WARP_SPECIALIZE and cfg.num_warps != 4:
+        return False
+    return not (cfg.EPILOGUE_SUBTILE and cfg.BLOCK_N < 128)
+
+
 # --------------------------------------------------------------------------- offline inspection
 _TL_NAME = {"fp16": "fp16", "bf16": "bf16", "fp32": "fp32", "fp8": "fp8e4nv"}
 _FAMILY = {"fp16": "16", "bf16": "16", "fp32": "32", "fp8": "8"}
@@ -398,6 +490,8 @@ def _specs_for(dt: str, cfg: MatmulConfig, major: int, ab: str, out: str, precis
     specs = []
     split = cfg.SPLIT_K > 1
     c_ty = "*fp32" if split else out  # split-K writes fp32 partial sums
+    if cfg.tma_only:
+        return _tma_specs(dt, cfg, major, ab, c_ty, precision, split)
     # pointer kernel, row-major A and B (stride_ak = stride_bn = stride_cn = 1)
     sig = {
         "a_ptr": ab, "b_ptr": ab, "c_ptr": c_ty,
@@ -417,6 +511,11 @@ def _specs_for(dt: str, cfg: MatmulConfig, major: int, ab: str, out: str, precis
                      "stride_bb", "stride_bk", "stride_cb", "stride_cm", "stride_cs"),
         )
     )
+    return specs + _tma_specs(dt, cfg, major, ab, c_ty, precision, split)
+
+
+def _tma_specs(dt: str, cfg: MatmulConfig, major: int, ab: str, c_ty: str, precision: str, split: bool) -> list:
+    specs: list = []
     if major < 9 or not HAS_TMA:
         return specs
     sig = {
@@ -425,7 +524,9 @@ def _specs_for(dt: str, cfg: MatmulConfig, major: int, ab: str, out: str, precis
         "stride_a": "i32", "stride_b": "i32", "stride_c": "i32", "stride_cs": "i32",
         "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
         "GROUP_M": "constexpr", "NUM_SMS": "constexpr", "A_T": "constexpr", "B_T": "constexpr",
-        "SPLIT_K": "constexpr", "C_TMA": "constexpr", "INPUT_PRECISION": "constexpr",
+        "SPLIT_K": "constexpr", "C_TMA": "constexpr",
+        "EPILOGUE_SUBTILE": "constexpr", "WARP_SPECIALIZE": "constexpr", "FLATTEN": "constexpr",
+        "INPUT_PRECISION": "constexpr",
     }
     # fp8 wgmma wants K-major B: ship the (A row-major, B^T row-major) layout for fp8.
     # C_TMA False: the output's rows are not 16-byte aligned (N = 50257), stored by pointer;
@@ -433,7 +534,7 @@ def _specs_for(dt: str, cfg: MatmulConfig, major: int, ab: str, out: str, precis
     c_layouts = (True,) if split else (True, False)
     for c_tma in c_layouts:
         const = {**cfg.meta(), "NUM_SMS": 132, "A_T": False, "B_T": dt == "fp8", "C_TMA": c_tma,
-                 "INPUT_PRECISION": precision}
+                 **cfg.tma_meta(), "INPUT_PRECISION": precision}
         aligned = ("a_ptr", "b_ptr", "c_ptr", "M", "K", "stride_a", "stride_b", "stride_cs")
         aligned += ("N", "stride_c") if c_tma else ()
         specs.append(

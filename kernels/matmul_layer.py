@@ -13,13 +13,26 @@
 * Autograd: the backward runs the same kernel (``grad @ b^T`` and ``a^T @ grad``), reading the
   transposed operands in place.
 * Kernel choice: on sm_90+ with a Triton that has tensor descriptors, 2-D problems (batches of
-  ``a`` against a 2-D ``b`` are folded into M) whose operands meet TMA's alignment rule (unit
-  inner stride, other strides and base 16-byte aligned) run the persistent TMA kernel; all
-  others, and everything traced by ``torch.compile``, run the pointer kernel.  The tile configuration is tuned once per (kernel, dtype,
-  power-of-two bucket of M, N, K, batch) and remembered on disk in
-  ``$FLOPSCALE_CACHE_DIR`` (default ``~/.cache/flopscale``), file ``matmul-configs.json``;
-  ``FLOPSCALE_AUTOTUNE=0`` skips tuning (a size heuristic picks).  Under the Triton
-  interpreter exactly one configuration is used and nothing is tuned or written.
+  ``a`` against a 2-D ``b`` are folded into M) run the persistent TMA kernel.  An operand
+  whose rows do not start on 16-byte boundaries (TMA's rule; e.g. logits with a vocabulary of
+  50257) is first copied into storage with a padded leading stride (one pass over it); an
+  output with such rows is stored by masked pointer stores from the same kernel.  Batched
+  ``b``, GPUs before sm_90 and everything traced by ``torch.compile`` (no TMA scratch
+  allocator there) run the pointer kernel.
+* Split-K: when a problem has fewer output tiles than the GPU has SMs and a long K (weight
+  gradients of d_model <= 1024 models), candidates that split K into slices are added; each
+  slice writes fp32 partial sums and one reduction in a fixed order adds them (deterministic).
+* Configuration: tuned once per (kernel, dtype, power-of-two bucket of M, N, K, batch) and
+  remembered on disk in ``$FLOPSCALE_CACHE_DIR`` (default ``~/.cache/flopscale``), file
+  ``matmul-configs.json`` (several processes may tune at once: writes merge under a file
+  lock).  Without tuning (``FLOPSCALE_AUTOTUNE=0``, torch.compile traces, the interpreter) a
+  size-aware model picks (``matmul_kernels.predicted_time``: waves of tiles over the SMs,
+  split-K included), not the first candidate.  Under the Triton interpreter one tile
+  configuration (plus its split-K variants) is used and nothing is tuned or written; dtypes
+  the interpreter multiplies wrongly (bf16) are refused with a ``ValueError``.
+* Which path ran: ``last_path()`` / ``PATH_COUNTS`` after a launch, ``matmul_path(a, b)``
+  without one (e.g. ``tma+c-by-pointer [BM128_BN256_...]``, ``tma+padded-a``,
+  ``pointer+split-k6``).
 
 Cost (``kernels.cost_of`` and ``FlopCounterMode`` agree): ``flops = executed_flops =
 2*batch*M*N*K`` FLOP, ``bytes`` = each operand read once (its own elements: a broadcast ``b``
@@ -224,8 +237,16 @@ def _bucket(x: int) -> int:
     return max(16, 1 << (max(int(x), 1) - 1).bit_length())
 
 
+def _autotune_setting() -> str:
+    """``FLOPSCALE_AUTOTUNE``: "0"/"false"/"no"/"off" (no tuning: the size-aware model picks),
+    "wide" (tune over ``matmul_kernels.tuning_space`` on sm_90), anything else: tune the
+    shipped configurations."""
+    v = os.environ.get("FLOPSCALE_AUTOTUNE", "1").strip().lower()
+    return "off" if v in ("0", "false", "no", "off") else ("wide" if v == "wide" else "on")
+
+
 def _tuning_allowed(*tensors: torch.Tensor) -> bool:
-    if os.environ.get("FLOPSCALE_AUTOTUNE", "1").strip().lower() in ("0", "false", "no", "off"):
+    if _autotune_setting() == "off":
         return False
     if torch.compiler.is_compiling():
         return False
@@ -363,10 +384,14 @@ def _candidates(family: str, device: torch.device, M: int, N: int, K: int, in_by
     n_sms = _num_sms(device)
     if device.type != "cuda":
         return mk.with_splits((mk.INTERPRETER_CONFIG,), M, N, K, n_sms, in_bytes)
-    configs = mk.configs_for(family, torch.cuda.get_device_capability(device)[0])
+    limit = _smem_limit(device)
+    if tma and _autotune_setting() == "wide":
+        configs = mk.tuning_space(family, limit, in_bytes, out_bytes)
+    else:
+        configs = tuple(c for c in mk.configs_for(family, torch.cuda.get_device_capability(device)[0])
+                        if tma or not c.tma_only)
     # fit the pipeline to shared memory: an fp32 output staged for the TMA store needs twice
     # the bytes of a 16-bit one (the 128x256 tile would not launch at 3 stages)
-    limit = _smem_limit(device)
     fitted = [mk.fit_smem(c, in_bytes, out_bytes, tma, limit) for c in configs]
     configs = tuple(c for c in fitted if c is not None) or configs[-1:]
     # drop tiles much larger than the problem (they only waste work); keep at least one
@@ -456,7 +481,8 @@ def _launch_tma(a2: torch.Tensor, b2: torch.Tensor, c2: torch.Tensor, cfg: mk.Ma
     wrap_triton(mk.matmul_tma_kernel)[grid](
         a2, b2, out, M, N, K, sa, sb, sc, scs,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=cfg.GROUP_M,
-        NUM_SMS=n_sms, A_T=a_t, B_T=b_t, SPLIT_K=cfg.SPLIT_K, C_TMA=c_tma, INPUT_PRECISION=precision,
+        NUM_SMS=n_sms, A_T=a_t, B_T=b_t, SPLIT_K=cfg.SPLIT_K, C_TMA=c_tma, **cfg.tma_meta(),
+        INPUT_PRECISION=precision,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if cfg.SPLIT_K > 1:

@@ -113,6 +113,28 @@ def test_tma_kernel_all_operand_orders(dtype, a_t, b_t, device):
     assert rel_err(out, a.double() @ b.double()) < tolerance(dtype)
 
 
+@pytest.mark.parametrize("opts", [{"EPILOGUE_SUBTILE": True}, {"WARP_SPECIALIZE": True, "FLATTEN": True},
+                                  {"EPILOGUE_SUBTILE": True, "SPLIT_K": 2}])
+def test_tma_kernel_scheduling_options_keep_numerics(opts, device):
+    """Half-tile epilogue stores, warp-specialized and flattened loops: same product (the
+    interpreter runs the options' code paths; whether they take effect on sm_90 is what
+    ``flopscale inspect`` reports)."""
+    from dataclasses import replace
+
+    a, b = rand(70, 200, dtype=torch.float16, device=device), rand(200, 72, dtype=torch.float16, device=device)
+    out = ml._run(a, b, None, path="tma", config=replace(mk.INTERPRETER_CONFIG, **opts))
+    assert rel_err(out, a.double() @ b.double()) < 1e-2
+
+
+def test_pointer_kernel_never_gets_tma_only_options():
+    for cfgs in mk.HOPPER_CONFIGS.values():
+        for c in cfgs:
+            assert c.tma_only == (c.EPILOGUE_SUBTILE or c.WARP_SPECIALIZE or c.FLATTEN)
+    assert any(c.tma_only for c in mk.HOPPER_CONFIGS["16"])
+    pointer_specs = [s for s in mk.inspect_specs(90) if s.kernel.startswith("matmul[")]
+    assert not any(("_sub" in s.config or "_ws" in s.config) for s in pointer_specs)
+
+
 def test_tma_kernel_folds_batches_of_a(device):
     a, b = rand(3, 5, 33, 24, device=device), rand(24, 8, device=device)
     out = ml._run(a, b, None, path="tma")
@@ -210,6 +232,21 @@ def test_a_weight_gradient_shape_is_split_by_default(device):
     assert rel_err(out, a.double() @ b.double()) < 1e-4
 
 
+def test_wide_tuning_space_is_pruned_by_the_shared_memory_model():
+    sm90 = 232448
+    space = mk.tuning_space("16", sm90, 2, 2)
+    assert 50 <= len(space) <= 100 and len({c.name for c in space}) == len(space)
+    for c in space:
+        assert mk.smem_bytes(c, 2, 2, True) <= sm90 - 1024
+        assert not (c.WARP_SPECIALIZE and c.num_warps == 8)  # Triton drops it there
+    # what the model cut: 128x256x128 never fits at 3 stages; the subtiled 128x256x64 fits 4
+    names = {c.name for c in space}
+    assert "BM128_BN256_BK128_G8_w8_s3" not in names and "BM128_BN256_BK64_G8_w8_s4_sub" in names
+    assert "BM128_BN256_BK64_G8_w8_s4" not in names  # 4 stages without subtiling: 262 kB
+    # a smaller card keeps fewer
+    assert len(mk.tuning_space("16", 101376, 2, 2)) < len(space)
+
+
 def test_size_aware_pick_on_an_h100_sized_gpu():
     """The model with 132 SMs and the shipped sm_90 16-bit tiles: the GPT-2-small weight
     gradient (768x768 over 65,536 tokens) gets split-K on a 128x128 tile (18 tiles of 128x256
@@ -249,6 +286,10 @@ def test_pipeline_stages_fit_shared_memory():
     fitted = mk.fit_smem(big, 2, 4, True, sm90)
     assert fitted.num_stages == 2 and mk.smem_bytes(fitted, 2, 4, True) < sm90
     assert mk.fit_smem(big, 2, 4, True, 100_000) is None
+    # half-tile epilogue: Triton allocated 229408 bytes for 128x256x64 at 4 stages (sm_90, 3.9)
+    sub = mk.MatmulConfig(128, 256, 64, 8, num_warps=8, num_stages=4, EPILOGUE_SUBTILE=True)
+    assert 0 <= 229408 - mk.smem_bytes(sub, 2, 2, tma=True) <= 64
+    assert mk.fit_smem(sub, 2, 2, True, sm90) is sub and mk.fit_smem(sub, 2, 4, True, sm90).num_stages == 3
     for table in (mk.HOPPER_CONFIGS,):
         for family, cfgs in table.items():
             es = {"16": 2, "32": 4, "8": 1}[family]
@@ -512,7 +553,7 @@ def test_shipped_configs_are_well_formed():
     for table in (mk.HOPPER_CONFIGS, mk.AMPERE_CONFIGS):
         for family, cfgs in table.items():
             names = [c.name for c in cfgs]
-            assert len(set(names)) == len(names) and 1 <= len(cfgs) <= 4
+            assert len(set(names)) == len(names) and 1 <= len(cfgs) <= 6
             for c in cfgs:
                 assert c.BLOCK_M >= 64 and c.BLOCK_N >= 64 and c.BLOCK_K >= 32
 
