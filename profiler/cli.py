@@ -179,6 +179,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     try:
         with signals_raise(state), _one_line_warnings(cmd):
             rc = args._run(args)
+            sys.stdout.flush()  # a full disk or closed pipe shows here, not at exit
     except UserError as exc:
         print(f"flopscale {cmd}: error: {_one_line(exc)}", file=sys.stderr)
         return EXIT_USAGE

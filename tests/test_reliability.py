@@ -69,6 +69,15 @@ def test_environment_faults_are_one_line_and_exit_2(monkeypatch, capsys, exc, ex
     assert expected in lines[0]
 
 
+@pytest.mark.skipif(not os.path.exists("/dev/full"), reason="needs /dev/full")
+def test_output_to_a_full_device_is_one_line_and_exit_2():
+    with open("/dev/full", "w") as full:
+        proc = subprocess.run([sys.executable, "-m", "flopscale", "allocate", "--compute", "1e22", "--json"],
+                              stdout=full, stderr=subprocess.PIPE, text=True, timeout=120)
+    assert proc.returncode == 2, proc.stderr
+    assert proc.stderr == "flopscale allocate: error: no space left on device\n"
+
+
 def test_user_error_spanning_lines_prints_one_line(monkeypatch, capsys):
     rc, _, err = run_with(monkeypatch, capsys, raiser(UserError("first\nsecond")))
     assert rc == 2 and err == "flopscale env: error: first; second\n"
