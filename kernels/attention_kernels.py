@@ -14,7 +14,9 @@ Conventions shared with :mod:`kernels.blocksparse_attention_kernels`:
 
 * Scores ``s = (q . k) * sm_scale``; the softmax runs in float32 with ``exp2`` on
   ``s * log2(e)``; the row maximum and row sum are carried online, so no ``S_q x S_k``
-  matrix is ever materialised.
+  matrix is ever materialised.  The scale is never applied as a separate multiply: the row
+  maximum is taken on the raw ``q . k`` (``sm_scale > 0``, so scaling keeps the order) and
+  ``p = exp2(qk * (sm_scale * log2 e) - m)`` is one FMA per score.
 * Causal masks take a diagonal offset ``diag`` (a run-time argument): query ``i`` sees keys
   ``j <= i + diag``.  ``diag = 0`` is *top-left* alignment, like
   ``torch.nn.functional.scaled_dot_product_attention(is_causal=True)``; ``diag = S_k - S_q`` is
@@ -25,7 +27,9 @@ Conventions shared with :mod:`kernels.blocksparse_attention_kernels`:
   ``BLOCK_D = max(16, next_pow2(D))`` with masked loads; nothing is copied.
 
 Backward: one kernel per key block (``BLOCK_N`` keys, all query heads of its key/value head),
-walking the query blocks in steps of ``BLOCK_M``; it recomputes ``P`` from the saved
+walking the query blocks in steps of ``BLOCK_M`` (causal: the mask is applied to the tiles of
+the diagonal band only, by a run-time branch; key block 0, the longest walk of a causal head,
+runs first); it recomputes ``P`` from the saved
 ``lse`` (one ``Q K^T``), accumulates ``dV = P^T dO``, ``dP = dO V^T``, ``dK = dS^T Q`` in
 registers and adds ``dQ = dS K`` into a float32 buffer with atomic adds.  That is five
 matmuls per (query, key) tile: the ``2x`` forward of the model count plus a ``0.5x``
@@ -105,19 +109,20 @@ def _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, star
     else:
         kv_mask = d_mask[None, :]
     k = tl.load(k_base + k_offs, mask=kv_mask, other=0.0)
-    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION) * qk_scale
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # unscaled: see the module docstring
     if MASKED:
         valid = offs_n[None, :] < S_k
         if CAUSAL:
             valid = valid & (offs_m[:, None] + diag >= offs_n[None, :])
         qk = tl.where(valid, qk, float("-inf"))
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         # a row with nothing visible so far keeps m = -inf: subtract 0 instead (p = 0, no NaN)
         m_sub = tl.where(m_new == float("-inf"), 0.0, m_new)
     else:
-        m_new = tl.maximum(m_i, tl.max(qk, 1))
+        m_new = tl.maximum(m_i, tl.max(qk, 1) * qk_scale)
         m_sub = m_new
-    p = tl.math.exp2(qk - m_sub[:, None])
+    # scale, log2(e) and the row maximum in one FMA per score
+    p = tl.math.exp2(qk * qk_scale - m_sub[:, None])
     alpha = tl.math.exp2(m_i - m_sub)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
@@ -135,7 +140,7 @@ def _fwd_store(acc, l_i, m_i, O, LSE, s_om, s_od, o_head, lse_row, row0, rows, o
     lse_ptrs = LSE + (lse_row + offs_m)
     empty = l_i == 0.0
     l_safe = tl.where(empty, 1.0, l_i)
-    o = acc / l_safe[:, None]
+    o = acc * (1.0 / l_safe)[:, None]  # one reciprocal per row, then multiplies
     lse = tl.where(empty, float("-inf"), (m_i + tl.math.log2(l_safe)) * 0.6931471805599453)
     tl.store(o_ptrs, o.to(o_ptrs.dtype.element_ty), mask=m_mask[:, None] & d_mask[None, :])
     tl.store(lse_ptrs, lse, mask=m_mask)
@@ -171,12 +176,13 @@ def _bwd_head(Q, DO, DQ, LSE, DELTA, s_qb, s_qh, s_dob, s_doh, s_dqb, s_dqh, b, 
 @triton.jit
 def _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs, do_offs, dq_offs,
               lse_ptrs, delta_ptrs, start_m, offs_m, offs_n, d_mask, S_q, qk_scale, sm_scale, diag,
-              MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+              band_end, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
     """One (key block, query tile) step of the backward: queries ``start_m + offs_m``.
 
     Rows ``>= S_q`` load ``lse = +inf`` so their recomputed probabilities are 0; keys
     ``>= S_k`` were loaded as zeros, so they add nothing to ``dQ`` (and their ``dK``/``dV``
-    rows are never stored).  ``MASKED`` applies the causal mask (query ``i`` sees ``j <= i + diag``).
+    rows are never stored).  ``MASKED``: the causal mask (query ``i`` sees ``j <= i + diag``) is
+    applied to the query tiles that start before ``band_end`` (the diagonal band) only.
     """
     m0 = tl.cast(start_m, tl.int64)
     q_base = q_base + m0 * s_qm
@@ -193,7 +199,8 @@ def _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs
     qkT = tl.dot(k, tl.trans(q), input_precision=DOT_PRECISION)  # [BLOCK_N, BLOCK_M]
     pT = tl.math.exp2(qkT * qk_scale - lse[None, :] * 1.4426950408889634)
     if MASKED:
-        pT = tl.where(offs_m[None, :] + diag >= offs_n[:, None], pT, 0.0)
+        if start_m < band_end:
+            pT = tl.where(offs_m[None, :] + diag >= offs_n[:, None], pT, 0.0)
     do = tl.load(do_base + do_offs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
     dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
     delta = tl.load(delta_ptrs, mask=m_mask, other=0.0)
@@ -351,14 +358,20 @@ def _attn_bwd_kernel(
         # bound); one loop with the mask applied (an elementwise select per score) keeps a
         # single copy of the step, which the register budget needs
         if CAUSAL:
-            # first query tile holding a row i with i + diag >= start_n
+            # first query tile holding a row i with i + diag >= start_n (earlier rows see none of
+            # these keys: loop bound); rows i >= start_n + BLOCK_N - 1 - diag see all of them, so
+            # only the tiles before ``band_end`` (the diagonal band) pay for the mask.  One loop
+            # with a run-time branch around the select, not two loops: a second copy of the step
+            # spills on sm_90 (D=64: 32 bytes of stack; D=128 at 254 registers)
             lo = (tl.maximum(start_n - diag, 0) // BLOCK_M) * BLOCK_M
+            band_end = start_n + BLOCK_N - 1 - diag
         else:
             lo = 0
+            band_end = 0
         for start_m in range(lo, S_q, BLOCK_M):
             dk, dv = _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs, do_offs,
                                dq_offs, lse_ptrs, delta_ptrs, start_m, offs_m, offs_n, d_mask, S_q,
-                               qk_scale, sm_scale, diag, CAUSAL, DOT_PRECISION)
+                               qk_scale, sm_scale, diag, band_end, CAUSAL, DOT_PRECISION)
 
     _bwd_store(dk, dv, DK, DV, s_dkn, s_dkd, s_dvn, s_dvd, b * s_dkb + hk64 * s_dkh, b * s_dvb + hk64 * s_dvh,
                col0, cols, offs_d, kv_mask, sm_scale)
@@ -398,7 +411,8 @@ def block_d(head_dim: int) -> int:
 _FWD_TILES = {  # block_d -> (block_m, block_n, num_warps, num_stages)
     16: (128, 64, 4, 3),
     32: (128, 64, 4, 3),
-    64: (128, 64, 4, 3),
+    64: (128, 128, 8, 3),  # 170 registers on sm_90 (128 x 64 x 4 warps: 232)
+    # 128 x 128 x 8 warps reaches 252-254 registers (no spill, but within 8 of the limit): 64 keys
     128: (128, 64, 8, 3),
     256: (128, 32, 8, 2),
 }

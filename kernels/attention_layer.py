@@ -11,7 +11,7 @@
   ``torch.backends.cuda.matmul.allow_tf32`` is set (then TF32).
 * head dims ``1 <= D <= 256``: 16, 32, 64, 128 and 256 run on exact tiles, any other ``D``
   on a tile padded to the next power of two (masked loads, no copy).  ``D > 256`` raises.
-* any ``S_q, S_k >= 1``; ``sm_scale`` defaults to ``1/sqrt(D)``.
+* any ``S_q, S_k >= 1``; ``sm_scale`` (a finite number > 0) defaults to ``1/sqrt(D)``.
 * ``causal`` chooses the mask and its alignment when ``S_q != S_k``:
 
   - ``False``: no mask;
@@ -139,8 +139,10 @@ def check_qkv(q, k, v, causal, sm_scale, op: str) -> float:
     causal_mode(causal, op)
     if sm_scale is None:
         sm_scale = 1.0 / math.sqrt(D)
-    if isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)) or not math.isfinite(sm_scale):
-        raise ValueError(f"{op}: sm_scale must be a finite number, got {sm_scale!r}")
+    if (isinstance(sm_scale, bool) or not isinstance(sm_scale, (int, float)) or not math.isfinite(sm_scale)
+            or sm_scale <= 0):
+        # > 0: the kernels take the row maximum before scaling (one FMA per score)
+        raise ValueError(f"{op}: sm_scale must be a finite number > 0, got {sm_scale!r}")
     check_runnable(q, k, v, op=op)
     return float(sm_scale)
 

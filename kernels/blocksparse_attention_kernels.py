@@ -17,8 +17,8 @@ with ``causal`` the effective layout holds no block without a visible pair, and 
 blocks the diagonal crosses (one, or two when ``diag`` is not a multiple of the block) come
 after the fully visible ones, as does the ragged last key block: ``ROW_MID`` gives, per row,
 where those trailing *partial* entries start, and the forward masks only them.  The backward
-applies the causal select to every block it visits (one copy of its step keeps it within the
-register budget).
+applies the causal select only to the query tiles of the diagonal band (a run-time branch in
+its single loop: one copy of its step keeps it within the register budget).
 
 Tiles: forward programs own one query block (``BLOCK_M = block``) and walk each key block
 in sub-tiles of ``BLOCK_N``; backward programs own ``BLOCK_N`` keys of one key block and walk
@@ -155,15 +155,16 @@ def _bsattn_bwd_kernel(
         q_base, do_base, dq_base, lse_ptrs, delta_ptrs = _bwd_head(
             Q, DO, DQ, LSE, DELTA, s_qb, s_qh, s_dob, s_doh, s_dqb, s_dqh, b, h, H, S_q, offs_m)
         # one loop over the column's query blocks (a single copy of the step fits the register
-        # budget); with causal the element mask is applied to every block (a select per
-        # score): the effective layout holds no block above the diagonal
-        # (block, sub-tile) pairs as one flat loop, as in the forward
+        # budget), (block, sub-tile) pairs as one flat loop, as in the forward; with causal the
+        # element mask is applied (by a run-time branch) only to the query tiles that start
+        # before band_end: the ones a row of which misses some of this program's keys
         for i in range(start * SUB_M, end * SUB_M):
             r = tl.load(ROW_IDX + i // SUB_M)
             start_m = r * BLOCK + (i % SUB_M) * BLOCK_M
             dk, dv = _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs, do_offs,
                                dq_offs, lse_ptrs, delta_ptrs, start_m, offs_m, offs_n, d_mask, S_q,
-                               qk_scale, sm_scale, diag, CAUSAL, DOT_PRECISION)
+                               qk_scale, sm_scale, diag, pid_n * BLOCK_N + BLOCK_N - 1 - diag, CAUSAL,
+                               DOT_PRECISION)
 
     _bwd_store(dk, dv, DK, DV, s_dkn, s_dkd, s_dvn, s_dvd, b * s_dkb + hk64 * s_dkh, b * s_dvb + hk64 * s_dvh,
                col0, cols, offs_d, kv_mask, sm_scale)

@@ -418,6 +418,8 @@ def _t(*shape, dtype=torch.float32):
         (_t(1, 2, 8, 16), _t(1, 2, 8, 16, dtype=torch.float16), _t(1, 2, 8, 16), {}, TypeError, "share a dtype"),
         (_t(1, 2, 8, 16, dtype=torch.float64),) * 3 + ({}, TypeError, "not supported"),
         (_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), {"sm_scale": float("nan")}, ValueError, "sm_scale"),
+        (_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), {"sm_scale": -0.5}, ValueError, "sm_scale must be a finite number > 0"),
+        (_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), {"sm_scale": 0.0}, ValueError, "> 0"),
         (_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), {"causal": 1}, ValueError, "causal must be False, True"),
         (_t(1, 2, 8, 16), _t(1, 2, 8, 16), _t(1, 2, 8, 16), {"causal": "bottom-right"}, ValueError,
          "'top_left' or 'bottom_right', got 'bottom-right'"),
