@@ -540,7 +540,6 @@ def run_audit(
 
     from . import devices
     from .record import Profile
-    from .timing import bench
 
     dev = torch.device(device) if device is not None else torch.device("cuda" if torch.cuda.is_available() else "cpu")
     kind = dev.type
@@ -603,27 +602,14 @@ def run_audit(
     mfu = hfu = None
     achieved = None
     if timed:
-        import time as _time
+        from .audit_module import _timing
 
-        t_start, n_done = _time.perf_counter(), [0]
-
-        def ticking() -> Any:
-            out = plain_step()
-            n_done[0] += 1
-            if progress is not None:
-                progress("timing step", n_done[0], _time.perf_counter() - t_start, time_budget_s)
-            return out
-
-        tm = bench(ticking, warmup=1, time_budget_s=time_budget_s, flush_l2=False, device=str(dev), min_rep=1)
-        timing.update({
-            "step_s": tm.median_s,
-            "iqr_s": tm.iqr_s,
-            "min_s": tm.min_s,
-            "repetitions": tm.count,
-            "clock": tm.clock,
-            "tokens_per_s": batch * S / tm.median_s,
-        })
-        achieved = model_flops / tm.median_s
+        tm = _timing(plain_step, dev, time_budget_s, progress, "timing step")
+        timing.update({k: tm[k] for k in ("step_s", "iqr_s", "min_s", "repetitions", "clock")})
+        timing["tokens_per_s"] = batch * S / tm["step_s"]
+        if "note" in tm:
+            timing["note"] = tm["note"]
+        achieved = model_flops / tm["step_s"]
         if ceilings is None:
             if progress is not None:
                 progress("measuring this device's ceilings (cached after the first run)", 0, 0.0, time_budget_s)
@@ -631,7 +617,7 @@ def run_audit(
         peak = ceilings.peak(dtype) if ceilings is not None else None
         if peak:
             mfu = {"value": achieved / peak, "peak_flop_per_s": peak, "peak_source": ceilings.label, "dtype": dtype}
-            hfu = {"value": executed_flops / tm.median_s / peak, "peak_flop_per_s": peak,
+            hfu = {"value": executed_flops / tm["step_s"] / peak, "peak_flop_per_s": peak,
                    "peak_source": ceilings.label, "dtype": dtype}
         else:
             notes.append(f"no measured {dtype} ceiling for this device: MFU not computed")

@@ -239,10 +239,28 @@ def _by_module(tally: Tally, max_depth: int = 3) -> dict[str, dict[str, float]]:
 
 
 def _timing(step: Callable, dev: Any, budget: float, progress: Any, what: str) -> dict[str, Any]:
+    """Median wall time of ``step`` within ``budget`` seconds.  One step is timed first (after the
+    counted step, which warmed everything up); when it takes more than half the budget it is
+    the measurement (one repetition), else :func:`profiler.bench` repeats the step in the budget."""
+    import torch
+
     from .timing import bench
 
+    def sync() -> None:
+        if dev.type == "cuda":
+            torch.cuda.synchronize(dev)
+
     t0 = time.perf_counter()
-    count = [0]
+    sync()
+    step()
+    sync()
+    first = time.perf_counter() - t0
+    if progress is not None:
+        progress(what, 1, first, budget)
+    if 2 * first > budget:
+        return {"step_s": first, "iqr_s": 0.0, "min_s": first, "repetitions": 1, "clock": "perf_counter",
+                "note": "one repetition: a step takes more than half the time budget"}
+    count = [1]
 
     def ticking() -> Any:
         r = step()

@@ -216,6 +216,8 @@ def _time_lines(res) -> list[str]:
         lines.append(f"Time: {fmt_time(t['step_s'])} per step (median of {t['repetitions']}, IQR "
                      f"{fmt_time(t['iqr_s'])}{unstable}, {t['clock']}, wall time, nothing attached), "
                      f"{t['tokens_per_s']:,.0f} tokens/s, {fmt_rate(res.achieved_flop_per_s)} model FLOPs")
+        if t.get("note"):
+            lines.append(f"  ({t['note']})")
     if res.mfu:
         lines.append(f"  MFU {100 * res.mfu['value']:.2f}%, HFU {100 * res.hfu['value']:.2f}% "
                      f"(model/executed FLOPs / (wall time x peak)) of {fmt_rate(res.mfu['peak_flop_per_s'])} "

@@ -11,7 +11,8 @@ parameters one token touches in a mixture of experts.
 * **norms** -- parameters with fewer than two dimensions outside the embeddings (norm scales
   and shifts, biases): they sit in N but take part in no matmul;
 * **experts** -- a ``ModuleList``/``Sequential``/``ModuleDict`` of at least two children of
-  one class with equal parameter shapes, whose name or class name contains "expert";
+  one class with equal parameter shapes, or a module whose own parameters are all 3-D with one
+  leading size (weights stacked over the experts), whose name or class name contains "expert";
   **router** -- a module beside it (same parent) whose name contains "router" or "gate" and
   whose weight has the expert count as a dimension.  Active parameters per token are the
   total less ``(n_experts - top_k)`` experts per expert group; ``top_k`` comes from the
@@ -70,25 +71,36 @@ class Inventory:
                 "assumptions": list(self.assumptions)}
 
 
-def _expert_groups(model: Any) -> list[tuple[str, Any, list[Any], Any]]:
+def _expert_groups(model: Any) -> list[tuple[str, Any, int, int, str]]:
+    """(path, parent module, n_experts, parameters per expert, parent path) of each expert set:
+    a module list of like children, or one module holding 3-D weights stacked over the experts."""
     import torch.nn as nn
 
     out = []
     named = dict(model.named_modules())
     for name, mod in named.items():
-        if not isinstance(mod, (nn.ModuleList, nn.Sequential, nn.ModuleDict)):
-            continue
+        parent_name = name.rsplit(".", 1)[0] if "." in name else ""
         kids = list(mod.children())
-        if len(kids) < 2 or len({type(k) for k in kids}) != 1:
+        own = list(mod.parameters(recurse=False))
+        if isinstance(mod, (nn.ModuleList, nn.Sequential, nn.ModuleDict)):
+            if len(kids) < 2 or len({type(k) for k in kids}) != 1:
+                continue
+            shapes = {tuple(tuple(p.shape) for p in k.parameters()) for k in kids}
+            if len(shapes) != 1 or not next(iter(shapes)):
+                continue
+            label = (name.rsplit(".", 1)[-1] + " " + type(kids[0]).__name__).lower()
+            E, per = len(kids), sum(int(p.numel()) for p in kids[0].parameters())
+        elif own and not kids and all(p.dim() == 3 for p in own) and len({int(p.shape[0]) for p in own}) == 1:
+            E = int(own[0].shape[0])
+            if E < 2:
+                continue
+            label = (name.rsplit(".", 1)[-1] + " " + type(mod).__name__).lower()
+            per = sum(int(p.numel()) for p in own) // E
+        else:
             continue
-        shapes = {tuple(tuple(p.shape) for p in k.parameters()) for k in kids}
-        if len(shapes) != 1 or not next(iter(shapes)):
-            continue
-        label = (name.rsplit(".", 1)[-1] + " " + type(kids[0]).__name__).lower()
         if "expert" not in label:
             continue
-        parent_name = name.rsplit(".", 1)[0] if "." in name else ""
-        out.append((name, named.get(parent_name, model), kids, parent_name))
+        out.append((name, named.get(parent_name, model), E, per, parent_name))
     return out
 
 
@@ -135,9 +147,7 @@ def inventory(model: Any, *, vocab: int | None = None, top_k: int | None = None)
     non_embedding = total - embedding - unembedding
 
     groups: list[ExpertGroup] = []
-    for path, parent, kids, parent_name in _expert_groups(model):
-        E = len(kids)
-        per = sum(int(p.numel()) for p in kids[0].parameters())
+    for path, parent, E, per, parent_name in _expert_groups(model):
         router = None
         for cname, child in parent.named_children():
             w = getattr(child, "weight", None)
