@@ -119,7 +119,7 @@ class _SignalState:
 def signals_raise(state: _SignalState) -> Iterator[None]:
     """While the block runs, SIGTERM raises :class:`Terminated` in this (main) thread.
 
-    A second SIGTERM while the first is being handled is ignored, so cleanup is not cut short.
+    SIGTERMs after the first are ignored, so they cannot cut the cleanup short (SIGKILL can).
     A forked child that inherited the handler restores the default action and re-sends the
     signal to itself (it dies silently, as without the handler)."""
     if threading.current_thread() is not threading.main_thread():

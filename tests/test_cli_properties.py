@@ -20,8 +20,8 @@ from hypothesis import strategies as st  # noqa: E402
 
 from flopscale.profiler.cli import main  # noqa: E402
 
-SETTINGS = dict(deadline=None, derandomize=True, suppress_health_check=[HealthCheck.function_scoped_fixture,
-                                                                         HealthCheck.too_slow])
+SETTINGS = dict(deadline=None, derandomize=True, database=None,
+                suppress_health_check=[HealthCheck.function_scoped_fixture, HealthCheck.too_slow])
 
 # What a person might type for a number: ordinary, tiny, huge, zero, negative, non-finite,
 # and not numbers at all.
