@@ -269,7 +269,8 @@ def evaluate(layout: Layout, cfg: Any, pc: Any, fpt: float, cluster: Cluster, *,
 
 
 def _divisors(n: int) -> list[int]:
-    return [d for d in range(1, n + 1) if n % d == 0]
+    small = [d for d in range(1, math.isqrt(n) + 1) if n % d == 0]
+    return sorted(set(small + [n // d for d in small]))
 
 
 @dataclass

@@ -430,3 +430,38 @@ def test_params_alone_is_allocate_params(capsys):
     assert d["compute_flop"] == pytest.approx(d["flops_per_token"] * ref.D, rel=1e-12)
     rc, out, err = run_main(capsys, "plan", "--gpus", "8", "--params", "7e9")
     assert rc == 0 and "as 'allocate --params'" in out
+
+
+# ------------------------------------------------------- property: exit 0 with finite numbers, or one line and 2
+
+
+def test_numeric_arguments_property(capsys):
+    hyp = pytest.importorskip("hypothesis")
+    st = hyp.strategies
+
+    number = st.one_of(st.floats(allow_nan=True, allow_infinity=True, width=32),
+                       st.sampled_from([0.0, -1.0, 1.5, 1e-30, 1e30, 3.0, 0.4, 1.0]))
+    gpus = st.one_of(st.integers(min_value=-4, max_value=4096).map(float), number)
+
+    @hyp.settings(max_examples=12, deadline=None, derandomize=True,
+                  suppress_health_check=list(hyp.HealthCheck))
+    @hyp.given(gpus=gpus, days=number, mfu=number)
+    @hyp.example(gpus=64.0, days=3.0, mfu=0.4)
+    @hyp.example(gpus=1.5, days=3.0, mfu=0.4)
+    @hyp.example(gpus=4096.0, days=1e30, mfu=1.0)
+    def check(gpus, days, mfu):
+        capsys.readouterr()
+        try:
+            rc, out, err = run_main(capsys, "plan", f"--gpus={gpus!r}", f"--days={days!r}", f"--mfu={mfu!r}",
+                                    "--no-neighbours", "--json")
+        except SystemExit as exc:  # argparse's own one-line errors
+            cap = capsys.readouterr()
+            rc, out, err = exc.code, cap.out, cap.err
+        if rc == 0:
+            d = json.loads(out)
+            for key in ("compute_flop", "N", "D", "wall_clock_days", "memory_per_gpu_bytes", "mfu_at_scale"):
+                assert isinstance(d[key], float) and math.isfinite(d[key]) and d[key] > 0, key
+        else:
+            assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+
+    check()
