@@ -20,14 +20,16 @@ from flopscale.profiler.cli import main
 
 SM90 = 90
 
-# "kernel config" substrings compiled in the default run (13 configurations)
+# "kernel config" substrings compiled in the default run (15 configurations)
 REPRESENTATIVE = (
-    "matmul[bf16] BM128_BN256",  # pointer kernel (the Hopper fallback for TMA-misaligned shapes), largest tile
-    "matmul_tma[bf16] BM128_BN256",  # the biggest shared-memory user (128x256x64, 3 stages)
+    "matmul[bf16] BM128_BN256",  # pointer kernel (batched b, torch.compile traces, pre-Hopper), largest tile
+    "matmul_tma[bf16] BM128_BN256_BK64_G8_w8_s3",  # the biggest shared-memory user (128x256x64, 3 stages)
     "matmul_tma[bf16] BM64_BN128_BK64_G8_w4_s4_sk4",  # smallest tile, split-K
     "matmul_tma[fp32] BM128_BN128_BK32_G8_w8_s3_sk4",  # tf32, split-K (fp32 partial sums by TMA)
-    "matmul_tma_cptr[bf16] BM128_BN256",  # output rows not 16-byte aligned (vocab 50257): pointer stores
+    "matmul_tma_cptr[bf16] BM128_BN256_BK64_G8_w8_s3",  # output rows not 16-byte aligned (vocab 50257): pointer stores
     "matmul[bf16] BM128_BN128_BK64_G8_w4_s4_sk4",  # pointer split-K (torch.compile path)
+    "matmul_tma[bf16] BM128_BN128_BK64_G8_w4_s4_ws",  # warp specialization, must take effect
+    "matmul_tma[bf16] BM128_BN256_BK64_G8_w8_s4_sub",  # half-tile epilogue, 4 stages
     "matmul_tma[fp8] BM128_BN256",
     "blocksparse_sdd[bf16,b16]",  # grouped, transposed small-block path
     "blocksparse_dsd[bf16,b16]",  # SWAP path
@@ -81,11 +83,12 @@ def test_specs_cover_every_shipped_config(all_specs):
 
     for dt, fam in (("bf16", "16"), ("fp16", "16"), ("fp32", "32"), ("fp8", "8")):
         shipped = mk.HOPPER_CONFIGS[fam]
-        with_split = [c.name for b in shipped
+        with_split = [c for b in shipped
                       for c in ([b, replace(b, SPLIT_K=mk.INSPECT_SPLIT_K)] if mk.split_candidates(b) else [b])]
-        for kernel in (f"matmul[{dt}]", f"matmul_tma[{dt}]"):
-            got = [s.config for s in all_specs if s.kernel == kernel]
-            assert got == with_split
+        assert [s.config for s in all_specs if s.kernel == f"matmul_tma[{dt}]"] == [c.name for c in with_split]
+        # the pointer kernel has no TMA-only scheduling options (epilogue subtiling, warp specialization)
+        assert [s.config for s in all_specs if s.kernel == f"matmul[{dt}]"] == [
+            c.name for c in with_split if not c.tma_only]
         # the pointer-store epilogue of the TMA kernel (unaligned output rows) for every tile
         assert [s.config for s in all_specs if s.kernel == f"matmul_tma_cptr[{dt}]"] == [c.name for c in shipped]
     for dt, fam in (("bf16", "16"), ("fp16", "16"), ("fp32", "32")):
@@ -101,6 +104,15 @@ def test_representative_hopper_configs_compile_without_spills_and_use_wgmma(repr
     for r in representative.values():
         assert r.expects_tensor_core
         assert_healthy(r)
+
+
+def test_warp_specialization_takes_effect_where_shipped(representative):
+    """A config that asks for warp specialization must get it in the code (setmaxnreg), and
+    none that does not ask gets it; the half-tile epilogue stores twice per tile."""
+    for (kernel, config), r in representative.items():
+        assert r.warp_specialized is ("_ws" in config), (kernel, config)
+        if kernel.startswith("matmul_tma[") and "_sub" in config:
+            assert r.tma_stores == 2, r.tma_stores
 
 
 def test_tma_kernel_really_uses_tma(representative):
