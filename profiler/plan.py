@@ -103,8 +103,9 @@ def _head_dim(d_model: int) -> int:
 
 
 def _width_step(d_model: int) -> int:
-    """Widths are multiples of 64 below 1024, of 128 below 4096, of 256 from there."""
-    return 64 if d_model < 1024 else (128 if d_model < 4096 else 256)
+    """Widths are multiples of 64 below 1024, of 128 below 4096, of 1024 from there (head counts
+    that are multiples of 8, so that tensor parallelism over the 8 GPUs of a node divides them)."""
+    return 64 if d_model < 1024 else (128 if d_model < 4096 else 1024)
 
 
 def shape_for(
@@ -122,7 +123,7 @@ def shape_for(
 ) -> GPTConfig:
     """A concrete shape whose parameter count (in convention ``count``) is close to ``n_target``.
 
-    ``d_model`` runs over multiples of 64 below 1024, of 128 below 4096 and of 256 from there
+    ``d_model`` runs over multiples of 64 below 1024, of 128 below 4096 and of 1024 from there
     (head dimension 64 below 2048, 128 from there), ``n_head = d_model / head_dim``, ``d_ff = 4 d_model``,
     ``n_kv_head = n_head / kv_group`` (widths whose head count ``kv_group`` does not divide are
     skipped).  For each width the depth that best matches
