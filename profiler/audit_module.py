@@ -334,7 +334,9 @@ def audit_module(
     ``batch``: token ids ``[B, S]`` (``model(ids)``) or a dict of tensors (``model(**batch)``; B and S
     from ``input_ids``).  ``loss_fn(output, batch)`` -> scalar; by default the model's own loss or
     cross-entropy of its logits ``[B, S, V]``.  ``optimizer`` defaults to AdamW with lr 0 (same
-    work, weights unchanged).  ``vocab``/``top_k``/``d_ff`` override what the audit infers
+    work, weights unchanged); an optimizer you pass is stepped once per audited step (the counted
+    one and the timed ones), so pass a copy of the model if its weights matter.  The model is put
+    in training mode for the audit and back in its former mode after.  ``vocab``/``top_k``/``d_ff`` override what the audit infers
     (:mod:`profiler.params`).  ``time_budget_s`` bounds the timed repetitions (at least one
     runs); ``progress(stage, step, elapsed_s, budget_s)`` is called after each timed step.
     ``ceilings`` defaults to ``profiler.calibrate(quick=True)``.  ``compile``: True, or a dict of
@@ -344,8 +346,6 @@ def audit_module(
     """
     import torch
 
-    from . import devices
-    from .audit import AuditResult, device_info
 
     if not isinstance(model, torch.nn.Module):
         raise AuditError(f"model must be a torch.nn.Module, got {type(model).__name__}")
@@ -363,7 +363,22 @@ def audit_module(
     if optimizer is None:
         optimizer = torch.optim.AdamW(params, lr=0.0)
         notes.append("optimizer: AdamW with lr 0 (the work of an AdamW step; the weights do not change)")
+    was_training = model.training
     model.train()
+    try:
+        return _audit(model, batch, B, S, dtype, dev, inv, optimizer, notes, loss_fn=loss_fn, compile=compile,
+                      d_ff=d_ff, time_budget_s=time_budget_s, ceilings=ceilings, timed=timed, progress=progress,
+                      name=name)
+    finally:
+        model.train(was_training)
+
+
+def _audit(model, batch, B, S, dtype, dev, inv, optimizer, notes, *, loss_fn, compile, d_ff, time_budget_s, ceilings,
+           timed, progress, name):
+    import torch
+
+    from . import devices
+    from .audit import AuditResult, device_info
 
     counter = StepCounter(model, inv.output_layer, inv.output_weight, inv.vocab)
     step = module_step(model, batch, optimizer, loss_fn, counter=counter)

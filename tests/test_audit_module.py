@@ -400,3 +400,9 @@ def test_experts_stacked_in_3d_weights_are_found():
     (g,) = inv.experts
     assert (g.path, g.router, g.n_experts, g.expert_params, g.top_k) == ("0.experts", "0.gate", 6, 2 * 16 * 24, 2)
     assert inv.counts.total - inv.counts.active == 4 * 2 * 16 * 24
+
+
+def test_the_model_goes_back_to_its_mode():
+    model = Llama(L=1).eval()
+    audit_module(model, ids(1, 4), timed=False)
+    assert not model.training
