@@ -346,7 +346,6 @@ def audit_module(
     """
     import torch
 
-
     if not isinstance(model, torch.nn.Module):
         raise AuditError(f"model must be a torch.nn.Module, got {type(model).__name__}")
     params = list(model.parameters())
