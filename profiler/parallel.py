@@ -324,8 +324,10 @@ def search(cfg: Any, pc: Any, fpt: float, cluster: Cluster, *, peak_flop_per_s: 
     smallest: LayoutCost | None = None
     n = 0
     for t in ([fixed["tp"]] if "tp" in fixed else tps):
+        if t not in tps:  # a pinned degree must divide the heads and fit in a node with a known link
+            continue
         for p in ([fixed["pp"]] if "pp" in fixed else [d for d in _divisors(G // t) if d <= cfg.n_layer]):
-            if G % (t * p):
+            if G % (t * p) or p > cfg.n_layer:
                 continue
             dp = G // (t * p)
             if "dp" in fixed and fixed["dp"] != dp:
@@ -344,8 +346,6 @@ def search(cfg: Any, pc: Any, fpt: float, cluster: Cluster, *, peak_flop_per_s: 
                     cands.append(c)
                 elif smallest is None or c.memory.total_bytes < smallest.memory.total_bytes:
                     smallest = c
-    if fixed and "tp" in fixed and fixed["tp"] * fixed.get("pp", 1) * fixed.get("dp", 1) > G:
-        raise NoLayoutError(f"layout {fixed} needs more than the {G} GPUs")
     if not cands:
         if n == 0:
             raise NoLayoutError(f"no layout of {G} GPUs matches {fixed} (tp must divide the heads and fit in a node "
