@@ -182,3 +182,12 @@ def test_cli_a_model_that_fits_no_layout_is_refused(capsys):
     rc, out, err = _cli(capsys, "--gpu", "a100-40gb", "--gpus", "2", "--params", "7e10", "--tokens", "1e12")
     assert rc == 2 and out == ""
     assert "cannot fit" in err and "GiB per GPU" in err and len(err.strip().splitlines()) == 1
+
+
+@pytest.mark.parametrize("argv", [["--gpus", "2", "--gpus-per-node", "1", "--layout", "tp=2"],
+                                  ["--gpus", "8", "--layout", "tp=16"], ["--gpus", "16", "--layout", "pp=1000"],
+                                  ["--gpus", "16", "--layout", "dp=3"], ["--gpus", "8", "--layout", "zero=9"]])
+def test_cli_impossible_pinned_layouts_are_one_line(capsys, argv):
+    rc, out, err = _cli(capsys, "--days", "1", "--no-neighbours", *argv)
+    assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
+    assert "layout" in err
