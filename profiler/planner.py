@@ -287,7 +287,7 @@ def communication_dict(cluster: Any, cost: Any) -> dict[str, Any]:
         "given": [k for k, v in src.items() if v["status"] == "given"],
         "assumed": [k for k, v in src.items() if v["status"] == "assumed"],
         "sources": src,
-        "step": {"gpus": cluster.gpus, "tokens": cost.batch_sequences, "params": cost.memory.params_per_gpu,
+        "step": {"gpus": cluster.gpus, "sequences": cost.batch_sequences, "params": cost.memory.params_per_gpu,
                  "grad_bytes": cost.grad_bytes, "compute_s": cost.compute_s, "comm_s": cost.dp_s,
                  "hidden_s": cost.hidden_s, "exposed_s": cost.exposed_dp_s, "step_s": cost.step_s, "mfu": cost.mfu,
                  "efficiency": cost.efficiency, "mfu_at_scale": cost.mfu_at_scale},
