@@ -17,6 +17,15 @@ DEFAULT_LAW = "besiroglu2024"
 # ----------------------------------------------------------------------------------------
 
 
+def _finite_ci(res: Any) -> dict[str, tuple[float, float]]:
+    """The result's intervals, leaving out any with a NaN or infinite end (never printed)."""
+    out = {}
+    for k, v in dict(getattr(res, "ci", None) or {}).items():
+        if v is not None and all(math.isfinite(float(x)) for x in v[:2]):
+            out[str(k)] = (float(v[0]), float(v[1]))
+    return out
+
+
 @dataclass
 class Allocation:
     """Compute-optimal ``N`` (parameters, law convention), ``D`` (tokens) and predicted loss."""
@@ -91,7 +100,7 @@ class LawBackend:
             from flopscale import lawfit
 
             res = lawfit.allocate(compute, law=self.law, flops_per_token=flops_per_token, max_tokens=self.max_tokens)
-        ci = {str(k): (float(v[0]), float(v[1])) for k, v in dict(getattr(res, "ci", None) or {}).items()}
+        ci = _finite_ci(res)
         note = None
         if getattr(res, "constrained", False):
             note = (f"D_opt capped at the {res.max_tokens:.4g} available tokens (--max-tokens): predicted loss "
@@ -133,5 +142,5 @@ class LawBackend:
             raise ValueError(f"the law {self.name} gives no finite compute-optimal tokens for N = {n_params:.4g}")
         loss = getattr(res, "loss", None)
         loss = float(loss) if loss is not None and math.isfinite(float(loss)) else None
-        ci = {str(k): (float(v[0]), float(v[1])) for k, v in dict(getattr(res, "ci", None) or {}).items()}
+        ci = _finite_ci(res)
         return Allocation(float(n_params), D, loss, ci, None, getattr(res, "ci_level", None))

@@ -465,3 +465,12 @@ def test_numeric_arguments_property(capsys):
             assert rc == 2 and out == "" and len(err.strip().splitlines()) == 1 and "Traceback" not in err
 
     check()
+
+
+def test_intervals_with_nan_ends_are_left_out():
+    law = LawBackend("nan-ci", allocator=(
+        lambda C, flops_per_token=None, max_tokens=None: SimpleNamespace(
+            N=1e9, D=2e10, loss=2.5, ci={"N": (9e8, 1.1e9), "D": (float("nan"), 3e10), "loss": (2.4, float("inf"))})),
+        loss_fn=chinchilla_loss, count="total")
+    p = plan_budget(law, compute=1.2e20, exact_count=False)
+    assert p.ci == {"N": (9e8, 1.1e9)}
