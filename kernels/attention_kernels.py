@@ -57,6 +57,8 @@ __all__ = [
 
 LOG2E = 1.4426950408889634
 LN2 = 0.6931471805599453
+#: Triton has on-device tensor descriptors (TMA on sm_90; emulated by the interpreter)
+HAS_TMA = hasattr(tl, "make_tensor_descriptor")
 
 
 # --------------------------------------------------------------------------------------
@@ -94,21 +96,27 @@ def _fwd_init(Q, K, V, s_qm, s_qd, s_kn, s_kd, s_vn, s_vd, q_head, k_head, v_hea
 
 @triton.jit
 def _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n, offs_m, offs_n, d_mask,
-              S_k, qk_scale, diag, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+              S_k, qk_scale, diag, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+              USE_TMA: tl.constexpr = False):
     """One key tile (keys ``start_n + offs_n``) of the online softmax.
 
     ``MASKED`` tiles mask keys ``>= S_k`` and (``CAUSAL``) keys ``j > i + diag``; the others
     are known to be fully visible and in bounds.  ``m_i`` is in log2 units of scaled scores.
+    ``USE_TMA``: ``k_base``/``v_base`` are tensor descriptors (TMA loads, zero-filled out of
+    bounds); otherwise pointers with the offset tiles ``k_offs``/``v_offs``.
     """
-    n0 = tl.cast(start_n, tl.int64)
-    k_base = k_base + n0 * s_kn
-    v_base = v_base + n0 * s_vn
-    offs_n = start_n + offs_n
-    if MASKED:
-        kv_mask = (offs_n[:, None] < S_k) & d_mask[None, :]
+    if USE_TMA:
+        k = k_base.load([start_n, 0])
     else:
-        kv_mask = d_mask[None, :]
-    k = tl.load(k_base + k_offs, mask=kv_mask, other=0.0)
+        n0 = tl.cast(start_n, tl.int64)
+        k_base = k_base + n0 * s_kn
+        v_base = v_base + n0 * s_vn
+        if MASKED:
+            kv_mask = ((start_n + offs_n)[:, None] < S_k) & d_mask[None, :]
+        else:
+            kv_mask = d_mask[None, :]
+        k = tl.load(k_base + k_offs, mask=kv_mask, other=0.0)
+    offs_n = start_n + offs_n
     qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # unscaled: see the module docstring
     if MASKED:
         valid = offs_n[None, :] < S_k
@@ -126,7 +134,10 @@ def _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, star
     alpha = tl.math.exp2(m_i - m_sub)
     l_i = l_i * alpha + tl.sum(p, 1)
     acc = acc * alpha[:, None]
-    v = tl.load(v_base + v_offs, mask=kv_mask, other=0.0)
+    if USE_TMA:
+        v = v_base.load([start_n, 0])
+    else:
+        v = tl.load(v_base + v_offs, mask=kv_mask, other=0.0)
     acc = tl.dot(p.to(v.dtype), v, acc, input_precision=DOT_PRECISION)
     return acc, l_i, m_new
 
@@ -268,10 +279,13 @@ def _attn_fwd_kernel(
     H, S_q, S_k, qk_scale, diag,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    USE_TMA: tl.constexpr = False,
 ):
     """Grid ``(cdiv(S_q, BLOCK_M), B*H)``.  Causal (query ``i`` sees keys ``j <= i + diag``):
     key tiles past the block's last query are never visited (loop bound); only the tiles that
-    straddle the diagonal are masked."""
+    straddle the diagonal are masked.  ``USE_TMA``: q, k, v tiles are read through tensor
+    descriptors over each head's ``[S, HEAD_DIM]`` matrix (the launcher checks TMA's rules:
+    unit inner stride, 16-byte aligned bases and strides); otherwise through pointers."""
     pid_m = tl.program_id(0)
     if CAUSAL:
         # longest rows first: better tail balance
@@ -290,9 +304,24 @@ def _attn_fwd_kernel(
     d_mask = _dim_mask(offs_d, HEAD_DIM, BLOCK_D)
     m_mask = offs_m < S_q
 
-    q, k_base, v_base, k_offs, v_offs, acc, l_i, m_i = _fwd_init(
-        Q, K, V, s_qm, s_qd, s_kn, s_kd, s_vn, s_vd, b * s_qb + h * s_qh, b * s_kb + hk * s_kh,
-        b * s_vb + hk * s_vh, row0, rows, offs_n, offs_d, m_mask, d_mask, BLOCK_M, BLOCK_D)
+    if USE_TMA:
+        # out-of-bounds rows (past S) and columns (past HEAD_DIM) read as zeros
+        q_desc = tl.make_tensor_descriptor(Q + (b * s_qb + h * s_qh), shape=[S_q, HEAD_DIM], strides=[s_qm, 1],
+                                           block_shape=[BLOCK_M, BLOCK_D])
+        k_base = tl.make_tensor_descriptor(K + (b * s_kb + hk * s_kh), shape=[S_k, HEAD_DIM], strides=[s_kn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        v_base = tl.make_tensor_descriptor(V + (b * s_vb + hk * s_vh), shape=[S_k, HEAD_DIM], strides=[s_vn, 1],
+                                           block_shape=[BLOCK_N, BLOCK_D])
+        q = q_desc.load([start_m, 0])
+        k_offs = 0
+        v_offs = 0
+        acc = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+        l_i = tl.zeros([BLOCK_M], tl.float32)
+        m_i = tl.full([BLOCK_M], float("-inf"), tl.float32)
+    else:
+        q, k_base, v_base, k_offs, v_offs, acc, l_i, m_i = _fwd_init(
+            Q, K, V, s_qm, s_qd, s_kn, s_kd, s_vn, s_vd, b * s_qb + h * s_qh, b * s_kb + hk * s_kh,
+            b * s_vb + hk * s_vh, row0, rows, offs_n, offs_d, m_mask, d_mask, BLOCK_M, BLOCK_D)
 
     if CAUSAL:
         # keys j <= i + diag: the block's last row bounds the walk, its first row the
@@ -305,11 +334,13 @@ def _attn_fwd_kernel(
     # fully visible, in-bounds key tiles: no masking
     for start_n in range(0, mid, BLOCK_N):
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n,
-                                  offs_m, offs_n, d_mask, S_k, qk_scale, diag, False, CAUSAL, DOT_PRECISION)
+                                  offs_m, offs_n, d_mask, S_k, qk_scale, diag, False, CAUSAL, DOT_PRECISION,
+                                  USE_TMA)
     # the diagonal band (causal) and the ragged last tile: masked
     for start_n in range(mid, hi, BLOCK_N):
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n,
-                                  offs_m, offs_n, d_mask, S_k, qk_scale, diag, True, CAUSAL, DOT_PRECISION)
+                                  offs_m, offs_n, d_mask, S_k, qk_scale, diag, True, CAUSAL, DOT_PRECISION,
+                                  USE_TMA)
 
     _fwd_store(acc, l_i, m_i, O, LSE, s_om, s_od, b * s_ob + h * s_oh, pid_bh.to(tl.int64) * S_q, row0, rows,
                offs_m, offs_d, m_mask, d_mask)
@@ -416,6 +447,12 @@ _FWD_TILES = {  # block_d -> (block_m, block_n, num_warps, num_stages)
     128: (128, 64, 8, 3),
     256: (128, 32, 8, 2),
 }
+# 16-bit inputs read through TMA (sm_90, aligned strides): the descriptors keep the address
+# arithmetic out of the registers (D=128: 188 registers at 128 x 128 instead of 254), so the
+# key tile doubles where the pointer path cannot
+_FWD_TILES_TMA = {
+    128: (128, 128, 8, 3),
+}
 _BWD_TILES = {  # block_d -> (block_n keys/program, block_m queries/step, num_warps, num_stages)
     16: (128, 64, 8, 2),
     32: (128, 64, 8, 2),
@@ -471,12 +508,14 @@ def _fit_stages(stages: int, fixed: int, per_stage: int, budget: int) -> int:
 
 
 def fwd_config(head_dim: int, elem_bytes: int = 2, interpret: bool = False,
-               capability: tuple[int, int] | None = None) -> AttnConfig:
+               capability: tuple[int, int] | None = None, tma: bool = False) -> AttnConfig:
     """Forward tiles for head dim ``head_dim`` and ``elem_bytes``-byte inputs (``capability``
-    None: Hopper)."""
+    None: Hopper; ``tma``: the launch reads q, k, v through TMA descriptors)."""
     bd = block_d(head_dim)
     if interpret:
         bm, bn, warps, stages = _INTERP_FWD
+    elif tma and elem_bytes == 2 and bd in _FWD_TILES_TMA:
+        bm, bn, warps, stages = _FWD_TILES_TMA[bd]
     else:
         bm, bn, warps, stages = (_FWD_TILES_FP32 if elem_bytes == 4 else _FWD_TILES)[bd]
     assert bm % bn == 0, "forward tiles need BLOCK_M % BLOCK_N == 0"
@@ -549,15 +588,17 @@ def inspect_specs(capability: int = 90) -> list:
         bd = block_d(d)
         for causal in (False, True):
             mode = "causal" if causal else "full"
-            cfg = fwd_config(d, 2, False, cap)
-            consts = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK_M": cfg.block_m,
-                      "BLOCK_N": cfg.block_n, "CAUSAL": causal, "DOT_PRECISION": "tf32"}
-            sig, consts, aligned = _spec_signature(
-                _attn_fwd_kernel, {"Q": dt, "K": dt, "V": dt, "O": dt, "LSE": "*fp32"}, ("qk_scale",), consts)
-            specs.append(KernelSpec(
-                kernel="attention_fwd[bf16]", config=f"D{d}_{mode}_{cfg.label()}", fn=_attn_fwd_kernel,
-                signature=sig, constexprs=consts, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
-                tensor_core=True, aligned=aligned))
+            # sm_90 reads aligned inputs through TMA, others through pointers (the fallback)
+            for tma in ((True, False) if capability >= 90 and HAS_TMA else (False,)):
+                cfg = fwd_config(d, 2, False, cap, tma)
+                consts = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK_M": cfg.block_m,
+                          "BLOCK_N": cfg.block_n, "CAUSAL": causal, "DOT_PRECISION": "tf32", "USE_TMA": tma}
+                sig, consts, aligned = _spec_signature(
+                    _attn_fwd_kernel, {"Q": dt, "K": dt, "V": dt, "O": dt, "LSE": "*fp32"}, ("qk_scale",), consts)
+                specs.append(KernelSpec(
+                    kernel="attention_fwd[bf16]", config=f"D{d}_{mode}_{cfg.label()}" + ("_tma" if tma else "_ptr"),
+                    fn=_attn_fwd_kernel, signature=sig, constexprs=consts, num_warps=cfg.num_warps,
+                    num_stages=cfg.num_stages, tensor_core=True, aligned=aligned))
             cfg = bwd_config(d, 2, False, cap)
             consts = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK_M": cfg.block_m,
                       "BLOCK_N": cfg.block_n, "CAUSAL": causal, "DOT_PRECISION": "tf32"}

@@ -60,9 +60,14 @@ Costs (``kernels.cost_of``; FlopCounterMode reports the same *model* count):
 * ``peak_dtype`` says which peak rates the executed FLOPs: ``"bf16"``/``"fp16"`` tensor cores;
   float32 runs ``"tf32"`` on tensor cores when ``torch.backends.cuda.matmul.allow_tf32`` is set,
   else IEEE fp32 on the FMA units, ``"fp32"``, rated against the fp32 (not a tensor-core) peak.
-* Tile sizes are fixed per (head dim, 2- or 4-byte dtype, interpreter or GPU) -- no
-  run-time autotuning -- so the executed count is a function of the shapes alone
+* Tile sizes are fixed per (head dim, 2- or 4-byte dtype, interpreter or GPU, and for the
+  forward whether q, k, v are read through TMA) -- no run-time autotuning -- so the executed
+  count is a function of the shapes and strides alone
   (:func:`kernels.attention_kernels.fwd_config` / ``bwd_config``).
+* The forward reads q, k, v through TMA tensor descriptors on sm_90 (and under the
+  interpreter, which emulates them) when the inputs allow it -- unit inner stride, 16-byte
+  aligned storage offset, row and batch/head strides (:func:`tma_compatible`) -- and through
+  pointers otherwise (e.g. ``D = 20`` in fp16: 40-byte rows), with the same numerics.
 * ``nonmatmul_flops``: the softmax work, counted per *computed* score: forward 5 (scale,
   running max, subtract, exp, row sum) plus ``D`` per row per key tile (rescaling the
   accumulator) plus ``D`` per row (final normalisation); backward 5 per score (scale and
@@ -86,6 +91,7 @@ from torch.utils.flop_counter import register_flop_formula
 from . import attention_kernels as _ak
 from ._cost import Cost, peak_dtype_of, register_cost
 from ._runtime import check_runnable, interpreter_on, wrap_triton
+from .matmul_layer import ensure_tma_allocator
 
 __all__ = [
     "attention",
@@ -196,11 +202,44 @@ def device_capability(device: torch.device) -> Optional[tuple[int, int]]:
     return _capability(index)
 
 
-def _configs(head_dim: int, dtype: torch.dtype, device: Optional[torch.device]):
+def _configs(head_dim: int, dtype: torch.dtype, device: Optional[torch.device], tma: bool = False):
     interp = interpreter_on()
     cap = device_capability(device) if device is not None else None
     es = esize(dtype)
-    return (_ak.fwd_config(head_dim, es, interp, cap), _ak.bwd_config(head_dim, es, interp, cap))
+    return (_ak.fwd_config(head_dim, es, interp, cap, tma), _ak.bwd_config(head_dim, es, interp, cap))
+
+
+#: Read the forward's q, k, v tiles through TMA descriptors where TMA's rules allow it (sm_90 and
+#: the interpreter); tests switch it off to cover the pointer path on aligned inputs too.
+USE_TMA = True
+TMA_ALIGN = 16  # bytes: TMA's alignment of base addresses and of every stride but the innermost
+
+
+def tma_compatible(*tensors: torch.Tensor) -> bool:
+    """Whether each ``[B, heads, S, D]`` tensor can be read by a TMA descriptor per (batch, head):
+    unit inner stride, and the base address (storage offset; torch allocations are aligned), the
+    row stride and the batch/head strides in use (those of dimensions > 1) multiples of 16
+    bytes.  Reads shapes and strides only, so it also answers for fake and meta tensors."""
+    for t in tensors:
+        es = t.element_size()
+        if t.stride(3) != 1 or (t.storage_offset() * es) % TMA_ALIGN:
+            return False
+        for dim in (0, 1, 2):
+            if (t.shape[dim] > 1 or dim == 2) and (t.stride(dim) * es) % TMA_ALIGN:
+                return False
+    return True
+
+
+def use_tma(q, k, v) -> bool:
+    """The forward's path: TMA descriptors (Hopper or the interpreter, aligned inputs) or pointers.
+    Without a CUDA device (meta tensors, costs) the configs assume Hopper, so does this."""
+    if not (USE_TMA and _ak.HAS_TMA) or not all(isinstance(t, torch.Tensor) for t in (q, k, v)):
+        return False
+    if not interpreter_on():
+        cap = device_capability(q.device)
+        if cap is not None and cap[0] < 9:
+            return False
+    return tma_compatible(q, k, v)
 
 
 #: Tests set this to fill kernel outputs with NaN before launch, so unwritten elements show.
@@ -287,7 +326,10 @@ def attention_fwd(
     H_kv, S_k = k.shape[1], k.shape[2]
     o = new_output((B, H, S_q, D), q.dtype, q.device)
     lse = new_output((B, H, S_q), torch.float32, q.device)
-    cfg, _ = _configs(D, q.dtype, q.device)
+    tma = use_tma(q, k, v)
+    cfg, _ = _configs(D, q.dtype, q.device, tma)
+    if tma and not _tracing_under_interpreter((q, k, v)):
+        ensure_tma_allocator(q.device)  # descriptors built on the device need scratch memory
     for b0, b1 in batch_slices(B, H):
         q_, k_, v_, o_, lse_ = slice_batch((q, k, v, o, lse), b0, b1, B)
         grid = (triton.cdiv(S_q, cfg.block_m), (b1 - b0) * H)
@@ -297,7 +339,7 @@ def attention_fwd(
             *_strides(q_), *_strides(k_), *_strides(v_), *_strides(o_),
             H, S_q, S_k, sm_scale * _ak.LOG2E, causal_diag(causal, bottom_right, S_q, S_k),
             GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
+            CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype), USE_TMA=tma,
         )
     return o, lse
 
@@ -553,11 +595,11 @@ def bwd_cost_from_work(B: int, D: int, es: int, q_rows: int, kv_rows: int,
     return Cost(model, executed + padding, nbytes, nonmatmul, detail, peak)
 
 
-def _fwd_cost(q_shape, k_shape, dtype, causal, device=None, bottom_right=False) -> Cost:
+def _fwd_cost(q_shape, k_shape, dtype, causal, device=None, bottom_right=False, tma=False) -> Cost:
     B, H, S_q, D = q_shape
     H_kv, S_k = k_shape[1], k_shape[2]
     causal, bottom_right = bool(causal), bool(bottom_right)
-    cfg, _ = _configs(D, dtype, device)
+    cfg, _ = _configs(D, dtype, device, tma)
     computed, tiles = fwd_work(S_q, S_k, causal, cfg.block_m, cfg.block_n,
                                causal_diag(causal, bottom_right, S_q, S_k))
     return fwd_cost_from_work(B, D, esize(dtype), H * S_q, H_kv * S_k, H * pairs(S_q, S_k, causal, bottom_right),
@@ -578,7 +620,8 @@ def _bwd_cost(q_shape, k_shape, dtype, causal, has_dlse, device=None, bottom_rig
 @register_cost("flopscale::attention_fwd")
 def attention_fwd_cost(q, k, v, causal=False, sm_scale=None, bottom_right=False) -> Cost:
     """Declared cost of one ``flopscale::attention_fwd`` launch (see the module docstring)."""
-    return _fwd_cost(_shape(q), _shape(k), q.dtype, causal, getattr(q, "device", None), bottom_right)
+    return _fwd_cost(_shape(q), _shape(k), q.dtype, causal, getattr(q, "device", None), bottom_right,
+                     use_tma(q, k, v))
 
 
 @register_cost("flopscale::attention_bwd")

@@ -177,6 +177,36 @@ def test_bottom_right_alignment_matches_an_explicit_mask(S_q, S_k, device):
         assert torch.isneginf(lse[:, :, : S_q - S_k]).all() and torch.isfinite(lse[:, :, S_q - S_k:]).all()
 
 
+def test_tma_path_and_pointer_fallback(device, monkeypatch):
+    """The forward reads aligned inputs through TMA descriptors and others through pointers;
+    both paths match the float64 reference, forward and backward, on the same ragged inputs."""
+    assert al.tma_compatible(*(torch.empty(2, 3, 37, 16) for _ in range(3)))
+    assert not al.tma_compatible(torch.empty(1, 2, 37, 20, dtype=torch.float16))  # 40-byte rows
+    assert not al.tma_compatible(torch.empty(1, 2, 37, 17)[..., 1:])  # offset 4 bytes, 68-byte rows
+    assert not al.tma_compatible(torch.empty(1, 2, 16, 37).transpose(2, 3))  # inner stride 37
+    # a slice of heads: storage offset 37 * 8 * 2 = 592 bytes, a multiple of 16
+    assert al.tma_compatible(torch.empty(1, 4, 37, 8, dtype=torch.float16)[:, 1:3])
+    paths = []
+    real_launch = al.launch
+
+    def spy(kernel, grid, cfg, *args, **consts):
+        if "USE_TMA" in consts:
+            paths.append(consts["USE_TMA"])
+        return real_launch(kernel, grid, cfg, *args, **consts)
+
+    monkeypatch.setattr(al, "launch", spy)
+    gen = torch.Generator().manual_seed(12)
+    for use in (True, False):
+        monkeypatch.setattr(al, "USE_TMA", use)
+        check_fwd_bwd(*make_qkv(1, 4, 2, 37, 50, 16, torch.float16, device, gen), "bottom_right", gen=gen)
+        check_fwd_bwd(*make_qkv(1, 2, 1, 45, 30, 24, torch.float32, device, gen), True, gen=gen)
+    assert paths == [True, True, False, False]
+    # unaligned rows (D = 20 in fp16) fall back to pointers even when TMA is on
+    monkeypatch.setattr(al, "USE_TMA", True)
+    check_fwd_bwd(*make_qkv(1, 2, 2, 33, 21, 20, torch.float16, device, gen), True, gen=gen)
+    assert paths[-1] is False
+
+
 def test_lse_output_and_its_gradient(device):
     """attention_fwd returns the natural log-sum-exp of each row; a loss using it backpropagates."""
     gen = torch.Generator().manual_seed(11)
@@ -348,6 +378,22 @@ def test_declared_cost(S_q, S_k, causal, interpret, monkeypatch):
     es = 2
     assert fwd.bytes == B * (2 * H * S_q * D * es + 2 * H_kv * S_k * D * es + 4 * H * S_q)
     assert bwd.bytes == B * (4 * H * S_q * D * es + 4 * H_kv * S_k * D * es + 4 * H * S_q)
+
+
+def test_gpu_forward_tiles_follow_the_tma_path(monkeypatch):
+    """On the GPU (Hopper tiles) the declared forward cost uses the tiles of the path the launch
+    takes: 128 x 128 through TMA at D=128, 128 x 64 through pointers (unaligned strides)."""
+    monkeypatch.setenv("TRITON_INTERPRET", "0")
+    S_q, S_k = 300, 333
+    q = torch.empty(1, 2, S_q, 128, dtype=torch.bfloat16, device="meta")
+    k = torch.empty(1, 2, S_k, 128, dtype=torch.bfloat16, device="meta")
+    k_odd = torch.empty(1, 2, S_k, 129, dtype=torch.bfloat16, device="meta")[..., :128]  # 258-byte rows
+    assert al.use_tma(q, k, k) and not al.use_tma(q, k_odd, k_odd)
+    assert al._configs(128, torch.bfloat16, None, tma=True)[0].block_n == 128
+    assert al._configs(128, torch.bfloat16, None, tma=False)[0].block_n == 64
+    for kk, bn in ((k, 128), (k_odd, 64)):
+        cost = kernels.cost_of("flopscale::attention_fwd", q, kk, kk, True, 0.1, True)
+        assert cost.executed_flops == 4 * 2 * 128 * brute_fwd_computed(S_q, S_k, "bottom_right", 128, bn)
 
 
 @pytest.mark.parametrize("D,ratio", [(96, 4 / 3), (80, 1.6), (8, 2.0), (64, 1.0)])
