@@ -107,8 +107,10 @@ HOPPER_CONFIGS: dict[str, tuple[MatmulConfig, ...]] = {
         MatmulConfig(64, 128, 32, 8, num_warps=4, num_stages=4),
     ),
     "8": (
-        MatmulConfig(128, 256, 128, 8, num_warps=8, num_stages=3),
+        # fp8 keeps a second fp32 accumulator to promote the tensor cores' partial sums once per
+        # K tile: 2 x 64 registers per thread at 128x128 over 8 warps (128x256 spilled 88 bytes)
         MatmulConfig(128, 128, 128, 8, num_warps=8, num_stages=4),
+        MatmulConfig(64, 128, 128, 8, num_warps=4, num_stages=4),
     ),
 }
 
@@ -180,6 +182,22 @@ def _grouped_tile(tile_id, num_pid_m, num_pid_n, GROUP_M: tl.constexpr):
 
 
 @triton.jit
+def _apply_scales(acc, sa_ptr, sb_ptr, offs_m, offs_n, M, N, SCALE_A: tl.constexpr, SCALE_B: tl.constexpr):
+    """Dequantise the fp32 accumulator as ``torch._scaled_mm`` does: ``SCALE_A`` 0 none,
+    1 one scale for all of A, 2 one per row of A (``[M, 1]``); ``SCALE_B`` likewise, 2 = one
+    per column of B (``[1, N]``)."""
+    if SCALE_A == 1:
+        acc = acc * tl.load(sa_ptr)
+    elif SCALE_A == 2:
+        acc = acc * tl.load(sa_ptr + offs_m, mask=offs_m < M, other=0.0)[:, None]
+    if SCALE_B == 1:
+        acc = acc * tl.load(sb_ptr)
+    elif SCALE_B == 2:
+        acc = acc * tl.load(sb_ptr + offs_n, mask=offs_n < N, other=0.0)[None, :]
+    return acc
+
+
+@triton.jit
 def _split_range(split, k_tiles, SPLIT_K: tl.constexpr):
     """K tiles [lo, hi) of split number ``split`` (of SPLIT_K; the last ones may be empty)."""
     per = tl.cdiv(k_tiles, SPLIT_K)
@@ -189,18 +207,22 @@ def _split_range(split, k_tiles, SPLIT_K: tl.constexpr):
 
 @triton.jit
 def matmul_kernel(
-    a_ptr, b_ptr, c_ptr,
+    a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr,
     M, N, K,
     stride_ab, stride_am, stride_ak,
     stride_bb, stride_bk, stride_bn,
     stride_cb, stride_cm, stride_cn, stride_cs,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
-    SPLIT_K: tl.constexpr, INPUT_PRECISION: tl.constexpr,
+    SPLIT_K: tl.constexpr, SCALE_A: tl.constexpr, SCALE_B: tl.constexpr, MAX_IMPRECISE: tl.constexpr,
+    INPUT_PRECISION: tl.constexpr,
 ):
     """C[b] = A[b] @ B[b]; grid = (cdiv(M, BLOCK_M) * cdiv(N, BLOCK_N), batch, SPLIT_K).
 
     With ``SPLIT_K > 1`` program ``(t, b, s)`` sums K tiles of slice ``s`` only and writes its
-    fp32 partial product to ``c_ptr + s * stride_cs`` (a workspace the caller reduces)."""
+    fp32 partial product to ``c_ptr + s * stride_cs`` (a workspace the caller reduces).
+    ``SCALE_A``/``SCALE_B``: see ``_apply_scales``.  ``MAX_IMPRECISE``: fp8 products the
+    tensor cores may accumulate in their reduced precision before adding into the fp32
+    accumulator (None: Triton's default, no promotion on sm_90; BLOCK_K: once per K tile)."""
     pid = tl.program_id(0)
     batch = tl.program_id(1).to(tl.int64)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -231,10 +253,11 @@ def matmul_kernel(
         k_left = K - k * BLOCK_K
         a = tl.load(a_ptrs, mask=in_m & (offs_k[None, :] < k_left), other=0.0)
         b = tl.load(b_ptrs, mask=(offs_k[:, None] < k_left) & in_n, other=0.0)
-        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+        acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, max_num_imprecise_acc=MAX_IMPRECISE)
         a_ptrs += BLOCK_K * stride_ak
         b_ptrs += BLOCK_K * stride_bk
 
+    acc = _apply_scales(acc, sa_ptr, sb_ptr, offs_m, offs_n, M, N, SCALE_A, SCALE_B)
     c = acc.to(c_ptr.dtype.element_ty)
     c_ptrs = c_ptr + batch * stride_cb + offs_m[:, None].to(tl.int64) * stride_cm + offs_n[None, :].to(tl.int64) * stride_cn
     tl.store(c_ptrs, c, mask=in_m & in_n)
@@ -242,13 +265,14 @@ def matmul_kernel(
 
 @triton.jit
 def matmul_tma_kernel(
-    a_ptr, b_ptr, c_ptr,
+    a_ptr, b_ptr, c_ptr, sa_ptr, sb_ptr,
     M, N, K,
     stride_a, stride_b, stride_c, stride_cs,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, BLOCK_K: tl.constexpr, GROUP_M: tl.constexpr,
     NUM_SMS: tl.constexpr, A_T: tl.constexpr, B_T: tl.constexpr,
     SPLIT_K: tl.constexpr, C_TMA: tl.constexpr,
     EPILOGUE_SUBTILE: tl.constexpr, WARP_SPECIALIZE: tl.constexpr, FLATTEN: tl.constexpr,
+    SCALE_A: tl.constexpr, SCALE_B: tl.constexpr, MAX_IMPRECISE: tl.constexpr,
     INPUT_PRECISION: tl.constexpr,
 ):
     """Persistent TMA matmul, 2-D: C[M, N] = A[M, K] @ B[K, N]; grid = (min(NUM_SMS, work),).
@@ -269,6 +293,7 @@ def matmul_tma_kernel(
     asks Triton to split the K loop into a TMA-producer and wgmma-consumer partitions (it takes
     effect at 4 warps, and is dropped silently at 8); ``FLATTEN`` lets Triton flatten the tile
     and K loops into one so the next tile's loads overlap this tile's epilogue.
+    ``SCALE_A``/``SCALE_B``/``MAX_IMPRECISE``: as in :func:`matmul_kernel` (fp8 scales).
     """
     start_pid = tl.program_id(0)
     num_pid_m = tl.cdiv(M, BLOCK_M)
@@ -316,7 +341,10 @@ def matmul_tma_kernel(
                 b = b_desc.load([off_n, off_k]).T
             else:
                 b = b_desc.load([off_k, off_n])
-            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION)
+            acc = tl.dot(a, b, acc, input_precision=INPUT_PRECISION, max_num_imprecise_acc=MAX_IMPRECISE)
+        if SCALE_A + SCALE_B > 0:
+            acc = _apply_scales(acc, sa_ptr, sb_ptr, off_m + tl.arange(0, BLOCK_M), off_n + tl.arange(0, BLOCK_N),
+                                M, N, SCALE_A, SCALE_B)
         if SPLIT_K > 1:
             c_desc.store([work_id // num_tiles, off_m, off_n], tl.reshape(acc, (1, BLOCK_M, BLOCK_N)))
         elif C_TMA:
@@ -348,8 +376,10 @@ SM_FLOP_PER_BYTE = 80.0
 
 def split_candidates(cfg: MatmulConfig) -> bool:
     """Whether ``cfg``'s tile takes split-K variants: tiles up to 128x128 (a problem small
-    enough to need split-K is better served by more, smaller tiles than 128x256)."""
-    return cfg.BLOCK_M * cfg.BLOCK_N <= 128 * 128
+    enough to need split-K is better served by more, smaller tiles than 128x256), not
+    warp-specialized (Triton 3.9 fails to compile a warp-specialized loop feeding the 3-D
+    descriptor store of the partial sums)."""
+    return cfg.BLOCK_M * cfg.BLOCK_N <= 128 * 128 and not cfg.WARP_SPECIALIZE and cfg.SPLIT_K == 1
 
 
 def predicted_time(cfg: MatmulConfig, M: int, N: int, K: int, n_sms: int, in_bytes: int = 2,
@@ -481,6 +511,14 @@ def inspect_specs(capability: int = 90) -> list:
     return specs
 
 
+def _fp8_meta(dt: str, cfg: MatmulConfig) -> dict:
+    """fp8 ships row-wise scales on both operands (the heaviest epilogue) with the fp32
+    accumulator promoted once per K tile; other dtypes have neither."""
+    if dt == "fp8":
+        return {"SCALE_A": 2, "SCALE_B": 2, "MAX_IMPRECISE": cfg.BLOCK_K}
+    return {"SCALE_A": 0, "SCALE_B": 0, "MAX_IMPRECISE": None}
+
+
 #: The split of K compiled by ``inspect`` for split-K configurations (the code does not
 #: depend on the value beyond one division).
 INSPECT_SPLIT_K = 4
@@ -494,15 +532,17 @@ def _specs_for(dt: str, cfg: MatmulConfig, major: int, ab: str, out: str, precis
         return _tma_specs(dt, cfg, major, ab, c_ty, precision, split)
     # pointer kernel, row-major A and B (stride_ak = stride_bn = stride_cn = 1)
     sig = {
-        "a_ptr": ab, "b_ptr": ab, "c_ptr": c_ty,
+        "a_ptr": ab, "b_ptr": ab, "c_ptr": c_ty, "sa_ptr": "*fp32", "sb_ptr": "*fp32",
         "M": "i32", "N": "i32", "K": "i32",
         "stride_ab": "i32", "stride_am": "i32", "stride_ak": "constexpr",
         "stride_bb": "i32", "stride_bk": "i32", "stride_bn": "constexpr",
         "stride_cb": "i32", "stride_cm": "i32", "stride_cn": "constexpr", "stride_cs": "i32",
         "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
-        "GROUP_M": "constexpr", "SPLIT_K": "constexpr", "INPUT_PRECISION": "constexpr",
+        "GROUP_M": "constexpr", "SPLIT_K": "constexpr", "SCALE_A": "constexpr", "SCALE_B": "constexpr",
+        "MAX_IMPRECISE": "constexpr", "INPUT_PRECISION": "constexpr",
     }
-    const = {"stride_ak": 1, "stride_bn": 1, "stride_cn": 1, **cfg.meta(), "INPUT_PRECISION": precision}
+    const = {"stride_ak": 1, "stride_bn": 1, "stride_cn": 1, **cfg.meta(), **_fp8_meta(dt, cfg),
+             "INPUT_PRECISION": precision}
     specs.append(
         KernelSpec(
             kernel=f"matmul[{dt}]", config=cfg.name, fn=matmul_kernel, signature=sig, constexprs=const,
@@ -519,13 +559,14 @@ def _tma_specs(dt: str, cfg: MatmulConfig, major: int, ab: str, c_ty: str, preci
     if major < 9 or not HAS_TMA:
         return specs
     sig = {
-        "a_ptr": ab, "b_ptr": ab, "c_ptr": c_ty,
+        "a_ptr": ab, "b_ptr": ab, "c_ptr": c_ty, "sa_ptr": "*fp32", "sb_ptr": "*fp32",
         "M": "i32", "N": "i32", "K": "i32",
         "stride_a": "i32", "stride_b": "i32", "stride_c": "i32", "stride_cs": "i32",
         "BLOCK_M": "constexpr", "BLOCK_N": "constexpr", "BLOCK_K": "constexpr",
         "GROUP_M": "constexpr", "NUM_SMS": "constexpr", "A_T": "constexpr", "B_T": "constexpr",
         "SPLIT_K": "constexpr", "C_TMA": "constexpr",
         "EPILOGUE_SUBTILE": "constexpr", "WARP_SPECIALIZE": "constexpr", "FLATTEN": "constexpr",
+        "SCALE_A": "constexpr", "SCALE_B": "constexpr", "MAX_IMPRECISE": "constexpr",
         "INPUT_PRECISION": "constexpr",
     }
     # fp8 wgmma wants K-major B: ship the (A row-major, B^T row-major) layout for fp8.
@@ -534,7 +575,7 @@ def _tma_specs(dt: str, cfg: MatmulConfig, major: int, ab: str, c_ty: str, preci
     c_layouts = (True,) if split else (True, False)
     for c_tma in c_layouts:
         const = {**cfg.meta(), "NUM_SMS": 132, "A_T": False, "B_T": dt == "fp8", "C_TMA": c_tma,
-                 **cfg.tma_meta(), "INPUT_PRECISION": precision}
+                 **cfg.tma_meta(), **_fp8_meta(dt, cfg), "INPUT_PRECISION": precision}
         aligned = ("a_ptr", "b_ptr", "c_ptr", "M", "K", "stride_a", "stride_b", "stride_cs")
         aligned += ("N", "stride_c") if c_tma else ()
         specs.append(

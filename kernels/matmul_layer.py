@@ -62,9 +62,10 @@ from . import matmul_kernels as mk
 from ._cost import Cost, register_cost
 from ._runtime import cache_dir, check_runnable, interpreter_on, wrap_triton
 
-__all__ = ["matmul", "matmul_reference", "matmul_path", "MatmulPath", "last_path", "PATH_COUNTS", "cache_dir"]
+__all__ = ["matmul", "matmul_reference", "scaled_matmul", "matmul_path", "MatmulPath", "last_path", "PATH_COUNTS", "cache_dir"]
 
 OP = "flopscale::matmul"
+SCALED_OP = "flopscale::scaled_matmul"
 
 _FLOAT_DTYPES = (torch.float16, torch.bfloat16, torch.float32)
 _FP8 = getattr(torch, "float8_e4m3fn", None)
@@ -428,19 +429,49 @@ def _reduce_into(c: torch.Tensor, partials: torch.Tensor) -> None:
         c.copy_(partials.sum(dim=0))
 
 
-def _launch_pointer(a3: torch.Tensor, b3: torch.Tensor, c3: torch.Tensor, cfg: mk.MatmulConfig, precision: str) -> None:
+@dataclass(frozen=True)
+class _Scales:
+    """fp32 dequantisation scales applied to the accumulator: ``a`` one value or one per row
+    of A, ``b`` one value or one per column of B (``torch._scaled_mm``'s forms)."""
+
+    a: Optional[torch.Tensor] = None
+    b: Optional[torch.Tensor] = None
+
+    def args(self, device: torch.device) -> dict:
+        dummy = None
+        if self.a is None or self.b is None:
+            dummy = torch.empty(1, dtype=torch.float32, device=device)
+        mode = lambda t: 0 if t is None else (1 if t.numel() == 1 else 2)  # noqa: E731
+        return {"sa_ptr": self.a if self.a is not None else dummy, "sb_ptr": self.b if self.b is not None else dummy,
+                "SCALE_A": mode(self.a), "SCALE_B": mode(self.b)}
+
+
+_NO_SCALES = _Scales()
+
+
+def _max_imprecise(dtype: torch.dtype, cfg: mk.MatmulConfig, device: torch.device) -> Optional[int]:
+    """fp8: promote the tensor cores' reduced-precision partial sums into the fp32
+    accumulator once per K tile (Triton's sm_90 default never does, which loses precision
+    over long K); other dtypes accumulate in fp32 anyway."""
+    if dtype != _FP8 or device.type != "cuda" or torch.cuda.get_device_capability(device)[0] < 9:
+        return None  # only sm_90's wgmma accumulates fp8 imprecisely; elsewhere this is a no-op
+    return cfg.BLOCK_K
+
+
+def _launch_pointer(a3: torch.Tensor, b3: torch.Tensor, c3: torch.Tensor, cfg: mk.MatmulConfig, precision: str,
+                    scales: _Scales = _NO_SCALES) -> None:
     Bt, M, K = a3.shape
     N = b3.shape[-1]
     if cfg.SPLIT_K > 1:  # fp32 partial sums per slice of K, reduced in a fixed order
         ws = torch.empty((cfg.SPLIT_K, Bt, M, N), dtype=torch.float32, device=a3.device)
-        _launch_pointer_into(a3, b3, ws, cfg, precision)
+        _launch_pointer_into(a3, b3, ws, cfg, precision, scales)
         _reduce_into(c3, ws)
         return
-    _launch_pointer_into(a3, b3, c3.unsqueeze(0), cfg, precision)
+    _launch_pointer_into(a3, b3, c3.unsqueeze(0), cfg, precision, scales)
 
 
 def _launch_pointer_into(a3: torch.Tensor, b3: torch.Tensor, c4: torch.Tensor, cfg: mk.MatmulConfig,
-                         precision: str) -> None:
+                         precision: str, scales: _Scales = _NO_SCALES) -> None:
     Bt, M, K = a3.shape
     N = b3.shape[-1]
     tiles = triton.cdiv(M, cfg.BLOCK_M) * triton.cdiv(N, cfg.BLOCK_N)
@@ -450,16 +481,18 @@ def _launch_pointer_into(a3: torch.Tensor, b3: torch.Tensor, c4: torch.Tensor, c
         whole = (z0, z1) == (0, Bt)
         a_, b_, c_ = (a3, b3, c4) if whole else (a3[z0:z1], b3[z0:z1], c4[:, z0:z1])
         wrap_triton(mk.matmul_kernel)[(tiles, z1 - z0, cfg.SPLIT_K)](
-            a_, b_, c_, M, N, K,
-            a_.stride(0), a_.stride(1), a_.stride(2),
-            b_.stride(0), b_.stride(1), b_.stride(2),
-            c_.stride(1), c_.stride(2), c_.stride(3), c_.stride(0),
+            a_, b_, c_, **scales.args(a3.device), M=M, N=N, K=K,
+            stride_ab=a_.stride(0), stride_am=a_.stride(1), stride_ak=a_.stride(2),
+            stride_bb=b_.stride(0), stride_bk=b_.stride(1), stride_bn=b_.stride(2),
+            stride_cb=c_.stride(1), stride_cm=c_.stride(2), stride_cn=c_.stride(3), stride_cs=c_.stride(0),
             BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=cfg.GROUP_M,
-            SPLIT_K=cfg.SPLIT_K, INPUT_PRECISION=precision, num_warps=cfg.num_warps, num_stages=cfg.num_stages,
+            SPLIT_K=cfg.SPLIT_K, MAX_IMPRECISE=_max_imprecise(a3.dtype, cfg, a3.device), INPUT_PRECISION=precision,
+            num_warps=cfg.num_warps, num_stages=cfg.num_stages,
         )
 
 
-def _launch_tma(a2: torch.Tensor, b2: torch.Tensor, c2: torch.Tensor, cfg: mk.MatmulConfig, precision: str) -> None:
+def _launch_tma(a2: torch.Tensor, b2: torch.Tensor, c2: torch.Tensor, cfg: mk.MatmulConfig, precision: str,
+                scales: _Scales = _NO_SCALES) -> None:
     """The persistent TMA kernel on 2-D operands that meet TMA's rules (``_tma_major``);
     ``c2`` may have unaligned rows (stored by pointer then)."""
     M, K = a2.shape
@@ -479,10 +512,10 @@ def _launch_tma(a2: torch.Tensor, b2: torch.Tensor, c2: torch.Tensor, cfg: mk.Ma
         out = c2
         c_tma, sc, scs = _tma_major(c2) == (False, c2.stride(0)), c2.stride(0), 0
     wrap_triton(mk.matmul_tma_kernel)[grid](
-        a2, b2, out, M, N, K, sa, sb, sc, scs,
+        a2, b2, out, **scales.args(a2.device), M=M, N=N, K=K, stride_a=sa, stride_b=sb, stride_c=sc, stride_cs=scs,
         BLOCK_M=cfg.BLOCK_M, BLOCK_N=cfg.BLOCK_N, BLOCK_K=cfg.BLOCK_K, GROUP_M=cfg.GROUP_M,
         NUM_SMS=n_sms, A_T=a_t, B_T=b_t, SPLIT_K=cfg.SPLIT_K, C_TMA=c_tma, **cfg.tma_meta(),
-        INPUT_PRECISION=precision,
+        MAX_IMPRECISE=_max_imprecise(a2.dtype, cfg, a2.device), INPUT_PRECISION=precision,
         num_warps=cfg.num_warps, num_stages=cfg.num_stages,
     )
     if cfg.SPLIT_K > 1:
@@ -646,9 +679,10 @@ def matmul_path(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtyp
 
 
 def _run(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype], path: str = "auto",
-         config: mk.MatmulConfig | None = None) -> torch.Tensor:
+         config: mk.MatmulConfig | None = None, scales: _Scales = _NO_SCALES) -> torch.Tensor:
     """The op body: plan, pick kernel and configuration, launch.  ``path`` in
-    {"auto", "tma", "pointer"}; ``config`` overrides the choice (tests)."""
+    {"auto", "tma", "pointer"}; ``config`` overrides the choice (tests); ``scales`` only for
+    2-D ``a`` and ``b`` (``scaled_matmul``)."""
     odt = _out_dtype_of(a.dtype, out_dtype)
     batch = _batch_shape(a.shape, b.shape)
     M, K, N = a.shape[-2], a.shape[-1], b.shape[-1]
@@ -671,9 +705,9 @@ def _run(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype], pat
 
     def run(cfg: mk.MatmulConfig) -> None:
         if plan.tma:
-            _launch_tma(a2, b2, c3[0], cfg, precision)
+            _launch_tma(a2, b2, c3[0], cfg, precision, scales)
         else:
-            _launch_pointer(a3, b3, c3, cfg, precision)
+            _launch_pointer(a3, b3, c3, cfg, precision, scales)
 
     cfg = choose_config(f"matmul-{plan.kind}", plan.candidates, plan.shape_key, a.device, run, (a3, b3),
                         heuristic=plan.heuristic)
@@ -780,6 +814,52 @@ def matmul(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype] = 
     accumulation; see the module docstring for dtypes, kernels and cost."""
     _validate(a, b, out_dtype)
     return torch.ops.flopscale.matmul(a, b, out_dtype)
+
+
+def scaled_matmul(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor,
+                  out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    """``(scale_a * a) @ (scale_b * b)`` for 2-D ``a [M, K]``, ``b [K, N]``, with the scales
+    applied to the fp32 accumulator, as ``torch._scaled_mm`` takes them: each scale a float32
+    tensor holding one value (per tensor) or one per row of ``a`` (``scale_a [M, 1]``) / per
+    column of ``b`` (``scale_b [1, N]``).  Meant for fp8 e4m3 (output bf16 unless
+    ``out_dtype``; B K-major, i.e. ``b = w.mT`` of a row-major ``w [N, K]``, is what the fp8
+    tensor cores read without a transpose); other supported dtypes work too.  fp8 partial sums
+    are promoted to fp32 once per K tile, so long K keeps fp32 accuracy.  Cost: ``2*M*N*K``
+    FLOP, as ``matmul``."""
+    _validate(a, b, out_dtype)
+    if a.dim() != 2 or b.dim() != 2:
+        raise ValueError(f"scaled_matmul: a and b must be 2-D, got shapes {tuple(a.shape)} and {tuple(b.shape)}")
+    M, N = a.shape[0], b.shape[1]
+    for name, t, rows in (("scale_a", scale_a, (M, 1)), ("scale_b", scale_b, (1, N))):
+        if not isinstance(t, torch.Tensor) or t.dtype != torch.float32:
+            raise TypeError(f"scaled_matmul: {name} must be a torch.float32 tensor, got "
+                            f"{t.dtype if isinstance(t, torch.Tensor) else type(t).__name__}")
+        if t.numel() != 1 and tuple(t.shape) != rows:
+            raise ValueError(f"scaled_matmul: {name} must hold one value or have shape {rows}, got {tuple(t.shape)}")
+        if t.device != a.device:
+            raise ValueError(f"scaled_matmul: {name} is on {t.device}, a on {a.device}")
+    return torch.ops.flopscale.scaled_matmul(a, b, scale_a, scale_b, out_dtype)
+
+
+@triton_op(SCALED_OP, mutates_args=())
+def _scaled_matmul_op(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor,
+                      out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:
+    scales = _Scales(scale_a.reshape(-1).contiguous(), scale_b.reshape(-1).contiguous())
+    return _run(a, b, out_dtype, scales=scales)
+
+
+@register_flop_formula(torch.ops.flopscale.scaled_matmul)
+def _scaled_matmul_flop_formula(a_shape, b_shape, *args, out_shape=None, **kwargs) -> int:
+    return matmul_flops(a_shape, b_shape)
+
+
+@register_cost(SCALED_OP)
+def scaled_matmul_cost(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, scale_b: torch.Tensor,
+                       out_dtype: Optional[torch.dtype] = None) -> Cost:
+    """As ``matmul_cost``, plus the scales read once."""
+    base = matmul_cost(a, b, out_dtype)
+    extra = (scale_a.numel() + scale_b.numel()) * 4
+    return Cost(flops=base.flops, executed_flops=base.executed_flops, bytes=base.bytes + extra, detail=base.detail)
 
 
 def matmul_reference(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:

@@ -101,6 +101,83 @@ def test_fp8_inputs_give_bf16_by_default_on_cpu_interpreter(device):
     assert rel_err(out, a.double() @ b.double()) < 1e-2
 
 
+# ---------------------------------------------------------------- scaled matmul (fp8 scales)
+def _scaled_ref(a, b, sa, sb):
+    return (a.double() * sa.double().reshape(-1, 1)) @ (b.double() * sb.double().reshape(1, -1))
+
+
+@pytest.mark.parametrize("kernel", ["pointer", "tma"])
+@pytest.mark.parametrize("rowwise", [False, True])
+@pytest.mark.parametrize("dtype", [torch.float16, torch.float8_e4m3fn])
+def test_scaled_matmul_matches_float64(kernel, rowwise, dtype, device):
+    """Per-tensor and row-wise scales as torch._scaled_mm takes them, B K-major (w.mT)."""
+    if dtype != torch.float16 and device == "cpu" and not interpreter_dot_ok(dtype):
+        pytest.skip("this Triton's interpreter cannot compute fp8 dots (GPU test below)")
+    if device == "cuda" and dtype != torch.float16 and torch.cuda.get_device_capability() < (8, 9):
+        pytest.skip("fp8 needs sm_89+")
+    M, N, K = 45, 40, 96
+    a = rand(M, K, device=device).to(dtype)
+    b = rand(N, K, device=device).to(dtype).mT  # K-major B
+    sa = (torch.rand(M, 1, device=device) + 0.5) if rowwise else torch.tensor(0.7, device=device)
+    sb = (torch.rand(1, N, device=device) + 0.5) if rowwise else torch.tensor(1.9, device=device)
+    scales = ml._Scales(sa.reshape(-1).contiguous(), sb.reshape(-1).contiguous())
+    out = ml._run(a, b, None, path=kernel, scales=scales)
+    assert out.dtype == (torch.bfloat16 if dtype == torch.float8_e4m3fn else dtype)
+    assert rel_err(out, _scaled_ref(a, b, sa, sb)) < 1e-2
+    if kernel == "pointer":  # the public op too
+        assert rel_err(kernels.matmul_layer.scaled_matmul(a, b, sa, sb), _scaled_ref(a, b, sa, sb)) < 1e-2
+
+
+def test_scaled_op_schema_and_fake_tensor_registration():
+    a, b = rand(7, 32, dtype=torch.float16), rand(32, 9, dtype=torch.float16)
+    torch.library.opcheck(torch.ops.flopscale.scaled_matmul.default, (a, b, torch.ones(7, 1), torch.ones(1), None),
+                          test_utils=("test_schema", "test_faketensor"))
+
+
+def test_scaled_matmul_with_split_k(device):
+    from dataclasses import replace
+
+    a, b = rand(20, 300, dtype=torch.float16, device=device), rand(300, 24, dtype=torch.float16, device=device)
+    sa, sb = torch.rand(20, device=device) + 0.5, torch.rand(24, device=device) + 0.5
+    out = ml._run(a, b, None, config=replace(mk.INTERPRETER_CONFIG, SPLIT_K=3), scales=ml._Scales(sa, sb))
+    assert rel_err(out, _scaled_ref(a, b, sa, sb)) < 1e-2
+
+
+@pytest.mark.parametrize("sa,sb,exc,match", [
+    (torch.ones(3, 1, dtype=torch.float16), torch.ones(1), TypeError, "float32"),
+    (torch.ones(4, 1), torch.ones(1), ValueError, r"shape \(8, 1\)"),
+    (torch.ones(8, 1), torch.ones(5, 1), ValueError, r"shape \(1, 6\)"),
+])
+def test_scaled_matmul_bad_scales_are_clear_errors(sa, sb, exc, match):
+    a, b = torch.ones(8, 16, dtype=torch.float16), torch.ones(16, 6, dtype=torch.float16)
+    with pytest.raises(exc, match=match):
+        kernels.matmul_layer.scaled_matmul(a, b, sa, sb)
+
+
+def test_scaled_matmul_is_counted_by_its_formula():
+    a, b = rand(8, 16, dtype=torch.float16), rand(16, 6, dtype=torch.float16)
+    with FlopCounterMode(display=False) as fc:
+        kernels.matmul_layer.scaled_matmul(a, b, torch.ones(1), torch.ones(1))
+    assert fc.get_total_flops() == 2 * 8 * 6 * 16
+    cost = kernels.cost_of("flopscale::scaled_matmul", a, b, torch.ones(1), torch.ones(1, 6))
+    assert cost.flops == 2 * 8 * 6 * 16 and cost.bytes == (8 * 16 + 16 * 6 + 8 * 6) * 2 + 7 * 4
+
+
+@pytest.mark.gpu
+def test_scaled_fp8_matches_torch_scaled_mm_and_keeps_precision_over_long_k():
+    if torch.cuda.get_device_capability() < (9, 0):
+        pytest.skip("needs sm_90")
+    fp8 = torch.float8_e4m3fn
+    M, N, K = 256, 384, 16384
+    a = rand(M, K, device="cuda").to(fp8)
+    b = rand(N, K, device="cuda").to(fp8).mT
+    sa, sb = torch.rand(M, 1, device="cuda") + 0.5, torch.rand(1, N, device="cuda") + 0.5
+    ref = _scaled_ref(a.float(), b.float(), sa, sb)
+    out = kernels.matmul_layer.scaled_matmul(a, b, sa, sb)
+    theirs = torch._scaled_mm(a, b, scale_a=sa, scale_b=sb, out_dtype=torch.bfloat16)
+    assert rel_err(out, ref) < 1e-2 and rel_err(out, ref) <= rel_err(theirs, ref) * 1.5
+
+
 # ---------------------------------------------------------------- the TMA kernel (under the interpreter too)
 @pytest.mark.parametrize("dtype", [torch.float32, torch.float16])
 @pytest.mark.parametrize("a_t,b_t", [(False, False), (True, False), (False, True), (True, True)])
