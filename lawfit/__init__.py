@@ -5,9 +5,10 @@ Units: N counts parameters, D training tokens, C training compute in FLOP
 (1 PF-day = 8.64e19 FLOP); losses are as given (nats/token for the published fits).
 
     from flopscale import lawfit
-    fit = lawfit.fit("runs.csv", law="chinchilla", bootstrap=1000)
-    print(fit.summary())
-    plan = lawfit.allocate(1e24, law=fit)          # or law="besiroglu2024"
+    fit = lawfit.fit("runs.csv", law="chinchilla", bootstrap=1000)   # or a data set:
+    fit = lawfit.fit("chinchilla_fig4_epoch", exclude="highest-loss:5")  # lawfit.datasets.names()
+    print(fit)
+    plan = lawfit.allocate(1e24, law=fit)          # or any name in lawfit.law_names()
     plan.N, plan.D, plan.loss, plan.ci
 """
 from flopscale._namespace import require_namespaced as _require_namespaced

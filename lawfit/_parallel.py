@@ -72,14 +72,19 @@ def free_cpus(window_s: float = 0.03) -> int:
     return max(1, min(usable, free))
 
 
-def resolve_workers(workers: "int | None") -> int:
+AUTO = "auto"
+
+
+def resolve_workers(workers: "int | None", lazy: bool = False) -> "int | str":
     """``workers`` as given, else ``$LAWFIT_WORKERS``, else the CPUs that are free now
-    (:func:`free_cpus`: on a busy machine a second process would only compete for one core)."""
+    (:func:`free_cpus`: on a busy machine a second process would only compete for one core).
+    ``lazy=True`` returns :data:`AUTO` instead of measuring; :func:`workers_now` measures it
+    when (and only if) a batch is large enough to split."""
     src = "workers"
     if workers is None:
         env = os.environ.get(ENV, "").strip()
         if not env:
-            return free_cpus()
+            return AUTO if lazy else free_cpus()
         src, workers = f"${ENV}", env
     try:
         w = int(workers)
@@ -90,6 +95,11 @@ def resolve_workers(workers: "int | None") -> int:
     if w < 1:
         raise LawfitError(f"{src} must be a positive integer, got {workers!r}")
     return w
+
+
+def workers_now(workers: "int | str") -> int:
+    """A worker count from :func:`resolve_workers` (``AUTO`` measured now)."""
+    return free_cpus() if workers == AUTO else int(workers)
 
 
 def can_fork() -> bool:

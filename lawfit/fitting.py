@@ -31,7 +31,7 @@ import pandas as pd
 from ._data import load_runs
 from ._errors import LawfitError
 from ._optim import BAD_START, STATUS_TEXT, BatchResult, Conditioned, Objective, _duplicates, batched_lbfgs, polish
-from ._parallel import can_fork, resolve_workers, run_blocks
+from ._parallel import can_fork, resolve_workers, run_blocks, workers_now
 from .allocation_laws import from_isoflop
 from .isoflop import FORMAT as ISOFLOP_FORMAT
 from .laws import Chinchilla, Law, get_law, law_from_spec
@@ -434,7 +434,7 @@ def _fit(table, law, columns, delta, starts, bootstrap, seed, ci_level, n_polish
     logy = np.log(df["loss"].to_numpy(dtype=float))
     rng = np.random.default_rng(seed)
     theta0, start_desc = _make_starts(base, x, logy, starts, rng)
-    n_workers = resolve_workers(workers)
+    n_workers = resolve_workers(workers, lazy=True)     # CPUs measured only if a batch is split
     obj = Objective(base, x, logy, delta).conditioned()
     res = _multistart(obj, theta0, n_workers)
     finite = np.isfinite(res.f)
@@ -578,7 +578,7 @@ def _multistart(obj: "Objective | Conditioned", theta0: np.ndarray, workers: int
     return res
 
 
-def _run_split(run, z0: np.ndarray, workers: int, unit: int = 1) -> BatchResult:
+def _run_split(run, z0: np.ndarray, workers: "int | str", unit: int = 1) -> BatchResult:
     """``run(Z, rows, labels)`` on all starts ``z0``; from ``SPLIT_MIN`` starts on, as two blocks
     (halves, cut at a multiple of ``unit`` starts) run in parallel processes, or together in one
     call with block labels when only one CPU is usable."""
@@ -587,6 +587,7 @@ def _run_split(run, z0: np.ndarray, workers: int, unit: int = 1) -> BatchResult:
         return run(z0, np.arange(S), None)
     cut = (S // unit // 2) * unit
     labels = (np.arange(S) >= cut).astype(np.int64)
+    workers = workers_now(workers)
     if workers < 2 or not can_fork():
         return run(z0, np.arange(S), labels)
     index = [np.arange(cut), np.arange(cut, S)]

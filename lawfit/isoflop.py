@@ -158,7 +158,8 @@ def isoflop(table: Any, columns: "str | Mapping[str, str] | None" = None, *, bin
     ``bins``: ``"auto"`` (exact C values when they repeat, else clusters of log10 C split at gaps
     wider than 0.05 decades), ``"exact"``, or a gap width in decades.  Budgets with fewer than
     ``min_runs`` runs, or whose parabola has no minimum inside the sampled N range, are skipped
-    with a :class:`LawfitWarning`.
+    with a :class:`LawfitWarning`.  ``exclude`` leaves runs out as in :func:`lawfit.fit`
+    (``"highest-loss:K"`` or ``"COLUMN OP NUMBER"``).  ``table`` may name a shipped data set.
     """
     df, notes = load_runs(table, ["N", "C", "D"], columns, min_rows=3, exclude=exclude)
     N = df["N"].to_numpy(float)

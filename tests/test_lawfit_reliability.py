@@ -260,3 +260,32 @@ def test_csv_reader_exits_0_with_finite_numbers_or_2_with_one_line(tmp_path_fact
     else:
         assert rc == 2, err.getvalue()
         assert len(lines) == 1 and "Traceback" not in err.getvalue(), err.getvalue()
+
+
+def test_worker_count_follows_the_cpus_that_are_idle(monkeypatch):
+    """Issue 14 part 5: on a machine whose other core is busy, fit's default is one process."""
+    from flopscale.lawfit import _parallel
+
+    samples = iter([{0: (0, 0), 1: (0, 0)}, {0: (95, 100), 1: (2, 100)}])   # cpu1 busy over the window
+    monkeypatch.setattr(_parallel, "_cpu_times", lambda: next(samples))
+    monkeypatch.setattr(_parallel.os, "sched_getaffinity", lambda pid: {0, 1})
+    monkeypatch.delenv(_parallel.ENV, raising=False)
+    assert _parallel.resolve_workers(None) == 1
+    samples = iter([{0: (0, 0), 1: (0, 0)}, {0: (95, 100), 1: (90, 100)}])
+    monkeypatch.setattr(_parallel, "_cpu_times", lambda: next(samples))
+    assert _parallel.free_cpus() == 2
+    assert _parallel.resolve_workers(None, lazy=True) == _parallel.AUTO
+
+
+def test_blas_is_pinned_to_one_thread_during_a_fit(monkeypatch):
+    threadpoolctl = pytest.importorskip("threadpoolctl")
+    seen = []
+    real = fitting._fit
+
+    def spy(*a, **k):
+        seen.append([i["num_threads"] for i in threadpoolctl.threadpool_info() if i.get("user_api") == "blas"])
+        return real(*a, **k)
+
+    monkeypatch.setattr(fitting, "_fit", spy)
+    lawfit.fit(_runs(40), starts=20)
+    assert seen and all(n == 1 for n in seen[0])
