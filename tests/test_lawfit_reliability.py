@@ -287,5 +287,7 @@ def test_blas_is_pinned_to_one_thread_during_a_fit(monkeypatch):
         return real(*a, **k)
 
     monkeypatch.setattr(fitting, "_fit", spy)
+    if not any(i.get("user_api") == "blas" for i in threadpoolctl.threadpool_info()):
+        pytest.skip("no BLAS library threadpoolctl can see")
     lawfit.fit(_runs(40), starts=20)
-    assert seen and all(n == 1 for n in seen[0])
+    assert seen and seen[0] and all(n == 1 for n in seen[0])
