@@ -30,7 +30,7 @@ REPRESENTATIVE = (
     "matmul[bf16] BM128_BN128_BK64_G8_w4_s4_sk4",  # pointer split-K (torch.compile path)
     "matmul_tma[bf16] BM128_BN128_BK64_G8_w4_s4_ws",  # warp specialization, must take effect
     "matmul_tma[bf16] BM128_BN256_BK64_G8_w8_s4_sub",  # half-tile epilogue, 4 stages
-    "matmul_tma[fp8] BM128_BN256",
+    "matmul_tma[fp8] BM128_BN128_BK128_G8_w8_s4_sk4",  # fp8: row-wise scales, promoted accumulation, split-K
     "blocksparse_sdd[bf16,b16]",  # grouped, transposed small-block path
     "blocksparse_dsd[bf16,b16]",  # SWAP path
     "blocksparse_dds^T[bf16,b16]",
