@@ -425,6 +425,7 @@ def _allocate_arrays(src: _Source, C: np.ndarray, fpt: FlopsPerToken | None, max
     Nb = _constrained_N(C, max_tokens, fpt, N.shape)
     Db = np.full(N.shape, float(max_tokens))
     Lb = None if L is None else _loss(src.law, p, Nb, Db)
+    _check_result(C, Nb, Db, Lb, src.label + f" with D capped at {max_tokens:.3g} tokens")
     out = []
     for m, a in enumerate(free):
         if not over[m]:
@@ -454,6 +455,7 @@ def _repeated(src: _Source, p, C: np.ndarray, fpt, U: float, free: list[Allocati
     Nc = _constrained_N(C, U, fpt, N.shape)
     Lcap = _loss(src.law, p, Nc, np.full(N.shape, U))
     Ne, De = rep.effective({k: v[:, None] for k, v in p.items()}, N, D)
+    _check_result(C, N, D, L, src.label + f" with {U:.3g} unique tokens")
     out = []
     for m, a in enumerate(free):
         if a.D <= U:
@@ -566,6 +568,8 @@ def allocate(compute: Any, law: Any = "besiroglu2024", flops_per_token: FlopsPer
     C = _budgets(compute)
     if max_tokens is not None:
         max_tokens = float(_budgets(max_tokens, "max_tokens")[0])
+        if max_tokens < 1.0:
+            raise LawfitError(f"max_tokens must be at least 1 token, got {max_tokens!r}")
     if inference_tokens is not None:
         inference_tokens = float(_budgets(inference_tokens, "inference_tokens")[0])
         if max_tokens is not None:
@@ -589,9 +593,14 @@ def optimal_for_params(N: Any, law: Any = "besiroglu2024", flops_per_token: Flop
     (``.compute``, ``.D``, ``.loss``; ``.ci`` holds ``"compute"`` too for bootstrapped fits)."""
     scalar = np.ndim(N) == 0
     Ns = _budgets(N, "N")
+    if np.any(Ns < 1.0):
+        raise LawfitError(f"N must be at least 1 parameter, got {N!r}")
     src = _resolve(law)
     if src.alloc is not None:
-        Cs, Ds = src.alloc.inverse(Ns)
+        with np.errstate(all="ignore"):
+            Cs, Ds = src.alloc.inverse(Ns)
+        if not (np.all(np.isfinite(Cs)) and np.all(np.isfinite(Ds))):
+            raise LawfitError(f"N = {N!r} parameters is outside what {src.label} can answer: the budget overflows")
         out = [Allocation(compute=float(c), N=float(n), D=float(d), loss=None, law=src.label,
                           method=f"allocation law {src.alloc.formula}, inverted", n_counts=src.n_counts,
                           citation=src.citation) for c, n, d in zip(Cs, Ns, Ds)]
@@ -632,6 +641,11 @@ def optimal_for_params(N: Any, law: Any = "besiroglu2024", flops_per_token: Flop
         Dm = Cm / _call_fpt(f, Nm)
         method = "numerical inverse of the compute-optimal N(C)"
     Lm = _loss(src.law, p, Nm, Dm)
+    bad = ~(np.isfinite(Cm[0]) & np.isfinite(Dm[0]) & np.isfinite(Lm[0]))
+    if bad.any():
+        m = int(np.flatnonzero(bad)[0])
+        raise LawfitError(f"N = {Ns[m]:.4g} parameters is outside what {src.label} can answer: the budget, tokens "
+                          "or loss overflow")
     lvl = src.ci_level
     out = []
     for m in range(len(Ns)):

@@ -291,3 +291,12 @@ def test_blas_is_pinned_to_one_thread_during_a_fit(monkeypatch):
         pytest.skip("no BLAS library threadpoolctl can see")
     lawfit.fit(_runs(40), starts=20)
     assert seen and seen[0] and all(n == 1 for n in seen[0])
+
+
+def test_extreme_sizes_and_token_caps_are_refused_not_overflowed(capsys):
+    for argv in (["allocate", "--params=4.9e156", "--json"], ["allocate", "--params=1.3e-183", "--json"],
+                 ["allocate", "--compute=1e18", "--max-tokens=1.7e-187", "--json"]):
+        assert main(argv) == 2, argv
+        assert capsys.readouterr().out == ""
+    with pytest.raises(lawfit.LawfitError, match="outside"):
+        lawfit.optimal_for_params(4.9e156)
