@@ -12,6 +12,7 @@ from torch.utils.flop_counter import FlopCounterMode
 from flopscale import kernels
 from flopscale.kernels import matmul_kernels as mk
 from flopscale.kernels import matmul_layer as ml
+from flopscale.kernels import matmul_tuning as mt
 from flopscale.kernels._runtime import interpreter_dot_ok, interpreter_on
 
 HAS_CUDA = torch.cuda.is_available()
@@ -537,21 +538,21 @@ def test_a_dtype_the_interpreter_gets_wrong_is_refused(monkeypatch):
 # ---------------------------------------------------------------- configuration cache
 def test_config_cache_round_trips_atomically(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOPSCALE_CACHE_DIR", str(tmp_path / "cache"))
-    cache = ml.ConfigCache("test-configs.json")
+    cache = mt.ConfigCache("test-configs.json")
     assert cache.get("k") is None
     cache.put("k", "BM128_BN256_BK64_G8_w8_s3")
     path = tmp_path / "cache" / "test-configs.json"
     assert json.loads(path.read_text()) == {"k": "BM128_BN256_BK64_G8_w8_s3"}
     assert sorted(p.name for p in path.parent.iterdir()) == ["test-configs.json", "test-configs.json.lock"]  # no temporary left
-    fresh = ml.ConfigCache("test-configs.json")  # a new process reads it back
+    fresh = mt.ConfigCache("test-configs.json")  # a new process reads it back
     assert fresh.get("k") == "BM128_BN256_BK64_G8_w8_s3"
     path.write_text("{not json")
-    assert ml.ConfigCache("test-configs.json").get("k") is None  # corrupt file is ignored
+    assert mt.ConfigCache("test-configs.json").get("k") is None  # corrupt file is ignored
 
 
 def _put_many(cache_dir: str, worker: int, n: int) -> None:
     os.environ["FLOPSCALE_CACHE_DIR"] = cache_dir
-    cache = ml.ConfigCache("race.json")
+    cache = mt.ConfigCache("race.json")
     for i in range(n):
         cache.put(f"w{worker}-k{i}", f"cfg{i}")
 
@@ -576,7 +577,7 @@ def test_config_cache_file_follows_the_umask(tmp_path, monkeypatch):
     monkeypatch.setenv("FLOPSCALE_CACHE_DIR", str(tmp_path))
     old = os.umask(0o022)
     try:
-        ml.ConfigCache("mode.json").put("k", "v")
+        mt.ConfigCache("mode.json").put("k", "v")
     finally:
         os.umask(old)
     assert (tmp_path / "mode.json").stat().st_mode & 0o777 == 0o644
@@ -587,9 +588,9 @@ def test_tuning_picks_the_fastest_config_once_and_remembers_it(tmp_path, monkeyp
     import triton.testing
 
     monkeypatch.setenv("FLOPSCALE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(ml, "_CONFIG_CACHE", ml.ConfigCache("matmul-configs.json"))
-    monkeypatch.setattr(ml, "_device_tag", lambda dev: "Stub GPU|sm90|tritonX")
-    monkeypatch.setattr(ml, "_tuning_allowed", lambda *t: True)
+    monkeypatch.setattr(mt, "_CONFIG_CACHE", mt.ConfigCache("matmul-configs.json"))
+    monkeypatch.setattr(mt, "_device_tag", lambda dev: "Stub GPU|sm90|tritonX")
+    monkeypatch.setattr(mt, "_tuning_allowed", lambda *t: True)
     cfgs = mk.HOPPER_CONFIGS["16"][:3]
     speed = {cfgs[0].name: 3.0, cfgs[1].name: 1.0, cfgs[2].name: 2.0}  # ms
     ran = []
@@ -601,29 +602,29 @@ def test_tuning_picks_the_fastest_config_once_and_remembers_it(tmp_path, monkeyp
     monkeypatch.setattr(triton.testing, "do_bench", fake_bench)
     run = lambda cfg: ran.append(cfg.name)  # noqa: E731
     cuda = torch.device("cuda")
-    got = ml.choose_config("matmul-tma", cfgs, "k1", cuda, run, ())
+    got = mt.choose_config("matmul-tma", cfgs, "k1", cuda, run, ())
     assert got == cfgs[1] and sorted(ran) == sorted(speed)
     saved = json.loads((tmp_path / "matmul-configs.json").read_text())
     assert saved == {"Stub GPU|sm90|tritonX|matmul-tma|k1": cfgs[1].name}
     # a new process (fresh cache object) reuses the choice without benchmarking
-    monkeypatch.setattr(ml, "_CONFIG_CACHE", ml.ConfigCache("matmul-configs.json"))
+    monkeypatch.setattr(mt, "_CONFIG_CACHE", mt.ConfigCache("matmul-configs.json"))
     ran.clear()
-    assert ml.choose_config("matmul-tma", cfgs, "k1", cuda, run, ()) == cfgs[1] and ran == []
+    assert mt.choose_config("matmul-tma", cfgs, "k1", cuda, run, ()) == cfgs[1] and ran == []
     # tuning off: the heuristic picks, nothing is benchmarked or written
-    monkeypatch.setattr(ml, "_tuning_allowed", lambda *t: False)
-    assert ml.choose_config("matmul-tma", cfgs, "k2", cuda, run, (), heuristic=lambda c: c[2]) == cfgs[2]
+    monkeypatch.setattr(mt, "_tuning_allowed", lambda *t: False)
+    assert mt.choose_config("matmul-tma", cfgs, "k2", cuda, run, (), heuristic=lambda c: c[2]) == cfgs[2]
     assert ran == [] and len(json.loads((tmp_path / "matmul-configs.json").read_text())) == 1
 
 
 def test_tuning_is_off_when_asked_and_for_cpu_tensors(monkeypatch):
     monkeypatch.setenv("FLOPSCALE_AUTOTUNE", "0")
-    assert ml._tuning_allowed(torch.ones(1)) is False
+    assert mt._tuning_allowed(torch.ones(1)) is False
     monkeypatch.setenv("FLOPSCALE_AUTOTUNE", "1")
-    assert ml._tuning_allowed(torch.ones(1)) is False  # not a CUDA tensor
+    assert mt._tuning_allowed(torch.ones(1)) is False  # not a CUDA tensor
 
 
 def test_shape_buckets():
-    assert [ml._bucket(x) for x in (1, 16, 17, 1000, 1024, 1025)] == [16, 16, 32, 1024, 1024, 2048]
+    assert [mt._bucket(x) for x in (1, 16, 17, 1000, 1024, 1025)] == [16, 16, 32, 1024, 1024, 2048]
 
 
 def test_shipped_configs_are_well_formed():
@@ -670,7 +671,7 @@ def test_hopper_takes_the_tma_kernel_and_remembers_the_config(tmp_path, monkeypa
     if torch.cuda.get_device_capability()[0] < 9 or not mk.HAS_TMA:
         pytest.skip("needs sm_90+ and a Triton with tensor descriptors")
     monkeypatch.setenv("FLOPSCALE_CACHE_DIR", str(tmp_path))
-    monkeypatch.setattr(ml, "_CONFIG_CACHE", ml.ConfigCache("matmul-configs.json"))
+    monkeypatch.setattr(mt, "_CONFIG_CACHE", mt.ConfigCache("matmul-configs.json"))
     launched = []
     real = ml._launch_tma
     monkeypatch.setattr(ml, "_launch_tma", lambda *args: launched.append(args[3].name) or real(*args))
