@@ -445,13 +445,14 @@ _FWD_TILES = {  # block_d -> (block_m, block_n, num_warps, num_stages)
     64: (128, 128, 8, 3),  # 170 registers on sm_90 (128 x 64 x 4 warps: 232)
     # 128 x 128 x 8 warps reaches 252-254 registers (no spill, but within 8 of the limit): 64 keys
     128: (128, 64, 8, 3),
-    256: (128, 32, 8, 2),
+    256: (128, 32, 8, 1),  # 2 stages: 248 registers since the scale moved into the exp2 FMA
 }
 # 16-bit inputs read through TMA (sm_90, aligned strides): the descriptors keep the address
 # arithmetic out of the registers (D=128: 188 registers at 128 x 128 instead of 254), so the
 # key tile doubles where the pointer path cannot
 _FWD_TILES_TMA = {
-    128: (128, 128, 8, 3),
+    128: (128, 128, 8, 3),  # stages fitted to 2 by shared memory
+    256: (128, 64, 8, 2),  # 203-206 registers, 197 kB of shared memory
 }
 _BWD_TILES = {  # block_d -> (block_n keys/program, block_m queries/step, num_warps, num_stages)
     16: (128, 64, 8, 2),
