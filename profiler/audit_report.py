@@ -1,57 +1,15 @@
-"""Text rendering of audit results (:class:`profiler.audit.AuditResult`), and the number
-formats it uses (shared with ``flopscale plan`` through :mod:`profiler.commands.audit`).
+"""Text rendering of audit results (:class:`profiler.audit.AuditResult`); number formats
+come from :mod:`profiler.textfmt`.
 
 Counts in FLOP, rates in FLOP/s with SI prefixes, times in us/ms/s.
 """
 from __future__ import annotations
 
-import math
 from typing import Any
 
+from .textfmt import fmt_count, fmt_rate, fmt_signed, fmt_time, table
+
 __all__ = ["fmt_count", "fmt_rate", "fmt_time", "fmt_signed", "table", "render", "render_sweep"]
-
-
-def fmt_count(x: float | None, unit: str = "") -> str:
-    """Engineering notation with 4 significant digits: 1.234e+18 FLOP."""
-    if x is None or (isinstance(x, float) and not math.isfinite(x)):
-        return "n/a"
-    s = f"{x:,.0f}" if abs(x) < 1e6 and float(x).is_integer() else f"{x:.4g}"
-    return f"{s} {unit}".rstrip()
-
-
-def fmt_rate(x: float | None, unit: str = "FLOP/s") -> str:
-    if not x:
-        return "n/a"
-    for scale, prefix in ((1e15, "P"), (1e12, "T"), (1e9, "G"), (1e6, "M"), (1e3, "k")):
-        if abs(x) >= scale:
-            return f"{x / scale:.3g} {prefix}{unit}"
-    return f"{x:.3g} {unit}"
-
-
-def fmt_time(s: float | None) -> str:
-    if s is None:
-        return "n/a"
-    if s < 1e-3:
-        return f"{s * 1e6:.1f} us"
-    if s < 1:
-        return f"{s * 1e3:.2f} ms"
-    return f"{s:.3g} s"
-
-
-def fmt_signed(x: float) -> str:
-    return f"{x:+.3g}"
-
-
-def table(rows: list[list[str]], header: list[str], right: set[int] | None = None) -> str:
-    right = right if right is not None else set(range(1, len(header)))
-    widths = [max(len(str(r[i])) for r in [header, *rows]) for i in range(len(header))]
-    lines = []
-    for k, r in enumerate([header, *rows]):
-        cells = [str(c).rjust(widths[i]) if i in right else str(c).ljust(widths[i]) for i, c in enumerate(r)]
-        lines.append("  " + "  ".join(cells).rstrip())
-        if k == 0:
-            lines.append("  " + "  ".join("-" * w for w in widths))
-    return "\n".join(lines)
 
 
 def render_sweep(rows: dict[str, list[dict[str, Any]]], plot: str | None) -> str:

@@ -7,7 +7,7 @@ from __future__ import annotations
 
 import math
 
-__all__ = ["fmt_count", "fmt_rate", "fmt_time", "fmt_bytes", "table"]
+__all__ = ["fmt_count", "fmt_rate", "fmt_time", "fmt_signed", "fmt_bytes", "table"]
 
 
 def fmt_count(x: float | None, unit: str = "") -> str:
@@ -35,6 +35,10 @@ def fmt_time(s: float | None) -> str:
     if s < 1:
         return f"{s * 1e3:.2f} ms"
     return f"{s:.3g} s"
+
+
+def fmt_signed(x: float) -> str:
+    return f"{x:+.3g}"
 
 
 def fmt_bytes(n: float | None) -> str:

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 from typing import Any
 
-from ..audit_report import fmt_count, fmt_rate, fmt_signed, fmt_time, render_sweep, table  # noqa: F401 (re-exported)
+from ..audit_report import render_sweep
 from ._common import UserError, check_output_path, print_json, save_png
 
 NAME = "audit"
