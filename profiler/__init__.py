@@ -25,6 +25,10 @@ _LAZY = {
     "roofline": ("roofline", None),
     "telemetry": ("telemetry", None),
     "collectives": ("collectives", None),
+    "profile_kernels": ("profile_run", "profile_kernels"),
+    "ProfileOptions": ("profile_run", "ProfileOptions"),
+    "make_plan": ("planner", "make_plan"),
+    "PlanResult": ("planner", "PlanResult"),
 }
 
 
