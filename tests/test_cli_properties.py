@@ -5,10 +5,11 @@ exit 1, never NaN or infinity presented as a result.
 The commands run in-process through ``flopscale.profiler.cli.main``.  Commands that would
 measure the machine are given tiny sizes (``profile --provider torch`` on shapes of at most
 48) or asked to plan a stated budget (``plan --gpus``), so no example takes long.
-Failures found in commands owned elsewhere are the explicit ``xfail`` cases at the end.
+Defects the properties found are kept as explicit cases at the end.
 """
 from __future__ import annotations
 
+import contextlib
 import json
 import math
 
@@ -63,7 +64,8 @@ def finite(x) -> bool:
 def check(capsys, argv: list[str], results) -> dict | None:
     """Exit 0 with ``results(json)`` all finite numbers, or exit 2 with one line; else fail."""
     rc, out, err = run(capsys, argv)
-    hypothesis.event(f"exit {rc}")
+    with contextlib.suppress(hypothesis.errors.InvalidArgument):  # outside @given there is no run to tag
+        hypothesis.event(f"exit {rc}")
     if rc == 0:
         data = json.loads(out)
         bad = {k: v for k, v in results(data).items() if not finite(v)}
@@ -97,7 +99,7 @@ def test_allocate_compute(capsys, compute, law):
 
 
 @settings(max_examples=25, **SETTINGS)
-@given(params=number_text(1e6, 1e13, max_float=1e60), max_tokens=st.one_of(st.none(), number_text(1e8, 1e14, max_float=1e60)))
+@given(params=number_text(1e6, 1e13), max_tokens=st.one_of(st.none(), number_text(1e8, 1e14)))
 def test_allocate_params_and_max_tokens(capsys, params, max_tokens):
     argv = ["allocate", f"--params={params}", "--json"]
     if max_tokens is not None:
@@ -106,7 +108,7 @@ def test_allocate_params_and_max_tokens(capsys, params, max_tokens):
 
 
 @settings(max_examples=15, **SETTINGS)
-@given(compute=number_text(1e18, 1e26), max_tokens=number_text(1e8, 1e14, max_float=1e60))
+@given(compute=number_text(1e18, 1e26), max_tokens=number_text(1e8, 1e14))
 def test_allocate_compute_with_max_tokens(capsys, compute, max_tokens):
     check(capsys, ["allocate", f"--compute={compute}", f"--max-tokens={max_tokens}", "--json"], allocate_results)
 
@@ -165,19 +167,13 @@ def test_profile_matmul_shape_and_time_budget(capsys, cache, dims, sep, budget):
 
 
 # ------------------------------------------------------------------ known failures elsewhere
-# Each is a reproduction of a defect in a command owned elsewhere; they pass once it is fixed.
+# Reproductions of defects the properties once found.
 
 KNOWN = [
-    pytest.param(["allocate", "--params=4.943667266090817e+156", "--json"], id="allocate-params-1e156",
-                 marks=pytest.mark.xfail(strict=False, reason="allocate --params: D overflows to inf and is "
-                                                              "printed as null with exit 0")),
-    pytest.param(["allocate", "--compute=1e18", "--max-tokens=1.7488378436157915e-187", "--json"],
-                 id="allocate-max-tokens-1e-187",
-                 marks=pytest.mark.xfail(strict=False, reason="allocate --max-tokens tiny: the capped loss "
-                                                              "overflows to inf and is printed as null with exit 0")),
-    pytest.param(["allocate", "--params=1.2689961854668867e-183", "--json"], id="allocate-params-1e-183",
-                 marks=pytest.mark.xfail(strict=False, reason="allocate --params: the predicted loss overflows "
-                                                              "to inf and is printed as null with exit 0")),
+    # each once exited 0 with null in place of a number; now refused with one line
+    ["allocate", "--params=4.943667266090817e+156", "--json"],
+    ["allocate", "--compute=1e18", "--max-tokens=1.7488378436157915e-187", "--json"],
+    ["allocate", "--params=1.2689961854668867e-183", "--json"],
 ]
 
 

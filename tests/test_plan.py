@@ -231,10 +231,7 @@ def test_cli_fit_with_bootstrap_gives_intervals(capsys, tmp_path):
     from flopscale import lawfit
     import pandas as pd
 
-    data = Path(__file__).resolve().parents[2] / "shared" / "data" / "chinchilla_fig4_epoch.csv"
-    if not data.exists():
-        pytest.skip(f"data file not found: {data}")
-    df = pd.read_csv(data).rename(columns={"Model Size": "N", "Training FLOP": "C"})
+    df = lawfit.datasets.load("chinchilla_fig4_epoch").rename(columns={"Model Size": "N", "Training FLOP": "C"})
     df["D"] = df["C"] / (6 * df["N"])
     df = df.sort_values("loss").iloc[:-5]
     fit = lawfit.fit(df[["N", "D", "loss"]], law="chinchilla", bootstrap=12, starts=20, seed=1)
