@@ -53,7 +53,7 @@ __all__ = ["bs_fwd_config", "bs_bwd_config", "inspect_specs", "SHIPPED"]
 
 @triton.jit
 def _bsattn_fwd_kernel(
-    Q, K, V, O, LSE, ROW_PTR, ROW_MID, COL_IDX,
+    Q, K, V, O, LSE, ROW_PTR, ROW_MID, ROW_ORDER, COL_IDX,
     s_qb, s_qh, s_qm, s_qd,
     s_kb, s_kh, s_kn, s_kd,
     s_vb, s_vh, s_vn, s_vd,
@@ -64,23 +64,26 @@ def _bsattn_fwd_kernel(
 ):
     """Grid ``(R * BLOCK // BLOCK_M, B*H)``: ``BLOCK_M`` query rows of block-row ``r`` of head
     ``h`` visit the key blocks listed in ``COL_IDX[ROW_PTR[g] : ROW_PTR[g+1]]``,
-    ``g = (h % LH) * R + r``; entries from ``ROW_MID[g]`` on are partial (masked)."""
+    ``g = (h % LH) * R + r``; entries from ``ROW_MID[g]`` on are partial (masked).  Program
+    ``p`` takes block-row ``r = ROW_ORDER[(h % LH) * R + p // (BLOCK // BLOCK_M)]``: the rows
+    with the most blocks first (a shorter tail when the grid drains)."""
     SUB_M: tl.constexpr = BLOCK // BLOCK_M
     pid_m = tl.program_id(0)
-    r = pid_m // SUB_M
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     hk = (h // GROUP).to(tl.int64)
+    r = tl.load(ROW_ORDER + (h % LH) * R + pid_m // SUB_M)
     g = (h % LH) * R + r
     h = h.to(tl.int64)
     start = tl.load(ROW_PTR + g)
     end = tl.load(ROW_PTR + g + 1)
     mid = tl.load(ROW_MID + g)
 
-    row0 = tl.cast(pid_m * BLOCK_M, tl.int64)
+    start_m = r * BLOCK + (pid_m % SUB_M) * BLOCK_M
+    row0 = tl.cast(start_m, tl.int64)
     rows = tl.arange(0, BLOCK_M)
-    offs_m = pid_m * BLOCK_M + rows
+    offs_m = start_m + rows
     offs_n = tl.arange(0, BLOCK_N)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = _dim_mask(offs_d, HEAD_DIM, BLOCK_D)
@@ -111,7 +114,7 @@ def _bsattn_fwd_kernel(
 
 @triton.jit
 def _bsattn_bwd_kernel(
-    Q, K, V, DO, DQ, DK, DV, LSE, DELTA, COL_PTR, ROW_IDX,
+    Q, K, V, DO, DQ, DK, DV, LSE, DELTA, COL_PTR, ROW_IDX, COL_ORDER,
     s_qb, s_qh, s_qm, s_qd,
     s_kb, s_kh, s_kn, s_kd,
     s_vb, s_vh, s_vn, s_vd,
@@ -126,18 +129,20 @@ def _bsattn_bwd_kernel(
     """Grid ``(C * BLOCK // BLOCK_N, B*H_kv)``: ``BLOCK_N`` keys of key block ``c`` of one
     key/value head; for each query head sharing it, the query blocks listed in
     ``ROW_IDX[COL_PTR[g] : COL_PTR[g+1]]``, ``g = (h % LH) * C + c``.  dK, dV in registers;
-    dQ by float32 atomic adds."""
+    dQ by float32 atomic adds.  Program ``p`` takes key block ``c = COL_ORDER[p // (BLOCK //
+    BLOCK_N)]``: the columns with the most blocks (over all heads) first."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     SUB: tl.constexpr = BLOCK // BLOCK_N
     SUB_M: tl.constexpr = BLOCK // BLOCK_M
-    c = pid_n // SUB
+    c = tl.load(COL_ORDER + pid_n // SUB)
+    start_n = c * BLOCK + (pid_n % SUB) * BLOCK_N
     b = (pid_bh // H_kv).to(tl.int64)
     hk = pid_bh % H_kv
     hk64 = hk.to(tl.int64)
-    col0 = tl.cast(pid_n * BLOCK_N, tl.int64)
+    col0 = tl.cast(start_n, tl.int64)
     cols = tl.arange(0, BLOCK_N)
-    offs_n = pid_n * BLOCK_N + cols
+    offs_n = start_n + cols
     offs_m = tl.arange(0, BLOCK_M)
     offs_d = tl.arange(0, BLOCK_D)
     d_mask = _dim_mask(offs_d, HEAD_DIM, BLOCK_D)
@@ -163,7 +168,7 @@ def _bsattn_bwd_kernel(
             start_m = r * BLOCK + (i % SUB_M) * BLOCK_M
             dk, dv = _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs, do_offs,
                                dq_offs, lse_ptrs, delta_ptrs, start_m, offs_m, offs_n, d_mask, S_q,
-                               qk_scale, sm_scale, diag, pid_n * BLOCK_N + BLOCK_N - 1 - diag, CAUSAL,
+                               qk_scale, sm_scale, diag, start_n + BLOCK_N - 1 - diag, CAUSAL,
                                DOT_PRECISION)
 
     _bwd_store(dk, dv, DK, DV, s_dkn, s_dkd, s_dvn, s_dvd, b * s_dkb + hk64 * s_dkh, b * s_dvb + hk64 * s_dvh,
@@ -230,7 +235,7 @@ def inspect_specs(capability: int = 90) -> list:
         sig, consts, aligned = _spec_signature(
             _bsattn_fwd_kernel,
             {"Q": dt, "K": dt, "V": dt, "O": dt, "LSE": "*fp32", "ROW_PTR": "*i32", "ROW_MID": "*i32",
-             "COL_IDX": "*i32"},
+             "ROW_ORDER": "*i32", "COL_IDX": "*i32"},
             ("qk_scale",), consts)
         specs.append(KernelSpec(
             kernel="blocksparse_attention_fwd[bf16]", config=f"block{blk}_D{d}_{cfg.label()}",
@@ -242,7 +247,7 @@ def inspect_specs(capability: int = 90) -> list:
         sig, consts, aligned = _spec_signature(
             _bsattn_bwd_kernel,
             {"Q": dt, "K": dt, "V": dt, "DO": dt, "DQ": "*fp32", "DK": dt, "DV": dt, "LSE": "*fp32",
-             "DELTA": "*fp32", "COL_PTR": "*i32", "ROW_IDX": "*i32"},
+             "DELTA": "*fp32", "COL_PTR": "*i32", "ROW_IDX": "*i32", "COL_ORDER": "*i32"},
             ("sm_scale", "qk_scale"), consts)
         specs.append(KernelSpec(
             kernel="blocksparse_attention_bwd[bf16]", config=f"block{blk}_D{d}_{cfg.label()}",

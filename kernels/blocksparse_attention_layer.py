@@ -21,16 +21,19 @@
 
 Custom ops (namespace ``flopscale``):
 
-* ``flopscale::blocksparse_attention_fwd(q, k, v, row_ptr, row_mid, col_idx, col_ptr, row_idx,
-  block, causal, sm_scale, pairs, computed_pairs, kv_rows, bottom_right=False) -> (o, lse)``:
+* ``flopscale::blocksparse_attention_fwd(q, k, v, row_ptr, row_mid, row_order, col_idx, col_ptr,
+  row_idx, col_order, block, causal, sm_scale, pairs, computed_pairs, kv_rows, bottom_right=False)
+  -> (o, lse)``:
   the index tensors are the block-CSR (used by the forward) and block-CSC (used by the
   backward) of the *effective* layout (causal: blocks without a visible pair removed);
-  ``row_mid[g]`` is where the partial entries of CSR row ``g`` start; the three ints describe
+  ``row_mid[g]`` is where the partial entries of CSR row ``g`` start; ``row_order`` (per layout
+  head) and ``col_order`` list the block-rows and block-columns by falling block count, the
+  order in which programs take them (heavy rows first); the three ints describe
   it for the cost model, per batch element, summed over query heads: ``pairs`` unmasked
   (query, key) pairs, ``computed_pairs`` scores computed (every in-bounds element of every
   visited block), ``kv_rows`` key rows read (over key/value heads).
-* ``flopscale::blocksparse_attention_bwd(do, q, k, v, o, lse, dlse, col_ptr, row_idx, block,
-  causal, sm_scale, pairs, computed_pairs, kv_rows, bottom_right=False) -> (dq, dk, dv)``.
+* ``flopscale::blocksparse_attention_bwd(do, q, k, v, o, lse, dlse, col_ptr, row_idx, col_order,
+  block, causal, sm_scale, pairs, computed_pairs, kv_rows, bottom_right=False) -> (dq, dk, dv)``.
 
 Costs follow :mod:`kernels.attention_layer`: model FLOPs ``4*B*D*pairs`` forward and
 ``8*B*D*pairs`` backward (FlopCounterMode reports the same), executed FLOPs count every score of
@@ -95,6 +98,8 @@ class LayoutPlan(NamedTuple):
     kv_rows: int  # key rows read, summed over the H_kv key/value heads
     row_mid: torch.Tensor  # int32 [LH*R]: CSR index where each row's partial (masked) entries start
     diag: int  # causal diagonal offset (query i sees keys j <= i + diag); 0 when not causal
+    row_order: torch.Tensor  # int32 [LH*R]: per layout head, block-rows by falling block count
+    col_order: torch.Tensor  # int32 [C]: block-columns by falling block count (over all heads)
 
 
 def check_layout(layout, H: int, S_q: int, S_k: int, op: str) -> None:
@@ -155,6 +160,9 @@ def _plan_cached(layout: BlockLayout, causal: Optional[str], H: int, H_kv: int, 
     n_partial = (mask & partial).sum(dim=2).reshape(-1)  # [LH*R]
     row_ptr, _ = eff.csr("cpu")
     row_mid = (row_ptr[1:].to(torch.int64) - n_partial).to(torch.int32)
+    # heavy rows and columns first (stable: ties keep their order)
+    row_order = torch.sort(-mask.sum(dim=2), dim=1, stable=True).indices.reshape(-1).to(torch.int32)
+    col_order = torch.sort(-mask.sum(dim=(0, 1)), stable=True).indices.to(torch.int32)
     touched = m.amax(dim=1) * cols[None, :]  # [LH, C]: key rows of columns with any block
     group = H // H_kv
     if LH == 1:
@@ -166,7 +174,7 @@ def _plan_cached(layout: BlockLayout, causal: Optional[str], H: int, H_kv: int, 
         n_computed = int(computed.sum())
         kv_touched = m.reshape(H_kv, group, R, C).amax(dim=(1, 2))  # [H_kv, C]
         kv_rows = int((kv_touched * cols[None, :]).sum())
-    return LayoutPlan(eff, n_pairs, n_computed, kv_rows, row_mid, diag)
+    return LayoutPlan(eff, n_pairs, n_computed, kv_rows, row_mid, diag, row_order, col_order)
 
 
 def layout_plan(layout: BlockLayout, causal, H: int, H_kv: int, S_q: int, S_k: int) -> LayoutPlan:
@@ -178,10 +186,12 @@ def layout_plan(layout: BlockLayout, causal, H: int, H_kv: int, S_q: int, S_k: i
     return _plan_cached(layout, mode, int(H), int(H_kv), int(S_q), int(S_k))
 
 
-def _row_mid_on(plan: LayoutPlan, S_q: int, S_k: int, device) -> torch.Tensor:
-    """``plan.row_mid`` on ``device`` (cached on the effective layout)."""
-    key = ("bsattn_row_mid", S_q, S_k, plan.diag, str(device))
-    return plan.layout.memo(key, lambda _: plan.row_mid.to(device))
+def _plan_tensors_on(plan: LayoutPlan, S_q: int, S_k: int, device) -> tuple[torch.Tensor, ...]:
+    """``(row_mid, row_order, col_order)`` of ``plan`` on ``device`` (cached on the effective
+    layout)."""
+    key = ("bsattn_plan", S_q, S_k, plan.diag, str(device))
+    return plan.layout.memo(key, lambda _: tuple(t.to(device) for t in (plan.row_mid, plan.row_order,
+                                                                         plan.col_order)))
 
 
 # --------------------------------------------------------------------------------------
@@ -203,9 +213,11 @@ def blocksparse_attention_fwd(
     v: torch.Tensor,
     row_ptr: torch.Tensor,
     row_mid: torch.Tensor,
+    row_order: torch.Tensor,
     col_idx: torch.Tensor,
     col_ptr: torch.Tensor,
     row_idx: torch.Tensor,
+    col_order: torch.Tensor,
     block: int,
     causal: bool,
     sm_scale: float,
@@ -226,7 +238,7 @@ def blocksparse_attention_fwd(
         q_, k_, v_, o_, lse_ = slice_batch((q, k, v, o, lse), b0, b1, B)
         launch(
             _bk._bsattn_fwd_kernel, (R * (block // cfg.block_m), (b1 - b0) * H), cfg,
-            q_, k_, v_, o_, lse_, row_ptr, row_mid, col_idx,
+            q_, k_, v_, o_, lse_, row_ptr, row_mid, row_order, col_idx,
             *q_.stride(), *k_.stride(), *v_.stride(), *o_.stride(),
             H, S_q, S_k, R, LH, sm_scale * _ak.LOG2E, causal_diag(causal, bottom_right, S_q, S_k),
             GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK=block, BLOCK_M=cfg.block_m,
@@ -246,6 +258,7 @@ def blocksparse_attention_bwd(
     dlse: Optional[torch.Tensor],
     col_ptr: torch.Tensor,
     row_idx: torch.Tensor,
+    col_order: torch.Tensor,
     block: int,
     causal: bool,
     sm_scale: float,
@@ -269,7 +282,7 @@ def blocksparse_attention_bwd(
         t = slice_batch((q, k, v, do, dq32, dk, dv, lse, delta), b0, b1, B)
         launch(
             _bk._bsattn_bwd_kernel, (C * (block // cfg.block_n), (b1 - b0) * H_kv), cfg,
-            *t, col_ptr, row_idx,
+            *t, col_ptr, row_idx, col_order,
             *(st for x in t[:7] for st in x.stride()),
             H, H_kv, S_q, S_k, C, LH, sm_scale, sm_scale * _ak.LOG2E, causal_diag(causal, bottom_right, S_q, S_k),
             GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK=block, BLOCK_M=cfg.block_m,
@@ -280,21 +293,21 @@ def blocksparse_attention_bwd(
 
 
 def _setup_context(ctx, inputs, output):
-    q, k, v, row_ptr, row_mid, col_idx, col_ptr, row_idx, block, causal, sm_scale, n_pairs, computed, kv_rows = \
-        inputs[:14]
-    bottom_right = bool(inputs[14]) if len(inputs) > 14 else False
+    (q, k, v, row_ptr, row_mid, row_order, col_idx, col_ptr, row_idx, col_order, block, causal, sm_scale,
+     n_pairs, computed, kv_rows) = inputs[:16]
+    bottom_right = bool(inputs[16]) if len(inputs) > 16 else False
     o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, col_ptr, row_idx)
+    ctx.save_for_backward(q, k, v, o, lse, col_ptr, row_idx, col_order)
     ctx.args = (block, causal, sm_scale, n_pairs, computed, kv_rows, bottom_right)
 
 
 def _backward(ctx, do, dlse):
-    q, k, v, o, lse, col_ptr, row_idx = ctx.saved_tensors
+    q, k, v, o, lse, col_ptr, row_idx, col_order = ctx.saved_tensors
     if do is None:
         do = torch.zeros_like(o)
     dq, dk, dv = torch.ops.flopscale.blocksparse_attention_bwd(do, q, k, v, o, lse, dlse, col_ptr, row_idx,
-                                                               *ctx.args)
-    return (dq, dk, dv) + (None,) * 12
+                                                               col_order, *ctx.args)
+    return (dq, dk, dv) + (None,) * 14
 
 
 blocksparse_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -320,10 +333,11 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
     plan = layout_plan(layout, causal, H, H_kv, S_q, S_k)
     row_ptr, col_idx = plan.layout.csr(q.device)
     col_ptr, row_idx, _ = plan.layout.csc(q.device)
-    row_mid = _row_mid_on(plan, S_q, S_k, q.device)
+    row_mid, row_order, col_order = _plan_tensors_on(plan, S_q, S_k, q.device)
     mode = causal_mode(causal, op)
     o, _ = torch.ops.flopscale.blocksparse_attention_fwd(
-        q, k, v, row_ptr, row_mid, col_idx, col_ptr, row_idx, layout.block, mode is not None, scale,
+        q, k, v, row_ptr, row_mid, row_order, col_idx, col_ptr, row_idx, col_order, layout.block,
+        mode is not None, scale,
         plan.pairs, plan.computed_pairs, plan.kv_rows, mode == "bottom_right",
     )
     return o
@@ -354,39 +368,40 @@ def _fwd_cost(q, k, block, pairs, computed_pairs, kv_rows) -> Cost:
 
 
 @register_cost("flopscale::blocksparse_attention_fwd")
-def blocksparse_attention_fwd_cost(q, k, v, row_ptr, row_mid, col_idx, col_ptr, row_idx, block, causal, sm_scale,
-                                   pairs, computed_pairs, kv_rows, bottom_right=False) -> Cost:
+def blocksparse_attention_fwd_cost(q, k, v, row_ptr, row_mid, row_order, col_idx, col_ptr, row_idx, col_order,
+                                   block, causal, sm_scale, pairs, computed_pairs, kv_rows,
+                                   bottom_right=False) -> Cost:
     """Declared cost of one ``flopscale::blocksparse_attention_fwd`` launch (module docstring)."""
     c = _fwd_cost(q, k, block, pairs, computed_pairs, kv_rows)
-    index_bytes = 4 * (row_ptr.numel() + row_mid.numel() + col_idx.numel())
+    index_bytes = 4 * (row_ptr.numel() + row_mid.numel() + row_order.numel() + col_idx.numel())
     return Cost(c.flops, c.executed_flops, c.bytes + index_bytes, c.nonmatmul_flops, c.detail, c.peak_dtype)
 
 
 @register_cost("flopscale::blocksparse_attention_bwd")
-def blocksparse_attention_bwd_cost(do, q, k, v, o, lse, dlse, col_ptr, row_idx, block, causal, sm_scale,
-                                   pairs, computed_pairs, kv_rows, bottom_right=False) -> Cost:
+def blocksparse_attention_bwd_cost(do, q, k, v, o, lse, dlse, col_ptr, row_idx, col_order, block, causal,
+                                   sm_scale, pairs, computed_pairs, kv_rows, bottom_right=False) -> Cost:
     """Declared cost of one ``flopscale::blocksparse_attention_bwd`` launch (module docstring)."""
     B, H, S_q, D = q.shape
     _, cfg = _configs(int(block), D, q.dtype, getattr(q, "device", None))
     tiles = computed_pairs // cfg.block_n
     c = bwd_cost_from_work(B, D, esize(q.dtype), H * S_q, kv_rows, pairs, computed_pairs, tiles,
                            dlse is not None, _ak.block_d(D), peak_dtype(q.dtype))
-    index_bytes = 4 * (col_ptr.numel() + row_idx.numel())
+    index_bytes = 4 * (col_ptr.numel() + row_idx.numel() + col_order.numel())
     return Cost(c.flops, c.executed_flops, c.bytes + index_bytes, c.nonmatmul_flops, c.detail, c.peak_dtype)
 
 
 @register_flop_formula(torch.ops.flopscale.blocksparse_attention_fwd)
-def _bs_fwd_flop(q_shape, k_shape, v_shape, row_ptr_shape, row_mid_shape, col_idx_shape, col_ptr_shape,
-                 row_idx_shape, block, causal, sm_scale, pairs, computed_pairs, kv_rows, *args, out_shape=None,
-                 **kwargs) -> int:
+def _bs_fwd_flop(q_shape, k_shape, v_shape, row_ptr_shape, row_mid_shape, row_order_shape, col_idx_shape,
+                 col_ptr_shape, row_idx_shape, col_order_shape, block, causal, sm_scale, pairs, computed_pairs,
+                 kv_rows, *args, out_shape=None, **kwargs) -> int:
     B, H, S_q, D = q_shape
     return 4 * B * D * int(pairs)
 
 
 @register_flop_formula(torch.ops.flopscale.blocksparse_attention_bwd)
 def _bs_bwd_flop(do_shape, q_shape, k_shape, v_shape, o_shape, lse_shape, dlse_shape, col_ptr_shape,
-                 row_idx_shape, block, causal, sm_scale, pairs, computed_pairs, kv_rows, *args, out_shape=None,
-                 **kwargs) -> int:
+                 row_idx_shape, col_order_shape, block, causal, sm_scale, pairs, computed_pairs, kv_rows, *args,
+                 out_shape=None, **kwargs) -> int:
     B, H, S_q, D = q_shape
     return 8 * B * D * int(pairs)
 

@@ -191,10 +191,11 @@ def test_pairs_flop_counter_and_declared_cost(causal, S_q, S_k, H_l, device):
     mode = al.causal_mode(causal)
     args = (layout.block, mode is not None, 0.25, plan.pairs, plan.computed_pairs, plan.kv_rows,
             mode == "bottom_right")
-    fwd = kernels.cost_of("flopscale::blocksparse_attention_fwd", q, k, v, row_ptr, plan.row_mid, col_idx, col_ptr,
-                          row_idx, *args)
+    fwd = kernels.cost_of("flopscale::blocksparse_attention_fwd", q, k, v, row_ptr, plan.row_mid, plan.row_order,
+                          col_idx, col_ptr, row_idx, plan.col_order, *args)
     lse = torch.empty(B, H, S_q)
-    bwd = kernels.cost_of("flopscale::blocksparse_attention_bwd", o, q, k, v, o, lse, None, col_ptr, row_idx, *args)
+    bwd = kernels.cost_of("flopscale::blocksparse_attention_bwd", o, q, k, v, o, lse, None, col_ptr, row_idx,
+                          plan.col_order, *args)
     assert fwd.flops == 4 * B * D * P and bwd.flops == 8 * B * D * P
     assert fwd.executed_flops == 4 * B * D * computed
     assert bwd.executed_flops == 10 * B * D * computed and bwd.detail["recompute"] == 2 * B * D * computed
@@ -244,10 +245,26 @@ def test_executed_flops_count_the_padded_head_dim():
     for D, ratio in ((96, 4 / 3), (80, 1.6)):
         q = torch.empty(1, 2, 40, D, dtype=torch.float16, device="meta")
         k = torch.empty(1, 1, 40, D, dtype=torch.float16, device="meta")
-        fwd = kernels.cost_of("flopscale::blocksparse_attention_fwd", q, k, k, row_ptr, plan.row_mid, col_idx,
-                              col_ptr, row_idx, *args)
+        fwd = kernels.cost_of("flopscale::blocksparse_attention_fwd", q, k, k, row_ptr, plan.row_mid, plan.row_order,
+                              col_idx, col_ptr, row_idx, plan.col_order, *args)
         assert fwd.flops == 4 * D * plan.pairs and fwd.peak_dtype == "fp16"
         assert fwd.executed_flops == pytest.approx(ratio * 4 * D * plan.computed_pairs, rel=1e-12)
+
+
+def test_heavy_rows_and_columns_are_taken_first():
+    """Programs take block-rows (per layout head) and block-columns in order of falling block
+    count, each exactly once; ties keep their order."""
+    mask = torch.tensor([[[1, 0, 0], [1, 1, 1], [0, 1, 0]], [[1, 1, 0], [0, 0, 0], [1, 1, 1]]], dtype=torch.bool)
+    plan = bl.layout_plan(BlockLayout(mask, 16), False, 2, 1, 40, 40)
+    assert plan.row_order.tolist() == [1, 0, 2, 2, 0, 1]
+    assert plan.col_order.tolist() == [0, 1, 2]  # 4, 4, 2 blocks: the tie keeps its order
+    mask2 = mask.clone()
+    mask2[:, :, 0] = False
+    plan2 = bl.layout_plan(BlockLayout(mask2, 16), False, 2, 1, 40, 40)
+    assert plan2.col_order.tolist() == [1, 2, 0]
+    # causal: the effective layout's counts (bottom rows hold the most blocks)
+    plan3 = bl.layout_plan(BlockLayout.dense(1, 4, 4, 16), True, 2, 1, 64, 64)
+    assert plan3.row_order.tolist() == [3, 2, 1, 0] and plan3.col_order.tolist() == [0, 1, 2, 3]
 
 
 def test_costs_scale_with_nnz():
