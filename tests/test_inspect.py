@@ -135,8 +135,13 @@ def test_every_shipped_hopper_config_compiles_without_spills_and_uses_wgmma(all_
     results = kinspect.inspect("sm90")
     assert [(r.kernel, r.config) for r in results] == [(s.kernel, s.config) for s in all_specs]
     assert len(results) > 50
-    for r in results:
-        assert_healthy(r)
+    problems = []
+    for r in results:  # every unhealthy configuration listed, not only the first
+        try:
+            assert_healthy(r)
+        except AssertionError as exc:
+            problems.append(str(exc).splitlines()[0])
+    assert not problems, "\n".join(problems)
 
 
 TOY_MODULE = """
@@ -286,6 +291,21 @@ def test_cli_table_names_units(capsys):
     assert rc == 0
     assert "smem[B]" in out and "spills[B]" in out and "sm_90: 1/1 configurations compiled" in out
     assert "blocksparse_dsd[bf16,b16]" in out
+
+
+def test_cli_table_flags_register_pressure_and_mixed_mma(monkeypatch, capsys):
+    def fake(cap, kernel_filter=None, progress=None):
+        mk = lambda name, regs, wg, ms: kinspect.InspectResult(  # noqa: E731
+            kernel=name, config="c", compiled=True, registers=regs, stack_bytes=0, spills=0, shared_bytes=1024,
+            smem_limit=232448, tensor_core=True, wgmma=wg, mma_sync=ms, tma_loads=0, tma_stores=0,
+            warp_specialized=False)
+        return [mk("ok", 200, 4, 0), mk("hot", 250, 4, 0), mk("mixed", 100, 20, 32)]
+
+    monkeypatch.setattr(kinspect, "inspect", fake)
+    assert main(["inspect"]) == 0
+    out = capsys.readouterr().out
+    assert "1 configuration(s) within 8 registers of the 255-register limit" in out
+    assert "1 configuration(s) mix wgmma with mma.sync" in out
 
 
 @pytest.mark.parametrize("argv,match", [(["--target", "sm70"], "unknown target"), (["--kernel", "nope"], "no shipped kernel configuration")])

@@ -22,6 +22,9 @@ DESCRIPTION = (
     "does not fit in shared memory."
 )
 
+#: registers per thread above which a configuration is reported as close to the 255 limit
+REGISTER_MARGIN = 247
+
 JSON_KEYS = ("kernel", "config", "compiled", "registers", "stack_bytes", "spills", "shared_bytes", "tensor_core",
              "wgmma", "mma_sync", "tma_loads", "tma_stores", "warp_specialized")
 
@@ -110,6 +113,12 @@ def run(args: argparse.Namespace) -> int:
         f"regs = registers per thread, stack/spills = stack and stack+local bytes per thread; "
         f"wgmma, mma.sync, TMA ld/st = static instruction counts in SASS"
     )
+    near = [r for r in results if (r.registers or 0) > REGISTER_MARGIN]
+    if near:
+        print(f"{len(near)} configuration(s) within 8 registers of the 255-register limit (> {REGISTER_MARGIN})")
+    mixed = [r for r in results if r.wgmma and r.mma_sync]
+    if mixed:
+        print(f"{len(mixed)} configuration(s) mix wgmma with mma.sync (part of the work off warpgroup MMA)")
     if bad:
         print(f"{len(bad)} configuration(s) failed to compile, spill or exceed shared memory")
     return 1 if bad else 0
