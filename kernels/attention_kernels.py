@@ -187,7 +187,7 @@ def _bwd_head(Q, DO, DQ, LSE, DELTA, s_qb, s_qh, s_dob, s_doh, s_dqb, s_dqh, b, 
 @triton.jit
 def _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs, do_offs, dq_offs,
               lse_ptrs, delta_ptrs, start_m, offs_m, offs_n, d_mask, S_q, qk_scale, sm_scale, diag,
-              band_end, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr):
+              band_end, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr, WITH_DQ: tl.constexpr = True):
     """One (key block, query tile) step of the backward: queries ``start_m + offs_m``.
 
     Rows ``>= S_q`` load ``lse = +inf`` so their recomputed probabilities are 0; keys
@@ -218,8 +218,9 @@ def _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs
     dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
     dsT = (pT * (dpT - delta[None, :])).to(q.dtype)
     dk = tl.dot(dsT, q, dk, input_precision=DOT_PRECISION)
-    dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PRECISION) * sm_scale
-    tl.atomic_add(dq_base + dq_offs, dq, mask=m_mask[:, None] & d_mask[None, :], sem="relaxed")
+    if WITH_DQ:
+        dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PRECISION) * sm_scale
+        tl.atomic_add(dq_base + dq_offs, dq, mask=m_mask[:, None] & d_mask[None, :], sem="relaxed")
     return dk, dv
 
 
@@ -359,10 +360,12 @@ def _attn_bwd_kernel(
     H, H_kv, S_q, S_k, sm_scale, qk_scale, diag,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+    WITH_DQ: tl.constexpr = True,
 ):
     """Grid ``(cdiv(S_k, BLOCK_N), B*H_kv)``: one key block of one key/value head, summing
     over the ``GROUP`` query heads that share it (no atomics on dK/dV).  Needs
-    ``BLOCK_N % BLOCK_M == 0``."""
+    ``BLOCK_N % BLOCK_M == 0``.  ``WITH_DQ``: also add ``dQ`` into a float32 buffer by atomics
+    (otherwise :func:`_attn_bwd_dq_kernel` computes it)."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H_kv).to(tl.int64)
@@ -402,10 +405,99 @@ def _attn_bwd_kernel(
         for start_m in range(lo, S_q, BLOCK_M):
             dk, dv = _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs, do_offs,
                                dq_offs, lse_ptrs, delta_ptrs, start_m, offs_m, offs_n, d_mask, S_q,
-                               qk_scale, sm_scale, diag, band_end, CAUSAL, DOT_PRECISION)
+                               qk_scale, sm_scale, diag, band_end, CAUSAL, DOT_PRECISION, WITH_DQ)
 
     _bwd_store(dk, dv, DK, DV, s_dkn, s_dkd, s_dvn, s_dvd, b * s_dkb + hk64 * s_dkh, b * s_dvb + hk64 * s_dvh,
                col0, cols, offs_d, kv_mask, sm_scale)
+
+
+@triton.jit
+def _dq_step(dq, q, do, lse2, delta, k_base, v_base, k_offs, v_offs, s_kn, s_vn, start_n, offs_m, offs_n, d_mask,
+             S_k, qk_scale, diag, MASKED: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr):
+    """One key tile of the separate ``dQ`` kernel: ``dQ += dS K`` with ``P`` and ``dP``
+    recomputed.  Keys ``>= S_k`` load as zeros and add nothing; ``MASKED`` tiles bound the loads
+    and (``CAUSAL``) mask keys ``j > i + diag``."""
+    n0 = tl.cast(start_n, tl.int64)
+    k_base = k_base + n0 * s_kn
+    v_base = v_base + n0 * s_vn
+    offs_n = start_n + offs_n
+    if MASKED:
+        kv_mask = (offs_n[:, None] < S_k) & d_mask[None, :]
+    else:
+        kv_mask = d_mask[None, :]
+    k = tl.load(k_base + k_offs, mask=kv_mask, other=0.0)
+    v = tl.load(v_base + v_offs, mask=kv_mask, other=0.0)
+    qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)
+    p = tl.math.exp2(qk * qk_scale - lse2[:, None])
+    if MASKED:
+        if CAUSAL:
+            p = tl.where(offs_m[:, None] + diag >= offs_n[None, :], p, 0.0)
+    dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+    ds = (p * (dp - delta[:, None])).to(k.dtype)
+    return tl.dot(ds, k, dq, input_precision=DOT_PRECISION)
+
+
+@triton.jit
+def _attn_bwd_dq_kernel(
+    Q, K, V, DO, DQ, LSE, DELTA,
+    s_qb, s_qh, s_qm, s_qd,
+    s_kb, s_kh, s_kn, s_kd,
+    s_vb, s_vh, s_vn, s_vd,
+    s_dob, s_doh, s_dom, s_dod,
+    s_dqb, s_dqh, s_dqm, s_dqd,
+    H, S_q, S_k, sm_scale, qk_scale, diag,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """``dQ`` on its own (configs with ``split_dq``): grid ``(cdiv(S_q, BLOCK_M), B*H)``, one
+    query tile walking the key tiles as the forward does (causal: longest rows first, only the
+    diagonal band masked), three matmuls per tile (``QK^T``, ``dO V^T``, ``dS K``), all with
+    ``BLOCK_M`` rows, and a plain store: no atomics, deterministic."""
+    pid_m = tl.program_id(0)
+    if CAUSAL:
+        pid_m = tl.cdiv(S_q, BLOCK_M) - 1 - pid_m
+    pid_bh = tl.program_id(1)
+    b = (pid_bh // H).to(tl.int64)
+    h = pid_bh % H
+    hk = (h // GROUP).to(tl.int64)
+    h = h.to(tl.int64)
+    start_m = pid_m * BLOCK_M
+    row0 = tl.cast(start_m, tl.int64)
+    rows = tl.arange(0, BLOCK_M)
+    offs_m = start_m + rows
+    offs_n = tl.arange(0, BLOCK_N)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = _dim_mask(offs_d, HEAD_DIM, BLOCK_D)
+    m_mask = offs_m < S_q
+    qd_mask = m_mask[:, None] & d_mask[None, :]
+    q = tl.load(Q + b * s_qb + h * s_qh + row0 * s_qm + rows[:, None] * s_qm + offs_d[None, :] * s_qd,
+                mask=qd_mask, other=0.0)
+    do = tl.load(DO + b * s_dob + h * s_doh + row0 * s_dom + rows[:, None] * s_dom + offs_d[None, :] * s_dod,
+                 mask=qd_mask, other=0.0)
+    row = pid_bh.to(tl.int64) * S_q + offs_m
+    lse = tl.load(LSE + row, mask=m_mask, other=float("inf"))
+    lse2 = tl.where(lse == float("-inf"), float("inf"), lse) * 1.4426950408889634  # no key seen: p = 0
+    delta = tl.load(DELTA + row, mask=m_mask, other=0.0)
+    k_base = K + b * s_kb + hk * s_kh
+    v_base = V + b * s_vb + hk * s_vh
+    k_offs = offs_n[:, None] * s_kn + offs_d[None, :] * s_kd
+    v_offs = offs_n[:, None] * s_vn + offs_d[None, :] * s_vd
+    dq = tl.zeros([BLOCK_M, BLOCK_D], tl.float32)
+    if CAUSAL:
+        hi = tl.minimum(S_k, tl.maximum(start_m + BLOCK_M + diag, 0))
+        mid = (tl.minimum(tl.maximum(start_m + diag, 0), hi) // BLOCK_N) * BLOCK_N
+    else:
+        hi = S_k
+        mid = (S_k // BLOCK_N) * BLOCK_N
+    for start_n in range(0, mid, BLOCK_N):
+        dq = _dq_step(dq, q, do, lse2, delta, k_base, v_base, k_offs, v_offs, s_kn, s_vn, start_n, offs_m, offs_n,
+                      d_mask, S_k, qk_scale, diag, False, CAUSAL, DOT_PRECISION)
+    for start_n in range(mid, hi, BLOCK_N):
+        dq = _dq_step(dq, q, do, lse2, delta, k_base, v_base, k_offs, v_offs, s_kn, s_vn, start_n, offs_m, offs_n,
+                      d_mask, S_k, qk_scale, diag, True, CAUSAL, DOT_PRECISION)
+    dq = dq * sm_scale
+    tl.store(DQ + b * s_dqb + h * s_dqh + row0 * s_dqm + rows[:, None] * s_dqm + offs_d[None, :] * s_dqd,
+             dq.to(DQ.dtype.element_ty), mask=qd_mask)
 
 
 # --------------------------------------------------------------------------------------
@@ -418,13 +510,16 @@ class AttnConfig:
     """Tile sizes and launch parameters of one attention kernel.
 
     Forward: ``block_m`` queries per program, ``block_n`` keys per step.
-    Backward: ``block_n`` keys per program, ``block_m`` queries per step.
+    Backward: ``block_n`` keys per program, ``block_m`` queries per step; ``dq`` (backward
+    only) the tiles of the separate ``dQ`` kernel (``block_m`` queries per program,
+    ``block_n`` keys per step), or None when the key-block kernel adds ``dQ`` by atomics.
     """
 
     block_m: int
     block_n: int
     num_warps: int
     num_stages: int
+    dq: "AttnConfig | None" = None
 
     def label(self) -> str:
         return f"BM{self.block_m}_BN{self.block_n}_w{self.num_warps}_s{self.num_stages}"
@@ -480,10 +575,21 @@ _BWD_TILES_FP32 = {  # block_d -> (block_n, block_m, num_warps, num_stages)
     128: (16, 16, 4, 2),
     256: (16, 16, 8, 2),
 }
+# 16-bit backward with dQ in its own kernel: block_d -> (block_m queries/program, block_n keys/step,
+# num_warps, num_stages) of that kernel.  At D=128 the key-block kernel's dQ = dS K has only
+# BLOCK_M = 32 rows (mma.sync), and 64-row steps spill in it; without dQ every matmul of the
+# key-block kernel has BLOCK_N = 128 rows (wgmma, 231 registers) and the dQ kernel runs 128-row
+# wgmma (206 registers).  The price: QK^T and dO V^T are computed twice (7 matmuls per tile, not
+# 5), counted in the executed FLOPs.  D=256 keeps the atomic dQ: its key-block kernel without dQ
+# reaches 254 registers at 64 x 16.
+_BWD_SPLIT_DQ = {
+    128: (128, 64, 8, 2),
+}
 # Under the Triton interpreter: one small config (tests exercise several tiles per row),
 # in the same order as the tables above.
 _INTERP_FWD = (32, 16, 4, 1)  # block_m, block_n
 _INTERP_BWD = (32, 16, 4, 1)  # block_n, block_m
+_INTERP_DQ = (32, 16, 4, 1)  # block_m, block_n of the dQ kernel
 
 _SMEM_BUDGET = {90: 220_000, 80: 160_000, 87: 160_000}  # bytes a block may use, by sm
 _SMEM_DEFAULT = 96_000
@@ -538,7 +644,13 @@ def bwd_config(head_dim: int, elem_bytes: int = 2, interpret: bool = False,
     # k, v resident; q and dO tiles per stage; dS transposed through shared memory
     fixed = 2 * bn * bd * elem_bytes + bn * bm * elem_bytes
     stages = _fit_stages(stages, fixed, 2 * bm * bd * elem_bytes, _smem_budget(capability))
-    return AttnConfig(bm, bn, warps, stages)
+    dq = None
+    if elem_bytes == 2 and bd in _BWD_SPLIT_DQ:
+        qm, qn, qw, qs = _INTERP_DQ if interpret else _BWD_SPLIT_DQ[bd]
+        # q and dO resident, k and v tiles per stage
+        qs = _fit_stages(qs, 2 * qm * bd * elem_bytes, 2 * qn * bd * elem_bytes, _smem_budget(capability))
+        dq = AttnConfig(qm, qn, qw, qs)
+    return AttnConfig(bm, bn, warps, stages, dq)
 
 
 # --------------------------------------------------------------------------------------
@@ -602,7 +714,8 @@ def inspect_specs(capability: int = 90) -> list:
                     num_stages=cfg.num_stages, tensor_core=True, aligned=aligned))
             cfg = bwd_config(d, 2, False, cap)
             consts = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK_M": cfg.block_m,
-                      "BLOCK_N": cfg.block_n, "CAUSAL": causal, "DOT_PRECISION": "tf32"}
+                      "BLOCK_N": cfg.block_n, "CAUSAL": causal, "DOT_PRECISION": "tf32",
+                      "WITH_DQ": cfg.dq is None}
             sig, consts, aligned = _spec_signature(
                 _attn_bwd_kernel,
                 {"Q": dt, "K": dt, "V": dt, "DO": dt, "DQ": "*fp32", "DK": dt, "DV": dt, "LSE": "*fp32",
@@ -613,9 +726,21 @@ def inspect_specs(capability: int = 90) -> list:
             wgmma = cfg.block_n >= 64
             specs.append(KernelSpec(
                 kernel="attention_bwd[bf16]",
-                config=f"D{d}_{mode}_{cfg.label()}" + ("" if wgmma else "_mma.sync"),
+                config=f"D{d}_{mode}_{cfg.label()}" + ("" if wgmma else "_mma.sync") + ("_nodq" if cfg.dq else ""),
                 fn=_attn_bwd_kernel, signature=sig, constexprs=consts, num_warps=cfg.num_warps,
                 num_stages=cfg.num_stages, tensor_core=wgmma, aligned=aligned))
+            if cfg.dq is not None:
+                dq = cfg.dq
+                consts = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK_M": dq.block_m,
+                          "BLOCK_N": dq.block_n, "CAUSAL": causal, "DOT_PRECISION": "tf32"}
+                sig, consts, aligned = _spec_signature(
+                    _attn_bwd_dq_kernel,
+                    {"Q": dt, "K": dt, "V": dt, "DO": dt, "DQ": dt, "LSE": "*fp32", "DELTA": "*fp32"},
+                    ("sm_scale", "qk_scale"), consts)
+                specs.append(KernelSpec(
+                    kernel="attention_bwd_dq[bf16]", config=f"D{d}_{mode}_{dq.label()}", fn=_attn_bwd_dq_kernel,
+                    signature=sig, constexprs=consts, num_warps=dq.num_warps, num_stages=dq.num_stages,
+                    tensor_core=True, aligned=aligned))
     consts = {"HEAD_DIM": 128, "BLOCK_D": 128, "BLOCK_M": 64, "HAS_DLSE": False}
     sig, consts, aligned = _spec_signature(
         _bwd_preprocess_kernel, {"O": dt, "DO": dt, "DELTA": "*fp32", "DLSE": "*fp32"}, (), consts)

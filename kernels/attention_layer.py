@@ -49,7 +49,10 @@ Costs (``kernels.cost_of``; FlopCounterMode reports the same *model* count):
   diagonal, at the kernel's tile size (``detail["masked"]``); ragged-edge padding is not
   counted.
 * Backward: model FLOPs ``8*B*H*D*P`` (2x forward: ``dQ``/``dK`` in ``detail["scores"]``,
-  ``dP``/``dV`` in ``detail["pv"]``).  Executed adds the recompute of ``QK^T`` (0.5x
+  ``dP``/``dV`` in ``detail["pv"]``).  16-bit inputs at ``D = 128`` (padded or not) compute
+  ``dQ`` in a kernel of its own (all matmuls on 128-row wgmma tiles); it recomputes ``QK^T``
+  and ``dP``, so executed there is 4 matmuls per score of the key-block kernel plus 3 per
+  score of the ``dQ`` kernel (``detail["recompute"]`` holds the three recomputed ones).  Executed adds the recompute of ``QK^T`` (0.5x
   forward, ``detail["recompute"]``) and the masked diagonal work at the backward's tile size
   (``detail["masked"]``); without ``causal`` (and at equal padding) the executed backward is
   exactly 2.5x the forward.  Always ``scores + pv == flops`` and ``sum(detail.values()) == executed_flops``.
@@ -381,20 +384,37 @@ def attention_bwd(
     _, cfg = _configs(D, q.dtype, q.device)
     lse = lse.contiguous()  # the kernels index it as [B*H, S_q] rows
     delta = bwd_delta(o, do, dlse)
-    dq32 = torch.zeros((B, H, S_q, D), dtype=torch.float32, device=q.device)
+    diag = causal_diag(causal, bottom_right, S_q, S_k)
+    split = cfg.dq is not None  # dQ by its own kernel (stored directly), else by atomics (float32)
+    if split:
+        dq = new_output((B, H, S_q, D), q.dtype, q.device)
+    else:
+        dq = torch.zeros((B, H, S_q, D), dtype=torch.float32, device=q.device)
     dk = new_output((B, H_kv, S_k, D), q.dtype, q.device)
     dv = new_output((B, H_kv, S_k, D), q.dtype, q.device)
     for b0, b1 in batch_slices(B, H_kv):
-        t = slice_batch((q, k, v, do, dq32, dk, dv, lse, delta), b0, b1, B)
+        t = slice_batch((q, k, v, do, dq, dk, dv, lse, delta), b0, b1, B)
         grid = (triton.cdiv(S_k, cfg.block_n), (b1 - b0) * H_kv)
         launch(
             _ak._attn_bwd_kernel, grid, cfg,
             *t, *(st for x in t[:7] for st in _strides(x)),
-            H, H_kv, S_q, S_k, sm_scale, sm_scale * _ak.LOG2E, causal_diag(causal, bottom_right, S_q, S_k),
+            H, H_kv, S_q, S_k, sm_scale, sm_scale * _ak.LOG2E, diag,
             GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
+            CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype), WITH_DQ=not split,
         )
-    dq = dq32 if q.dtype == torch.float32 else dq32.to(q.dtype)
+    if split:
+        for b0, b1 in batch_slices(B, H):
+            t = slice_batch((q, k, v, do, dq, lse, delta), b0, b1, B)
+            grid = (triton.cdiv(S_q, cfg.dq.block_m), (b1 - b0) * H)
+            launch(
+                _ak._attn_bwd_dq_kernel, grid, cfg.dq,
+                *t, *(st for x in t[:5] for st in _strides(x)),
+                H, S_q, S_k, sm_scale, sm_scale * _ak.LOG2E, diag,
+                GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=cfg.dq.block_m,
+                BLOCK_N=cfg.dq.block_n, CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
+            )
+    elif q.dtype != torch.float32:
+        dq = dq.to(q.dtype)
     return dq, dk, dv
 
 
@@ -572,17 +592,27 @@ def fwd_cost_from_work(B: int, D: int, es: int, q_rows: int, kv_rows: int,
 
 def bwd_cost_from_work(B: int, D: int, es: int, q_rows: int, kv_rows: int,
                        model_pairs: int, computed: int, tiles: int, has_dlse: bool,
-                       block_d: Optional[int] = None, peak: str = "") -> Cost:
+                       block_d: Optional[int] = None, peak: str = "", dq_computed: int = 0,
+                       dq_tiles: int = 0) -> Cost:
     """Backward cost (same arguments as :func:`fwd_cost_from_work`): model 2x forward;
     executed adds one ``QK^T`` recompute over the computed scores, and the head-dim padding of
-    all five matmuls."""
+    all five matmuls.  With a separate ``dQ`` kernel (``dq_computed`` scores over ``dq_tiles``
+    row-tile visits, > 0) the key-block kernel runs four matmuls per score (``QK^T``
+    recomputed, ``dV``, ``dP``, ``dK``) and the ``dQ`` kernel three (``QK^T`` and ``dP``
+    recomputed, ``dQ``)."""
     bd = D if block_d is None else block_d
     unit = 2 * B * D
     model = 4 * unit * model_pairs
-    recompute = unit * computed
-    executed = 5 * unit * computed
-    padding = 5 * 2 * B * (bd - D) * computed
-    nonmatmul = B * (5 * computed + D * tiles + 2 * D * q_rows)
+    if dq_computed:
+        recompute = unit * computed + 2 * unit * dq_computed
+        executed = 4 * unit * computed + 3 * unit * dq_computed
+        padding = 2 * B * (bd - D) * (4 * computed + 3 * dq_computed)
+        nonmatmul = B * (5 * computed + 5 * dq_computed + D * (tiles + dq_tiles) + 2 * D * q_rows)
+    else:
+        recompute = unit * computed
+        executed = 5 * unit * computed
+        padding = 5 * 2 * B * (bd - D) * computed
+        nonmatmul = B * (5 * computed + D * tiles + 2 * D * q_rows)
     # read dO, q, o, lse (+dlse), k, v; write dq, dk, dv
     nbytes = B * (4 * q_rows * D * es + 4 * kv_rows * D * es + 4 * q_rows * (2 if has_dlse else 1))
     detail = {
@@ -611,10 +641,14 @@ def _bwd_cost(q_shape, k_shape, dtype, causal, has_dlse, device=None, bottom_rig
     H_kv, S_k = k_shape[1], k_shape[2]
     causal, bottom_right = bool(causal), bool(bottom_right)
     _, cfg = _configs(D, dtype, device)
-    computed, tiles = bwd_work(S_q, S_k, causal, cfg.block_m, cfg.block_n,
-                               causal_diag(causal, bottom_right, S_q, S_k))
+    diag = causal_diag(causal, bottom_right, S_q, S_k)
+    computed, tiles = bwd_work(S_q, S_k, causal, cfg.block_m, cfg.block_n, diag)
+    dq_computed = dq_tiles = 0
+    if cfg.dq is not None:  # the dQ kernel walks the keys as the forward does
+        dq_computed, dq_tiles = fwd_work(S_q, S_k, causal, cfg.dq.block_m, cfg.dq.block_n, diag)
     return bwd_cost_from_work(B, D, esize(dtype), H * S_q, H_kv * S_k, H * pairs(S_q, S_k, causal, bottom_right),
-                              H * computed, H * tiles, has_dlse, _ak.block_d(D), peak_dtype(dtype))
+                              H * computed, H * tiles, has_dlse, _ak.block_d(D), peak_dtype(dtype),
+                              H * dq_computed, H * dq_tiles)
 
 
 @register_cost("flopscale::attention_fwd")

@@ -343,6 +343,53 @@ def brute_bwd_computed(S_q, S_k, causal, bm, bn):
     return total
 
 
+def bwd_matmul_scores(S_q, S_k, causal, cfg):
+    """Backward matmul work in scores x matmuls: 5 per score of the key-block kernel, or 4 per
+    score of it plus 3 per score of the separate dQ kernel (which walks keys as the forward)."""
+    c1 = brute_bwd_computed(S_q, S_k, causal, cfg.block_m, cfg.block_n)
+    if cfg.dq is None:
+        return 5 * c1
+    return 4 * c1 + 3 * brute_fwd_computed(S_q, S_k, causal, cfg.dq.block_m, cfg.dq.block_n)
+
+
+@pytest.mark.parametrize("causal,S_q,S_k", [(True, 300, 333), ("bottom_right", 333, 300), (False, 100, 200)])
+@pytest.mark.parametrize("interpret", [True, False])
+def test_split_dq_backward_cost(causal, S_q, S_k, interpret, monkeypatch):
+    """16-bit D=128 backward: dQ in its own kernel.  Executed = 4 matmuls per score of the
+    key-block kernel + 3 per score of the dQ kernel (QK^T and dP recomputed there); model
+    FLOPs unchanged; the parts add up."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if interpret else "0")
+    B, H, H_kv, D = 2, 4, 2, 128
+    q = torch.empty(B, H, S_q, D, dtype=torch.bfloat16, device="meta")
+    k = torch.empty(B, H_kv, S_k, D, dtype=torch.bfloat16, device="meta")
+    lse = torch.empty(B, H, S_q, dtype=torch.float32, device="meta")
+    _, cfg = al._configs(D, torch.bfloat16, None)
+    assert cfg.dq is not None and al._configs(D, torch.float32, None)[1].dq is None
+    mode = al.causal_mode(causal)
+    bwd = kernels.cost_of("flopscale::attention_bwd", q, q, k, k, q, lse, None, mode is not None, 0.1,
+                          mode == "bottom_right")
+    unit = 2 * B * H * D
+    assert bwd.flops == 4 * unit * brute_pairs(S_q, S_k, causal)
+    assert bwd.executed_flops == unit * bwd_matmul_scores(S_q, S_k, causal, cfg)
+    c2 = brute_fwd_computed(S_q, S_k, causal, cfg.dq.block_m, cfg.dq.block_n)
+    c1 = brute_bwd_computed(S_q, S_k, causal, cfg.block_m, cfg.block_n)
+    assert bwd.detail["recompute"] == unit * (c1 + 2 * c2)
+    assert sum(bwd.detail.values()) == bwd.executed_flops and bwd.detail["masked"] >= 0
+
+
+@pytest.mark.parametrize("B,H,H_kv,S_q,S_k,causal", [(2, 4, 2, 37, 100, "bottom_right"), (1, 2, 1, 100, 37, True),
+                                                     (1, 2, 2, 45, 45, False), (1, 3, 1, 33, 20, "bottom_right")])
+def test_split_dq_backward_numerics(B, H, H_kv, S_q, S_k, causal, device, monkeypatch):
+    """The separate dQ kernel (shipped for 16-bit D=128) at D=16, so the interpreter runs it on
+    ragged sizes, both alignments and GQA; dQ is stored directly (no atomics)."""
+    from flopscale.kernels import attention_kernels as ak
+
+    monkeypatch.setitem(ak._BWD_SPLIT_DQ, 16, (128, 64, 8, 2))
+    assert al._configs(16, torch.float16, None)[1].dq is not None
+    gen = torch.Generator().manual_seed(S_q * 7 + S_k)
+    check_fwd_bwd(*make_qkv(B, H, H_kv, S_q, S_k, 16, torch.float16, device, gen), causal, gen=gen)
+
+
 @pytest.mark.parametrize("S_q,S_k,causal", [(37, 37, True), (100, 37, True), (37, 130, True), (37, 100, False),
                                             (37, 130, "bottom_right"), (130, 37, "bottom_right"),
                                             (77, 77, "bottom_right")])
@@ -367,6 +414,7 @@ def test_declared_cost(S_q, S_k, causal, interpret, monkeypatch):
     assert bwd.flops == 4 * unit * P
     assert fwd.executed_flops == 2 * unit * brute_fwd_computed(S_q, S_k, causal, fcfg.block_m, fcfg.block_n)
     computed_b = brute_bwd_computed(S_q, S_k, causal, bcfg.block_m, bcfg.block_n)
+    assert bcfg.dq is None  # D = 64: dQ by atomics in the key-block kernel
     assert bwd.executed_flops == 5 * unit * computed_b
     assert bwd.detail["recompute"] == unit * computed_b
     for c in (fwd, bwd):
@@ -413,11 +461,10 @@ def test_executed_flops_count_the_padded_head_dim(D, ratio, causal):
     fcfg, bcfg = al._configs(D, torch.float16, None)
     P = brute_pairs(S_q, S_k, causal)
     comp_f = brute_fwd_computed(S_q, S_k, causal, fcfg.block_m, fcfg.block_n)
-    comp_b = brute_bwd_computed(S_q, S_k, causal, bcfg.block_m, bcfg.block_n)
     assert fwd.flops == 4 * B * H * D * P and bwd.flops == 8 * B * H * D * P
     padded = {96: 128, 80: 128, 8: 16, 64: 64}[D]
     assert fwd.executed_flops == 4 * B * H * padded * comp_f
-    assert bwd.executed_flops == 10 * B * H * padded * comp_b
+    assert bwd.executed_flops == 2 * B * H * padded * bwd_matmul_scores(S_q, S_k, causal, bcfg)
     assert fwd.executed_flops == pytest.approx(ratio * 4 * B * H * D * comp_f, rel=1e-12)
     for c in (fwd, bwd):
         assert sum(c.detail.values()) == c.executed_flops

@@ -28,6 +28,7 @@ SUBSET = {
         ("attention_fwd[bf16]", "D64_causal"),
         ("attention_fwd[bf16]", "D128_causal"),
         ("attention_bwd[bf16]", "D128_causal"),
+        ("attention_bwd_dq[bf16]", "D128_causal"),
         ("attention_bwd[bf16]", "D256_full"),
     ],
     "flopscale.kernels.blocksparse_attention_kernels": [
@@ -148,8 +149,11 @@ def test_hopper_configs_compile_without_spills_and_use_wgmma():
         assert r["registers"] <= 247, f"{name}: {r['registers']} registers"
         if r["config"].endswith("_tma"):
             assert r["tma_loads"] > 0, f"{name}: no TMA loads"
-        if r["kernel"].startswith("attention_fwd"):
-            assert r["mma_sync"] == 0, f"{name}: mma.sync in a bf16 forward"
+        if r["kernel"].startswith("attention_fwd") or r["kernel"].startswith("attention_bwd_dq"):
+            assert r["mma_sync"] == 0, f"{name}: mma.sync in a bf16 forward or dQ kernel"
+        if r["kernel"].startswith("attention_bwd[") and not r["config"].startswith("D256"):
+            # every backward matmul on wgmma at D <= 128 (dQ in its own kernel at D=128)
+            assert r["mma_sync"] == 0 and r["wgmma"] > 0, f"{name}: mma.sync in a bf16 backward"
     # the D=256 backward is the one dense config that runs mma.sync (no wgmma expected)
     for r in results:
         if r["kernel"].startswith("attention_bwd") and r["config"].startswith("D256"):
