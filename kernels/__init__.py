@@ -4,6 +4,7 @@ and declared costs.
 Public names:
 
     kernels.matmul(a, b)
+    kernels.scaled_matmul(a, b, scale_a, scale_b)   # fp8 with per-tensor or row-wise scales
     kernels.attention(q, k, v, causal=False, sm_scale=None)
         # causal: False | True/"top_left" (SDPA's alignment) | "bottom_right" (flash-attn >= 2.1)
     kernels.BlockLayout
@@ -29,6 +30,7 @@ from ._cost import Cost, cost_of, register_cost, registered_ops
 _LAZY = {
     "matmul": "matmul_layer",
     "matmul_reference": "matmul_layer",
+    "scaled_matmul": "matmul_layer",
     "BlockLayout": "layout",
     "blocksparse_matmul": "blocksparse_layer",
     "blocksparse_matmul_reference": "blocksparse_layer",

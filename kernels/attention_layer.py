@@ -152,7 +152,7 @@ def check_qkv(q, k, v, causal, sm_scale, op: str) -> float:
             or sm_scale <= 0):
         # > 0: the kernels take the row maximum before scaling (one FMA per score)
         raise ValueError(f"{op}: sm_scale must be a finite number > 0, got {sm_scale!r}")
-    check_runnable(q, k, v, op=op)
+    check_runnable(q, k, v, op=op, dtypes=(q.dtype,))
     return float(sm_scale)
 
 

@@ -343,7 +343,7 @@ def _validate(a: Any, b: Any, layout: Any, mode: Any, reference: bool = False) -
         if a.device != b.device:
             raise ValueError(f"{name}: inputs are on different devices: {a.device} and {b.device}")
     else:
-        check_runnable(a, b, op=name)
+        check_runnable(a, b, op=name, dtypes=(a.dtype,))
 
 
 def _transposed(a: Any, b: Any, layout: Any, mode: Any, trans_a: Any, trans_b: Any, name: str):

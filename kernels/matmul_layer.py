@@ -53,7 +53,7 @@ from torch.library import triton_op
 from torch.utils.flop_counter import register_flop_formula
 
 from . import matmul_kernels as mk
-from ._cost import Cost, register_cost
+from ._cost import Cost, peak_dtype_of, register_cost
 from ._runtime import cache_dir, check_runnable, interpreter_on, wrap_triton
 
 __all__ = ["matmul", "matmul_reference", "scaled_matmul", "matmul_path", "MatmulPath", "last_path", "PATH_COUNTS", "cache_dir"]
@@ -610,7 +610,8 @@ def matmul_cost(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtyp
     odt = _out_dtype_of(a.dtype, out_dtype)
     nbytes = a.numel() * _itemsize(a.dtype) + b.numel() * _itemsize(b.dtype)
     nbytes += math.prod(batch) * M * N * _itemsize(odt)
-    return Cost(flops=flops, executed_flops=flops, bytes=nbytes, detail=_path_detail(a, b, out_dtype, flops))
+    return Cost(flops=flops, executed_flops=flops, bytes=nbytes, detail=_path_detail(a, b, out_dtype, flops),
+                peak_dtype=peak_dtype_of(a.dtype, _input_precision(a.dtype) == "ieee"))
 
 
 def _path_detail(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype], flops: int) -> dict:
@@ -676,7 +677,8 @@ def scaled_matmul_cost(a: torch.Tensor, b: torch.Tensor, scale_a: torch.Tensor, 
     """As ``matmul_cost``, plus the scales read once."""
     base = matmul_cost(a, b, out_dtype)
     extra = (scale_a.numel() + scale_b.numel()) * 4
-    return Cost(flops=base.flops, executed_flops=base.executed_flops, bytes=base.bytes + extra, detail=base.detail)
+    return Cost(flops=base.flops, executed_flops=base.executed_flops, bytes=base.bytes + extra, detail=base.detail,
+                peak_dtype=base.peak_dtype)
 
 
 def matmul_reference(a: torch.Tensor, b: torch.Tensor, out_dtype: Optional[torch.dtype] = None) -> torch.Tensor:

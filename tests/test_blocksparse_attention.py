@@ -313,3 +313,22 @@ def test_bf16_on_gpu(block, causal):
     layout = make_layout("random", 1, S, S, block, gen)
     q, k, v = qkv(2, 8, 2, S, S, D, torch.bfloat16, "cuda", gen)
     check(q, k, v, layout, causal, gen)
+
+
+@pytest.mark.skipif(torch.cuda.is_available(), reason="checks the interpreter")
+def test_interpreter_refuses_bf16_in_every_attention_and_blocksparse_op():
+    """The interpreter computes tl.dot on bf16 bit patterns (errors ~1e9): each op refuses with
+    one line instead of returning a wrong tensor (the dense matmul's test is in test_matmul)."""
+    q = torch.randn(1, 2, 32, 16).to(torch.bfloat16)
+    layout = BlockLayout(torch.ones(1, 2, 2, dtype=torch.bool), 16)
+    full = BlockLayout(torch.ones(1, 2, 2, dtype=torch.bool), 16)
+    a, b = torch.randn(1, 4, 16, 16).to(torch.bfloat16), torch.randn(1, 1, 32, 8).to(torch.bfloat16)
+    calls = {
+        "attention": lambda: kernels.attention(q, q, q, causal=True),
+        "blocksparse_attention": lambda: kernels.blocksparse_attention(q, q, q, layout),
+        "blocksparse_matmul": lambda: kernels.blocksparse_matmul(a, b, full, "dsd"),
+    }
+    for name, call in calls.items():
+        with pytest.raises(ValueError, match="bfloat16 needs a CUDA GPU") as info:
+            call()
+        assert "\n" not in str(info.value), name
