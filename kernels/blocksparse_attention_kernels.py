@@ -48,39 +48,57 @@ from .attention_kernels import (
     fwd_config as _dense_fwd_config,
 )
 
-__all__ = ["bs_fwd_config", "bs_bwd_config", "inspect_specs", "SHIPPED"]
+__all__ = ["bs_fwd_config", "bs_bwd_config", "fwd_row_tile", "inspect_specs", "SHIPPED"]
+
+
+#: row threshold of a query row outside the layout (sees no key of the tile) and of a
+#: non-causal row inside it (sees every key): far beyond any sequence position plus ``diag``
+_ROW_OFF = tl.constexpr(-(1 << 30))
+_ROW_ALL = tl.constexpr(1 << 30)
 
 
 @triton.jit
 def _bsattn_fwd_kernel(
-    Q, K, V, O, LSE, ROW_PTR, ROW_MID, ROW_ORDER, COL_IDX,
+    Q, K, V, O, LSE, ROW_PTR, ROW_MID, ROW_ORDER, COL_IDX, LMASK,
     s_qb, s_qh, s_qm, s_qd,
     s_kb, s_kh, s_kn, s_kd,
     s_vb, s_vh, s_vn, s_vd,
     s_ob, s_oh, s_om, s_od,
-    H, S_q, S_k, R, LH, qk_scale, diag,
+    H, S_q, S_k, R, C, LH, qk_scale, diag,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
 ):
-    """Grid ``(R * BLOCK // BLOCK_M, B*H)``: ``BLOCK_M`` query rows of block-row ``r`` of head
-    ``h`` visit the key blocks listed in ``COL_IDX[ROW_PTR[g] : ROW_PTR[g+1]]``,
-    ``g = (h % LH) * R + r``; entries from ``ROW_MID[g]`` on are partial (masked).  Program
-    ``p`` takes block-row ``r = ROW_ORDER[(h % LH) * R + p // (BLOCK // BLOCK_M)]``: the rows
-    with the most blocks first (a shorter tail when the grid drains)."""
-    SUB_M: tl.constexpr = BLOCK // BLOCK_M
+    """Grid ``(R * SUB_M, B*H)``.  The CSR rows are *row tiles* of ``RT = max(BLOCK, BLOCK_M)``
+    queries (``R`` of them per layout head); ``BLOCK_M`` query rows of row tile ``r`` of head
+    ``h`` visit the key blocks listed in ``COL_IDX[ROW_PTR[g] : ROW_PTR[g+1]]``, ``g = (h % LH)
+    * R + r``; entries from ``ROW_MID[g]`` on are partial (masked).  Program ``p`` takes row tile
+    ``r = ROW_ORDER[(h % LH) * R + p // SUB_M]``: the rows with the most blocks first (a shorter
+    tail when the grid drains).
+
+    ``BLOCK_M > BLOCK`` (16-bit inputs, layout blocks of 16 or 32): a row tile covers
+    ``BLOCK_M // BLOCK`` layout block-rows and lists the union of their key blocks; an entry is
+    full when every covered block-row holds the block and sees all of it.  In a partial entry
+    each query row reads its own layout bit ``LMASK[h % LH, i // BLOCK, c]`` (int8 ``[LH, cdiv(S_q,
+    BLOCK), C]``); a row outside the layout gets the row threshold ``_ROW_OFF`` (it sees no key
+    of the tile), one inside it its position (causal) or ``_ROW_ALL`` (not causal), and the
+    step's causal select ``j <= threshold + diag`` applies both at once."""
+    COARSE: tl.constexpr = BLOCK_M > BLOCK
+    RT: tl.constexpr = BLOCK_M if BLOCK_M > BLOCK else BLOCK
+    SUB_M: tl.constexpr = RT // BLOCK_M
     pid_m = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H).to(tl.int64)
     h = pid_bh % H
     hk = (h // GROUP).to(tl.int64)
-    r = tl.load(ROW_ORDER + (h % LH) * R + pid_m // SUB_M)
-    g = (h % LH) * R + r
+    lh = h % LH
+    r = tl.load(ROW_ORDER + lh * R + pid_m // SUB_M)
+    g = lh * R + r
     h = h.to(tl.int64)
     start = tl.load(ROW_PTR + g)
     end = tl.load(ROW_PTR + g + 1)
     mid = tl.load(ROW_MID + g)
 
-    start_m = r * BLOCK + (pid_m % SUB_M) * BLOCK_M
+    start_m = r * RT + (pid_m % SUB_M) * BLOCK_M
     row0 = tl.cast(start_m, tl.int64)
     rows = tl.arange(0, BLOCK_M)
     offs_m = start_m + rows
@@ -95,18 +113,32 @@ def _bsattn_fwd_kernel(
     # of the step per loop (unrolling the sub-tiles doubled registers and shared memory and
     # spilled at block 128 x D 256), and the pipeliner sees one loop across blocks
     SUB: tl.constexpr = BLOCK // BLOCK_N
-    # full blocks: fully visible and in bounds
+    # full blocks: fully visible and in bounds (for every row of the tile)
     for i in range(start * SUB, mid * SUB):
         c = tl.load(COL_IDX + i // SUB)
         start_n = c * BLOCK + (i % SUB) * BLOCK_N
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n,
                                   offs_m, offs_n, d_mask, S_k, qk_scale, diag, False, CAUSAL, DOT_PRECISION)
-    # partial blocks: crossed by the causal diagonal and/or the ragged last key block
-    for i in range(mid * SUB, end * SUB):
-        c = tl.load(COL_IDX + i // SUB)
-        start_n = c * BLOCK + (i % SUB) * BLOCK_N
-        acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n,
-                                  offs_m, offs_n, d_mask, S_k, qk_scale, diag, True, CAUSAL, DOT_PRECISION)
+    # partial blocks: crossed by the causal diagonal and/or the ragged last key block, or (a
+    # row tile of several block-rows) missing from some of its block-rows
+    if COARSE:
+        lm_rows = LMASK + lh.to(tl.int64) * tl.cdiv(S_q, BLOCK) * C + (offs_m // BLOCK) * C
+        for i in range(mid * SUB, end * SUB):
+            c = tl.load(COL_IDX + i // SUB)
+            start_n = c * BLOCK + (i % SUB) * BLOCK_N
+            on = tl.load(lm_rows + c, mask=m_mask, other=0) != 0
+            if CAUSAL:
+                thr = tl.where(on, offs_m, _ROW_OFF)
+            else:
+                thr = tl.where(on, _ROW_ALL, _ROW_OFF)
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n,
+                                      thr, offs_n, d_mask, S_k, qk_scale, diag, True, True, DOT_PRECISION)
+    else:
+        for i in range(mid * SUB, end * SUB):
+            c = tl.load(COL_IDX + i // SUB)
+            start_n = c * BLOCK + (i % SUB) * BLOCK_N
+            acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n,
+                                      offs_m, offs_n, d_mask, S_k, qk_scale, diag, True, CAUSAL, DOT_PRECISION)
 
     _fwd_store(acc, l_i, m_i, O, LSE, s_om, s_od, b * s_ob + h * s_oh, pid_bh.to(tl.int64) * S_q, row0, rows,
                offs_m, offs_d, m_mask, d_mask)
@@ -182,20 +214,28 @@ def _bsattn_bwd_kernel(
 
 def bs_fwd_config(block: int, head_dim: int, elem_bytes: int = 2, interpret: bool = False,
                   capability: tuple[int, int] | None = None) -> AttnConfig:
-    """Forward: ``block_m`` queries per program (the whole block for 16-bit inputs; float32
-    and the interpreter take the dense kernel's query tile when it is smaller), key sub-tiles
-    of ``block_n``."""
+    """Forward: ``block_m`` queries per program, key sub-tiles of ``block_n``.
+
+    16-bit inputs: at least 64 query rows (the M of a Hopper wgmma), so layouts with blocks of
+    16 or 32 run row tiles of 64 queries over 4 or 2 block-rows (the interpreter takes the same
+    tiles, so the tests exercise them); blocks of 64 and 128 keep one block per program.  float32
+    (FMA units or TF32 mma.sync) splits a block into the dense kernel's smaller query tiles."""
     dense = _dense_fwd_config(head_dim, elem_bytes, interpret, capability)
     bn = min(block, dense.block_n)
-    # float32 runs on FMA units (IEEE) or mma.sync (TF32): a whole 64- or 128-row block of
-    # float32 queries spills on sm_90, so the rows are split like the dense kernel's
-    bm = min(block, dense.block_m) if (elem_bytes == 4 or interpret) else block
-    bm = max(bm, bn)
+    if elem_bytes == 4:
+        # a whole 64- or 128-row block of float32 queries spills on sm_90
+        bm = max(min(block, dense.block_m), bn)
+        return AttnConfig(bm, bn, dense.num_warps, dense.num_stages)
+    bm = max(block, 64)
     # 128-row tiles, or a 64 x 256 accumulator: two warpgroups (one spills on sm_90)
     warps = 8 if bm >= 128 or bm * block_d(head_dim) >= 64 * 256 else 4
-    if elem_bytes == 4:
-        warps = dense.num_warps
     return AttnConfig(bm, bn, warps, dense.num_stages)
+
+
+def fwd_row_tile(block: int, cfg: AttnConfig) -> int:
+    """Query rows per CSR row of the forward (a *row tile*): the layout block, or the kernel's
+    ``block_m`` when that covers several block-rows."""
+    return max(block, cfg.block_m)
 
 
 def bs_bwd_config(block: int, head_dim: int, elem_bytes: int = 2, interpret: bool = False,
@@ -204,8 +244,10 @@ def bs_bwd_config(block: int, head_dim: int, elem_bytes: int = 2, interpret: boo
     ``block_m``."""
     dense = _dense_bwd_config(head_dim, elem_bytes, interpret, capability)
     bn = min(block, dense.block_n)
-    # 128 keys per program: 32-query steps (64 spill on sm_90 with the index-driven loops)
-    bm = min(block, dense.block_m, 32 if bn >= 128 and not interpret else block)
+    # the dense kernel's query steps: 64 rows up to D=64 (block 128 x D 64: 237 registers on
+    # sm_90), 32 at D=128 (64-query steps spill there with the index-driven loop: 48-256 bytes
+    # of stack at 8 warps, more at 16; the dense kernel moves dQ to its own kernel instead)
+    bm = min(block, dense.block_m)
     warps = 8 if bn >= 64 or block_d(head_dim) >= 128 else 4
     return AttnConfig(bm, bn, warps, dense.num_stages)
 
@@ -235,7 +277,7 @@ def inspect_specs(capability: int = 90) -> list:
         sig, consts, aligned = _spec_signature(
             _bsattn_fwd_kernel,
             {"Q": dt, "K": dt, "V": dt, "O": dt, "LSE": "*fp32", "ROW_PTR": "*i32", "ROW_MID": "*i32",
-             "ROW_ORDER": "*i32", "COL_IDX": "*i32"},
+             "ROW_ORDER": "*i32", "COL_IDX": "*i32", "LMASK": "*i8"},
             ("qk_scale",), consts)
         specs.append(KernelSpec(
             kernel="blocksparse_attention_fwd[bf16]", config=f"block{blk}_D{d}_{cfg.label()}",

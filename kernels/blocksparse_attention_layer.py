@@ -100,6 +100,7 @@ class LayoutPlan(NamedTuple):
     diag: int  # causal diagonal offset (query i sees keys j <= i + diag); 0 when not causal
     row_order: torch.Tensor  # int32 [LH*R]: per layout head, block-rows by falling block count
     col_order: torch.Tensor  # int32 [C]: block-columns by falling block count (over all heads)
+    causal: bool = False  # whether the causal mask applies (with ``diag``)
 
 
 def check_layout(layout, H: int, S_q: int, S_k: int, op: str) -> None:
@@ -174,7 +175,7 @@ def _plan_cached(layout: BlockLayout, causal: Optional[str], H: int, H_kv: int, 
         n_computed = int(computed.sum())
         kv_touched = m.reshape(H_kv, group, R, C).amax(dim=(1, 2))  # [H_kv, C]
         kv_rows = int((kv_touched * cols[None, :]).sum())
-    return LayoutPlan(eff, n_pairs, n_computed, kv_rows, row_mid, diag, row_order, col_order)
+    return LayoutPlan(eff, n_pairs, n_computed, kv_rows, row_mid, diag, row_order, col_order, causal is not None)
 
 
 def layout_plan(layout: BlockLayout, causal, H: int, H_kv: int, S_q: int, S_k: int) -> LayoutPlan:
@@ -192,6 +193,74 @@ def _plan_tensors_on(plan: LayoutPlan, S_q: int, S_k: int, device) -> tuple[torc
     key = ("bsattn_plan", S_q, S_k, plan.diag, str(device))
     return plan.layout.memo(key, lambda _: tuple(t.to(device) for t in (plan.row_mid, plan.row_order,
                                                                          plan.col_order)))
+
+
+class FwdTiles(NamedTuple):
+    """The forward's walk at its row tiles of ``row_tile`` queries (several layout block-rows
+    when the kernel's query tile is larger than the layout block), per layout head."""
+
+    row_ptr: torch.Tensor  # int32 [LH*NT+1]: CSR over (layout head, row tile) of key blocks
+    col_idx: torch.Tensor  # int32: each row tile's key blocks, full ones first (ascending), then partial
+    row_mid: torch.Tensor  # int32 [LH*NT]: where each row tile's partial entries start
+    row_order: torch.Tensor  # int32 [LH*NT]: per layout head, row tiles by falling block count
+    layout_mask: torch.Tensor  # int8 [LH, R, C]: the effective layout, read by partial entries
+    computed_pairs: int  # scores the forward computes (per batch element, over query heads)
+
+
+def _fwd_tiles(plan: LayoutPlan, H: int, S_q: int, S_k: int, row_tile: int) -> FwdTiles:
+    """Row tiles of ``row_tile`` queries: each lists the union of its block-rows' key blocks;
+    an entry is *full* when every in-bounds block-row of the tile holds the block and sees all
+    of it (causal) and the key block is whole; otherwise partial (masked in the kernel by each
+    row's layout bit, the causal diagonal and the key bound)."""
+    eff = plan.layout
+    blk = eff.block
+    LH, R, C = eff.shape
+    mask = eff.mask
+    if row_tile <= blk:  # one block-row per tile: the plan's own walk
+        row_ptr, col_idx = eff.csr("cpu")
+        return FwdTiles(row_ptr, col_idx, plan.row_mid, plan.row_order, mask.to(torch.int8).contiguous(),
+                        plan.computed_pairs)
+    f = row_tile // blk
+    NT = triton.cdiv(R, f)
+    rows = torch.clamp(S_q - torch.arange(R, dtype=torch.int64) * blk, max=blk)
+    cols = torch.clamp(S_k - torch.arange(C, dtype=torch.int64) * blk, max=blk)
+    size = rows[:, None] * cols[None, :]
+    visible = block_pairs(R, C, blk, S_q, S_k, plan.diag if plan.causal else None)
+    whole = (visible == size) & (cols == blk)[None, :]  # [R, C]: block fully visible and in bounds
+    pad = NT * f - R
+    m = torch.nn.functional.pad(mask, (0, 0, 0, pad), value=False).reshape(LH, NT, f, C)
+    # rows past the layout (beyond S_q) do not matter: they count as whole blocks
+    ok = torch.nn.functional.pad(mask & whole[None], (0, 0, 0, pad), value=True).reshape(LH, NT, f, C)
+    union = m.any(dim=2)  # [LH, NT, C]
+    full = union & ok.all(dim=2)
+    # CSR with each row tile's full entries first (both groups in ascending column order)
+    key = (~full).to(torch.int64) * C + torch.arange(C, dtype=torch.int64)
+    key = torch.where(union, key, 2 * C)
+    order = torch.sort(key, dim=2, stable=True).indices  # [LH, NT, C]
+    counts = union.sum(dim=2).reshape(-1)
+    n_full = full.sum(dim=2).reshape(-1)
+    take = torch.arange(C)[None, None, :] < union.sum(dim=2, keepdim=True)
+    col_idx = order[take].to(torch.int32)
+    row_ptr = torch.zeros(LH * NT + 1, dtype=torch.int64)
+    row_ptr[1:] = torch.cumsum(counts, 0)
+    row_mid = (row_ptr[:-1] + n_full).to(torch.int32)
+    row_order = torch.sort(-union.sum(dim=2), dim=1, stable=True).indices.reshape(-1).to(torch.int32)
+    tile_rows = torch.clamp(S_q - torch.arange(NT, dtype=torch.int64) * row_tile, max=row_tile)
+    computed = (union.to(torch.int64) * tile_rows[None, :, None] * cols[None, None, :]).sum(dim=(1, 2))  # [LH]
+    n_computed = H * int(computed[0]) if LH == 1 else int(computed.sum())
+    return FwdTiles(row_ptr.to(torch.int32), col_idx, row_mid, row_order, mask.to(torch.int8).contiguous(),
+                    n_computed)
+
+
+def fwd_tiles(plan: LayoutPlan, H: int, S_q: int, S_k: int, row_tile: int, device) -> FwdTiles:
+    """:func:`_fwd_tiles` on ``device``, cached on the effective layout."""
+    key = ("bsattn_fwd_tiles", H, S_q, S_k, plan.diag, plan.causal, row_tile, str(device))
+
+    def build(_):
+        t = _fwd_tiles(plan, H, S_q, S_k, row_tile)
+        return t._replace(**{f: getattr(t, f).to(device) for f in FwdTiles._fields if f != "computed_pairs"})
+
+    return plan.layout.memo(key, build)
 
 
 # --------------------------------------------------------------------------------------
@@ -225,22 +294,28 @@ def blocksparse_attention_fwd(
     computed_pairs: int,
     kv_rows: int,
     bottom_right: bool = False,
+    layout_mask: Optional[torch.Tensor] = None,
+    fwd_computed_pairs: int = -1,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward of block-sparse attention: ``(o, lse)`` as ``flopscale::attention_fwd``."""
     B, H, S_q, D = q.shape
     H_kv, S_k = k.shape[1], k.shape[2]
-    R = triton.cdiv(S_q, block)
+    cfg, _ = _configs(block, D, q.dtype, q.device)
+    R = triton.cdiv(S_q, _bk.fwd_row_tile(block, cfg))  # row tiles
     LH = (row_ptr.shape[0] - 1) // R
+    if cfg.block_m > block and layout_mask is None:
+        raise ValueError(f"flopscale::blocksparse_attention_fwd: row tiles of {cfg.block_m} queries over blocks "
+                         f"of {block} need layout_mask")
     o = new_output((B, H, S_q, D), q.dtype, q.device)
     lse = new_output((B, H, S_q), torch.float32, q.device)
-    cfg, _ = _configs(block, D, q.dtype, q.device)
+    lmask = row_ptr if layout_mask is None else layout_mask  # not read when each tile is one block-row
     for b0, b1 in batch_slices(B, H):
         q_, k_, v_, o_, lse_ = slice_batch((q, k, v, o, lse), b0, b1, B)
         launch(
-            _bk._bsattn_fwd_kernel, (R * (block // cfg.block_m), (b1 - b0) * H), cfg,
-            q_, k_, v_, o_, lse_, row_ptr, row_mid, row_order, col_idx,
+            _bk._bsattn_fwd_kernel, (R * (_bk.fwd_row_tile(block, cfg) // cfg.block_m), (b1 - b0) * H), cfg,
+            q_, k_, v_, o_, lse_, row_ptr, row_mid, row_order, col_idx, lmask,
             *q_.stride(), *k_.stride(), *v_.stride(), *o_.stride(),
-            H, S_q, S_k, R, LH, sm_scale * _ak.LOG2E, causal_diag(causal, bottom_right, S_q, S_k),
+            H, S_q, S_k, R, triton.cdiv(S_k, block), LH, sm_scale * _ak.LOG2E, causal_diag(causal, bottom_right, S_q, S_k),
             GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK=block, BLOCK_M=cfg.block_m,
             BLOCK_N=cfg.block_n, CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype),
         )
@@ -299,6 +374,7 @@ def _setup_context(ctx, inputs, output):
     o, lse = output
     ctx.save_for_backward(q, k, v, o, lse, col_ptr, row_idx, col_order)
     ctx.args = (block, causal, sm_scale, n_pairs, computed, kv_rows, bottom_right)
+    ctx.n_inputs = len(inputs)
 
 
 def _backward(ctx, do, dlse):
@@ -307,7 +383,7 @@ def _backward(ctx, do, dlse):
         do = torch.zeros_like(o)
     dq, dk, dv = torch.ops.flopscale.blocksparse_attention_bwd(do, q, k, v, o, lse, dlse, col_ptr, row_idx,
                                                                col_order, *ctx.args)
-    return (dq, dk, dv) + (None,) * 14
+    return (dq, dk, dv) + (None,) * (ctx.n_inputs - 3)
 
 
 blocksparse_attention_fwd.register_autograd(_backward, setup_context=_setup_context)
@@ -331,14 +407,16 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
     B, H, S_q, _ = q.shape
     H_kv, S_k = k.shape[1], k.shape[2]
     plan = layout_plan(layout, causal, H, H_kv, S_q, S_k)
-    row_ptr, col_idx = plan.layout.csr(q.device)
+    fcfg, _ = _configs(layout.block, q.shape[-1], q.dtype, q.device)
+    tiles = fwd_tiles(plan, H, S_q, S_k, _bk.fwd_row_tile(layout.block, fcfg), q.device)
     col_ptr, row_idx, _ = plan.layout.csc(q.device)
-    row_mid, row_order, col_order = _plan_tensors_on(plan, S_q, S_k, q.device)
+    _, _, col_order = _plan_tensors_on(plan, S_q, S_k, q.device)
     mode = causal_mode(causal, op)
     o, _ = torch.ops.flopscale.blocksparse_attention_fwd(
-        q, k, v, row_ptr, row_mid, row_order, col_idx, col_ptr, row_idx, col_order, layout.block,
-        mode is not None, scale,
-        plan.pairs, plan.computed_pairs, plan.kv_rows, mode == "bottom_right",
+        q, k, v, tiles.row_ptr, tiles.row_mid, tiles.row_order, tiles.col_idx, col_ptr, row_idx, col_order,
+        layout.block, mode is not None, scale,
+        plan.pairs, plan.computed_pairs, plan.kv_rows, mode == "bottom_right", tiles.layout_mask,
+        tiles.computed_pairs,
     )
     return o
 
@@ -360,6 +438,7 @@ def blocksparse_attention_reference(q: torch.Tensor, k: torch.Tensor, v: torch.T
 
 
 def _fwd_cost(q, k, block, pairs, computed_pairs, kv_rows) -> Cost:
+    """``computed_pairs``: the scores the forward computes (at its row tiles)."""
     B, H, S_q, D = q.shape
     cfg, _ = _configs(int(block), D, q.dtype, getattr(q, "device", None))
     tiles = computed_pairs // cfg.block_n
@@ -370,10 +449,13 @@ def _fwd_cost(q, k, block, pairs, computed_pairs, kv_rows) -> Cost:
 @register_cost("flopscale::blocksparse_attention_fwd")
 def blocksparse_attention_fwd_cost(q, k, v, row_ptr, row_mid, row_order, col_idx, col_ptr, row_idx, col_order,
                                    block, causal, sm_scale, pairs, computed_pairs, kv_rows,
-                                   bottom_right=False) -> Cost:
+                                   bottom_right=False, layout_mask=None, fwd_computed_pairs=-1) -> Cost:
     """Declared cost of one ``flopscale::blocksparse_attention_fwd`` launch (module docstring)."""
-    c = _fwd_cost(q, k, block, pairs, computed_pairs, kv_rows)
+    computed = computed_pairs if fwd_computed_pairs < 0 else fwd_computed_pairs
+    c = _fwd_cost(q, k, block, pairs, computed, kv_rows)
     index_bytes = 4 * (row_ptr.numel() + row_mid.numel() + row_order.numel() + col_idx.numel())
+    if layout_mask is not None:
+        index_bytes += layout_mask.numel()
     return Cost(c.flops, c.executed_flops, c.bytes + index_bytes, c.nonmatmul_flops, c.detail, c.peak_dtype)
 
 
