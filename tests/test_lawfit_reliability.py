@@ -209,9 +209,13 @@ def test_signal_to_fit_with_two_workers_leaves_no_worker(sig, tmp_path):
             proc.communicate()
 
 
-def test_child_restores_default_signal_handlers():
+def test_child_restores_default_signal_handlers(request):
     import multiprocessing
 
+    from test_lawfit_parallel import in_a_fresh_process
+
+    if in_a_fresh_process(request):
+        return
     from flopscale.lawfit import _parallel
 
     def probe(i):
