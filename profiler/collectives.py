@@ -53,6 +53,25 @@ class CollectiveRow:
     def to_dict(self) -> dict:
         return asdict(self)
 
+    def to_text(self) -> str:
+        """One line of the table under :func:`table_header`."""
+        return (f"{self.op:<15}{_bytes_text(self.size_bytes):>12}{self.time_s * 1e6:>12.1f}"
+                f"{self.algbw_Bps / 1e9:>12.3f}{self.busbw_Bps / 1e9:>12.3f}")
+
+
+def table_header(world: int, backend: str) -> str:
+    """What the rows of a run are (ranks, backend, definitions) and the column names."""
+    return (f"{world} ranks, backend {backend}; time = median of the slowest rank; "
+            "busbw = algbw x 2(n-1)/n (all-reduce), x (n-1)/n (all-gather, reduce-scatter)\n"
+            f"{'op':<15}{'size':>12}{'time_us':>12}{'algbw GB/s':>12}{'busbw GB/s':>12}")
+
+
+def _bytes_text(n: int) -> str:
+    for unit, m in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
+        if n >= m:
+            return f"{n / m:g} {unit}"
+    return f"{n} B"
+
 
 def parse_size(text: str) -> int:
     """'1K', '4MiB', '1G', '65536' -> bytes (binary units)."""

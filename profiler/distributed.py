@@ -19,8 +19,10 @@ board power, temperature and throttle reasons (NVML; absent on a CPU run, and sa
 it), split into compute, communication and their overlap -- see :func:`measure_data_parallel`.
 
 The command line of the module is :mod:`profiler.commands.torchrun` (this module's
-``__main__`` hands over to it by name); everything here is the domain: starting and watching
-ranks, gathering, aggregating, rendering, and :func:`measure_data_parallel`.
+``__main__`` hands over to it by name); what each rank runs (the bodies of ``collectives``,
+``profile``, ``audit`` and ``ddp``) is :mod:`profiler.distributed_runs`; everything here is the
+domain below them: starting and watching ranks, gathering, aggregating, rendering, and
+:func:`measure_data_parallel`.
 
 :func:`launch` starts such a run on this machine (through ``torch.distributed.run``,
 i.e. torchrun) with a deadline: a rank that fails or hangs ends the run within the

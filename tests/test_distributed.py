@@ -46,6 +46,24 @@ def test_collective_rows_are_positive_and_complete(tmp_path, nproc):
         assert t > 0 and alg > 0
         assert alg == pytest.approx(int(r["size_bytes"]) / t, rel=1e-6)
         assert bus == pytest.approx(alg * bus_factor(r["op"], nproc), rel=1e-6)
+    # the CSV is rewritten atomically row by row: no temporary file is left beside it
+    assert not [p.name for p in tmp_path.iterdir() if p.name.startswith(".c.csv")]
+
+
+@pytest.mark.parametrize("argv, needle", [
+    (["--sizes", "1K:lots"], "not a size: 'lots'"),
+    (["--ops", "all_reduce,all_to_all_ish"], "unknown collective 'all_to_all_ish'"),
+    (["--out", "{tmp}/missing/c.csv"], "--out: directory does not exist"),
+    (["--out", "{tmp}"], "is a directory"),
+])
+def test_bad_collectives_options_are_one_line_before_any_rank_starts(tmp_path, capsys, monkeypatch, argv, needle):
+    from flopscale.profiler.commands.torchrun import main
+
+    monkeypatch.delenv("RANK", raising=False)  # rank 0 says it; no process group is needed to refuse
+    assert main(["collectives", *(a.replace("{tmp}", str(tmp_path)) for a in argv)]) == 2
+    err = capsys.readouterr().err.strip()
+    assert needle in err and len(err.splitlines()) == 1 and err.startswith("flopscale.profiler.distributed collectives")
+    assert list(tmp_path.iterdir()) == []  # nothing written
 
 
 def test_a_failing_rank_is_named_and_finished_rows_are_kept(tmp_path):

@@ -14,7 +14,7 @@ from types import SimpleNamespace
 import pytest
 
 from flopscale.profiler.cli import main
-from flopscale.profiler.collectives import bus_factor, hierarchical_allreduce_time_s
+from flopscale.profiler.collectives import bus_factor
 from flopscale.profiler.distributed import launch, profile_aggregate, render_profile  # noqa: F401
 
 TINY = ["--n-layer", "2", "--d-model", "64", "--n-head", "2", "--n-ctx", "32", "--vocab", "256", "--batch", "2"]
@@ -34,8 +34,12 @@ def test_profile_gathered_records_equal_the_per_rank_ones(tmp_path):
     M, N, K = 48, 40, 56  # ragged, not a multiple of any block
     rec_dir = tmp_path / "records"
     out = _run(tmp_path, 2, ["profile", "matmul", "--shape", f"{M}x{N}x{K}", "--provider", "torch",
-                             "--peak", "datasheet", "--time-budget", "0.05", "--json", "--records-dir", str(rec_dir)])
+                             "--peak", "datasheet", "--time-budget", "0.05", "--json", "--records-dir", str(rec_dir),
+                             "--csv", str(tmp_path / "rows.csv")])
     assert out["world_size"] == 2 and out["backend"] == "gloo"
+    with open(tmp_path / "rows.csv") as fh:  # rank 0 writes every rank's rows
+        table = list(csv.DictReader(fh))
+    assert [(int(r["rank"]), int(r["flops"])) for r in table] == [(0, 2 * M * N * K), (1, 2 * M * N * K)]
     ranks = out["ranks"]
     # what rank 0 gathered is exactly what each rank wrote before the gather
     for r in (0, 1):
