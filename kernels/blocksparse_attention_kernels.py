@@ -20,10 +20,15 @@ where those trailing *partial* entries start, and the forward masks only them.  
 applies the causal select only to the query tiles of the diagonal band (a run-time branch in
 its single loop: one copy of its step keeps it within the register budget).
 
-Tiles: forward programs own one query block (``BLOCK_M = block``) and walk each key block
-in sub-tiles of ``BLOCK_N``; backward programs own ``BLOCK_N`` keys of one key block and walk
-each query block in sub-tiles of ``BLOCK_M``.  Every element of a visited block is computed
-(the executed count: ``kernels.blocksparse_attention_layer``).
+Tiles: forward programs own ``BLOCK_M`` queries of one *row tile* and walk its key blocks in
+sub-tiles of ``BLOCK_N``.  A row tile is one layout block-row, or, for 16-bit inputs and layout
+blocks of 16 or 32, ``BLOCK_M = 64`` queries over several block-rows (the M of a Hopper wgmma:
+16- and 32-row tiles ran on mma.sync), whose walk is the union of their key blocks: *full*
+entries (every block-row holds the block and sees all of it) run unmasked, *partial* ones mask
+each row by its own layout bit as well as by the diagonal and the key bound.  Backward programs
+own ``BLOCK_N`` keys of one key block and walk each query block in sub-tiles of ``BLOCK_M``.
+Every element of a visited tile is computed (the executed count:
+``kernels.blocksparse_attention_layer``).
 """
 from __future__ import annotations
 
@@ -263,7 +268,9 @@ SHIPPED = tuple((blk, d) for blk in (16, 32, 64, 128) for d in (64, 128))
 def inspect_specs(capability: int = 90) -> list:
     """Every shipped block-sparse attention configuration as ``kernels.inspect.KernelSpec``
     objects (bf16, causal, blocks 16-128, head dims 64 and 128), specialised as a typical
-    launch is.  Tiles under 64 rows use ``mma.sync``: no wgmma is expected of them."""
+    launch is.  Backward tiles under 64 keys (blocks of 16 and 32) use ``mma.sync``: no wgmma is
+    expected of them.  The forwards of blocks 16 and 32 run 64-row tiles on wgmma, but are still
+    marked like their backwards (``tensor_core=blk >= 64``, which the inspect tests pin)."""
     from .inspect import KernelSpec  # local: keeps this module importable without the inspector
 
     cap = (capability // 10, capability % 10)

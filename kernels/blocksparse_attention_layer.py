@@ -22,13 +22,17 @@
 Custom ops (namespace ``flopscale``):
 
 * ``flopscale::blocksparse_attention_fwd(q, k, v, row_ptr, row_mid, row_order, col_idx, col_ptr,
-  row_idx, col_order, block, causal, sm_scale, pairs, computed_pairs, kv_rows, bottom_right=False)
-  -> (o, lse)``:
-  the index tensors are the block-CSR (used by the forward) and block-CSC (used by the
-  backward) of the *effective* layout (causal: blocks without a visible pair removed);
-  ``row_mid[g]`` is where the partial entries of CSR row ``g`` start; ``row_order`` (per layout
-  head) and ``col_order`` list the block-rows and block-columns by falling block count, the
-  order in which programs take them (heavy rows first); the three ints describe
+  row_idx, col_order, block, causal, sm_scale, pairs, computed_pairs, kv_rows, bottom_right=False,
+  layout_mask=None, fwd_computed_pairs=-1) -> (o, lse)``:
+  the index tensors are the block-CSR (used by the forward, over its *row tiles*, see
+  :func:`fwd_tiles`) and block-CSC (used by the backward) of the *effective* layout (causal:
+  blocks without a visible pair removed); ``row_mid[g]`` is where the partial entries of CSR
+  row ``g`` start; ``row_order`` (per layout head) and ``col_order`` list the row tiles and
+  block-columns by falling block count, the order in which programs take them (heavy rows
+  first); ``layout_mask`` (int8 ``[H_l, R, C]``, the effective layout) is read by row tiles of
+  several block-rows (16-bit inputs, blocks of 16 and 32: 64-row tiles), and
+  ``fwd_computed_pairs`` counts the scores the forward computes at its row tiles (-1: as
+  ``computed_pairs``); the three ints describe
   it for the cost model, per batch element, summed over query heads: ``pairs`` unmasked
   (query, key) pairs, ``computed_pairs`` scores computed (every in-bounds element of every
   visited block), ``kv_rows`` key rows read (over key/value heads).

@@ -332,3 +332,139 @@ def test_interpreter_refuses_bf16_in_every_attention_and_blocksparse_op():
         with pytest.raises(ValueError, match="bfloat16 needs a CUDA GPU") as info:
             call()
         assert "\n" not in str(info.value), name
+
+
+# --------------------------------------------------------------------------- row tiles over several block-rows
+
+
+def _tile_cfg(block, D=16):
+    from flopscale.kernels import blocksparse_attention_kernels as bk
+
+    return bk.bs_fwd_config(block, D, 2, interpret=True)
+
+
+@pytest.mark.parametrize("block", [16, 32])
+def test_16bit_forward_tiles_cover_several_block_rows(block):
+    """16-bit inputs run >= 64-row query tiles (a Hopper wgmma's M) whatever the layout block,
+    on the GPU and under the interpreter alike; float32 keeps tiles within one block."""
+    from flopscale.kernels import blocksparse_attention_kernels as bk
+
+    for interp in (True, False):
+        for D in (16, 64, 128):
+            cfg = bk.bs_fwd_config(block, D, 2, interpret=interp, capability=(9, 0))
+            assert cfg.block_m >= 64 and cfg.block_m % block == 0
+            assert bk.fwd_row_tile(block, cfg) == cfg.block_m
+    assert bk.bs_fwd_config(block, 16, 4, interpret=True).block_m <= block
+
+
+# (kind, layout heads, B, H, H_kv, S_q, S_k, block, causal)
+TILE_CASES = [
+    ("random", 1, 1, 4, 2, 150, 150, 16, True),  # GQA, ragged: 3 row tiles of 64, the last 22 rows
+    ("random", 4, 1, 4, 1, 150, 150, 16, "bottom_right"),  # per-head layouts, S_q = S_k
+    ("random", 2, 2, 2, 1, 100, 167, 16, "bottom_right"),  # S_q < S_k: the diagonal crosses blocks
+    ("random", 2, 1, 2, 2, 167, 100, 32, "bottom_right"),  # S_q > S_k: the first rows see nothing
+    ("random", 1, 1, 2, 1, 167, 100, 32, True),  # top-left, S_q > S_k
+    ("random", 4, 1, 4, 2, 77, 130, 32, False),  # per-head layouts with GQA
+    ("strided", 1, 1, 2, 1, 200, 200, 16, True),
+    ("local", 2, 1, 2, 2, 130, 130, 32, "top_left"),
+]
+
+
+@pytest.mark.parametrize("kind,H_l,B,H,H_kv,S_q,S_k,block,causal", TILE_CASES)
+def test_row_tiles_match_reference_fp16(kind, H_l, B, H, H_kv, S_q, S_k, block, causal, device):
+    """fp16 output and gradients vs the float64 reference with 64-row tiles over blocks of 16
+    and 32 (partial tiles: rows whose block-row lacks a key block, the diagonal, ragged keys)."""
+    assert _tile_cfg(block).block_m > block
+    gen = torch.Generator().manual_seed(hash((kind, H_l, S_q, S_k, block, str(causal))) % 2**31)
+    layout = make_layout(kind, H_l, S_q, S_k, block, gen)
+    check(*qkv(B, H, H_kv, S_q, S_k, 16, torch.float16, device, gen), layout, causal, gen)
+
+
+@pytest.mark.parametrize("causal", [False, True, "bottom_right"])
+def test_row_tile_with_disjoint_and_empty_block_rows(causal, device):
+    """One 64-row tile whose four block-rows of 16 see different key blocks (so every entry is
+    partial), one block-row empty: rows see only their own blocks, the empty one gives 0, lse
+    -inf and zero gradient, never NaN."""
+    gen = torch.Generator().manual_seed(77)
+    mask = torch.zeros(1, 4, 5, dtype=torch.bool)
+    mask[0, 0, 0] = mask[0, 1, 1] = mask[0, 1, 4] = mask[0, 3, 0] = mask[0, 3, 2] = mask[0, 3, 3] = True
+    layout = BlockLayout(mask, 16)
+    S_q, S_k = 60, 70
+    q, k, v = qkv(1, 2, 1, S_q, S_k, 16, torch.float16, device, gen)
+    plan = bl.layout_plan(layout, causal, 2, 1, S_q, S_k)
+    tiles = bl.fwd_tiles(plan, 2, S_q, S_k, _tile_cfg(16).block_m, "cpu")
+    assert int(tiles.row_ptr[-1]) == int(plan.layout.mask.any(dim=1).sum())  # the union, once each
+    assert int(tiles.row_mid[0]) == 0  # no key block is full for all four block-rows
+    o = kernels.blocksparse_attention(q, k, v, layout, causal=causal)
+    assert not torch.isnan(o).any() and (o[:, :, 32:48] == 0).all()
+    o.float().sum().backward()
+    assert (q.grad[:, :, 32:48] == 0).all() and not torch.isnan(q.grad).any()
+    q.grad = k.grad = v.grad = None
+    check(q, k, v, layout, causal, gen)
+
+
+@pytest.mark.parametrize("causal,S_q,S_k", [(False, 150, 130), (True, 150, 130), ("bottom_right", 100, 167),
+                                            ("bottom_right", 167, 100)])
+@pytest.mark.parametrize("block,H_l", [(16, 1), (16, 3), (32, 3)])
+def test_row_tile_walk_full_entries_first(causal, S_q, S_k, block, H_l):
+    """Each row tile lists the union of its block-rows' key blocks, each once; entries before
+    ``row_mid`` are full (every in-bounds row of the tile sees every in-bounds key of the block:
+    run unmasked), the rest partial; row tiles are taken heaviest first; the forward's computed
+    scores are the tile rows times the key-block columns of every entry (by enumeration)."""
+    gen = torch.Generator().manual_seed(S_q * block + H_l)
+    layout = make_layout("random", H_l, S_q, S_k, block, gen)
+    plan = bl.layout_plan(layout, causal, 3, 1, S_q, S_k)
+    T = 64
+    tiles = bl.fwd_tiles(plan, 3, S_q, S_k, T, "cpu")
+    mode = al.causal_mode(causal)
+    visible = torch.ones(S_q, S_k, dtype=torch.bool)
+    if mode:
+        visible = visible.tril(diagonal=S_k - S_q if mode == "bottom_right" else 0)
+    em = plan.layout.element_mask(S_q, S_k) & visible  # the effective layout's visible pairs
+    NT = cdiv(S_q, T)
+    computed = 0
+    for lh in range(layout.heads):
+        counts = []
+        for t in range(NT):
+            g = lh * NT + t
+            cols = tiles.col_idx[int(tiles.row_ptr[g]):int(tiles.row_ptr[g + 1])].tolist()
+            counts.append(len(cols))
+            want = sorted(set(plan.layout.mask[lh, t * T // block:(t + 1) * T // block].nonzero()[:, 1].tolist()))
+            assert sorted(cols) == want and len(set(cols)) == len(cols)
+            mid = int(tiles.row_mid[g]) - int(tiles.row_ptr[g])
+            for e, c in enumerate(cols):
+                sub = em[lh, t * T:(t + 1) * T, c * block:(c + 1) * block]
+                full = bool(sub.all()) and sub.shape[1] == block
+                assert full == (e < mid), (lh, t, e, c)
+                computed += sub.shape[0] * sub.shape[1]
+        order = tiles.row_order[lh * NT:(lh + 1) * NT].tolist()
+        assert sorted(order) == list(range(NT))
+        assert [counts[i] for i in order] == sorted(counts, reverse=True)
+    assert tiles.computed_pairs == computed * (3 if layout.heads == 1 else 1)
+    assert tiles.computed_pairs >= plan.computed_pairs
+
+
+def test_fp16_forward_cost_counts_the_row_tiles():
+    """The declared executed FLOPs of the fp16 forward count every score of its 64-row tiles
+    (more than the layout's blocks when block-rows of a tile differ); model FLOPs keep the
+    visible pairs, and the backward (one block per step) keeps the layout's blocks."""
+    gen = torch.Generator().manual_seed(3)
+    S, H, D = 100, 2, 16
+    layout = make_layout("random", 1, S, S, 16, gen)
+    q, k, v = qkv(1, H, 1, S, S, D, torch.float16, "cpu", gen)
+    plan = bl.layout_plan(layout, True, H, 1, S, S)
+    tiles = bl.fwd_tiles(plan, H, S, S, _tile_cfg(16).block_m, "cpu")
+    assert tiles.computed_pairs > plan.computed_pairs
+    with FlopCounterMode(display=False) as fc:
+        o = kernels.blocksparse_attention(q, k, v, layout, causal=True)
+    assert fc.get_total_flops() == 4 * D * plan.pairs
+    col_ptr, row_idx, _ = plan.layout.csc()
+    fwd = kernels.cost_of("flopscale::blocksparse_attention_fwd", q, k, v, tiles.row_ptr, tiles.row_mid,
+                          tiles.row_order, tiles.col_idx, col_ptr, row_idx, plan.col_order, 16, True, 0.25,
+                          plan.pairs, plan.computed_pairs, plan.kv_rows, False, tiles.layout_mask,
+                          tiles.computed_pairs)
+    assert fwd.flops == 4 * D * plan.pairs and fwd.executed_flops == 4 * D * tiles.computed_pairs
+    lse = torch.empty(1, H, S)
+    bwd = kernels.cost_of("flopscale::blocksparse_attention_bwd", o, q, k, v, o, lse, None, col_ptr, row_idx,
+                          plan.col_order, 16, True, 0.25, plan.pairs, plan.computed_pairs, plan.kv_rows, False)
+    assert bwd.executed_flops == 10 * D * plan.computed_pairs
