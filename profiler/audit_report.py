@@ -5,11 +5,18 @@ Counts in FLOP, rates in FLOP/s with SI prefixes, times in us/ms/s.
 """
 from __future__ import annotations
 
+import math
 from typing import Any
 
 from .textfmt import fmt_count, fmt_rate, fmt_signed, fmt_time, table
+from .timing import UNSTABLE_IQR_RATIO
 
 __all__ = ["fmt_count", "fmt_rate", "fmt_time", "fmt_signed", "table", "render", "render_sweep"]
+
+
+def _ratio(x: float | None) -> str:
+    """A ratio to 3 decimals; n/a where it is undefined (an estimate of 0 FLOP)."""
+    return f"{x:.3f}" if isinstance(x, (int, float)) and math.isfinite(x) else "n/a"
 
 
 def render_sweep(rows: dict[str, list[dict[str, Any]]], plot: str | None) -> str:
@@ -155,12 +162,12 @@ def _estimate_lines(res) -> list[str]:
         terms = ", ".join(f"{k} {fmt_signed(v)}" for k, v in est.terms.items() if v)
         if abs(est.residual) > max(0.5, 1e-9 * abs(est.measured)):
             terms += f", unexplained {fmt_signed(est.residual)}"
-        rows.append([est.name, fmt_count(est.flops), f"{est.ratio:.3f}", terms])
+        rows.append([est.name, fmt_count(est.flops), _ratio(est.ratio), terms])
     lines.append(table(rows, ["estimate", "FLOP", "measured/est.", "explained by"], right={1, 2}))
     fc = res.flop_counter
     if fc.get("total") is not None:
         lines.append(f"  FlopCounterMode cross-check: {fmt_count(fc['total'], 'FLOP')} "
-                     f"({fc.get('ratio_to_model_flops', float('nan')):.3f} x model_flops). {fc.get('note', '')}")
+                     f"({_ratio(fc.get('ratio_to_model_flops'))} x model_flops). {fc.get('note', '')}")
     return lines
 
 
@@ -170,7 +177,8 @@ def _time_lines(res) -> list[str]:
     if t.get("step_s") is None:
         lines.append("Time: not measured")
     else:
-        unstable = " (unstable: IQR above a quarter of the median)" if t.get("iqr_s") and t["iqr_s"] > 0.25 * t["step_s"] else ""
+        unstable = (f" (unstable: IQR at least {UNSTABLE_IQR_RATIO:.0%} of the median)"
+                    if t.get("iqr_s") and t["iqr_s"] >= UNSTABLE_IQR_RATIO * t["step_s"] else "")
         lines.append(f"Time: {fmt_time(t['step_s'])} per step (median of {t['repetitions']}, IQR "
                      f"{fmt_time(t['iqr_s'])}{unstable}, {t['clock']}, wall time, nothing attached), "
                      f"{t['tokens_per_s']:,.0f} tokens/s, {fmt_rate(res.achieved_flop_per_s)} model FLOPs")

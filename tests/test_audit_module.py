@@ -406,3 +406,22 @@ def test_the_model_goes_back_to_its_mode():
     model = Llama(L=1).eval()
     audit_module(model, ids(1, 4), timed=False)
     assert not model.training
+
+
+def test_a_model_without_attention_prints_no_nan():
+    """An estimate of 0 FLOP (no attention layer seen, so Appendix F's Table A4 convention is
+    empty) has no ratio: the report says n/a, never nan."""
+    class MLPLM(nn.Module):
+        def __init__(self, vocab=64, d=32):
+            super().__init__()
+            self.emb, self.mlp, self.head = nn.Embedding(vocab, d), nn.Linear(d, d), nn.Linear(d, vocab, bias=False)
+
+        def forward(self, x):
+            return self.head(torch.relu(self.mlp(self.emb(x))))
+
+    torch.manual_seed(5)
+    r = audit_module(MLPLM(), ids(2, 8, vocab=64), ceilings=CEIL, time_budget_s=0.05)
+    assert any(e.flops == 0 for e in r.estimates)
+    text = str(r)
+    assert " nan" not in text.lower()
+    assert "n/a" in text
