@@ -221,6 +221,15 @@ def hierarchical_allreduce_time_s(
     return t
 
 
+def size_range(text: str) -> list[int]:
+    """'LO:HI' (or one size) -> the message sizes of a run: powers of four from LO to HI bytes."""
+    parts = text.split(":")
+    if len(parts) > 2:
+        raise ValueError(f"not a size range: {text!r} (use LO:HI, e.g. 1K:1G)")
+    lo, hi = parse_size(parts[0]), parse_size(parts[-1])
+    return list(iter_sizes(lo, hi))
+
+
 def iter_sizes(lo: int, hi: int) -> Iterator[int]:
     """Powers of four from ``lo`` to ``hi`` bytes, both included when they fit."""
     s = lo

@@ -11,7 +11,7 @@ import os
 import sys
 from typing import Any, Sequence
 
-from ..collectives import OPS, bus_factor, iter_sizes, parse_size, table_header
+from ..collectives import OPS, bus_factor, size_range, table_header
 from ..distributed import measure_data_parallel
 from ..distributed_runs import (Rank, audit_on_rank, checked_on_rank0, collectives_in_ranks, ddp_on_rank, in_ranks,
                                 profile_on_rank)
@@ -20,7 +20,7 @@ from ._common import UserError, check_output_path, print_json
 
 def _collectives_main(args: argparse.Namespace) -> int:
     try:
-        lo, hi = (parse_size(s) for s in args.sizes.split(":")) if ":" in args.sizes else (parse_size(args.sizes),) * 2
+        sizes = size_range(args.sizes)
         ops = [o.strip() for o in args.ops.split(",")]
         for op in ops:
             bus_factor(op, 1)  # an unknown name is refused here, before any rank starts
@@ -31,7 +31,7 @@ def _collectives_main(args: argparse.Namespace) -> int:
             print(f"flopscale.profiler.distributed collectives: error: {exc}", file=sys.stderr, flush=True)
         return 2
     quiet = args.quiet
-    return collectives_in_ranks(args.timeout, ops, list(iter_sizes(lo, hi)), reps=args.reps, out=args.out,
+    return collectives_in_ranks(args.timeout, ops, sizes, reps=args.reps, out=args.out,
                                 on_start=None if quiet else lambda w, b: print(table_header(w, b), flush=True),
                                 on_row=None if quiet else lambda row: print(row.to_text(), flush=True))
 
