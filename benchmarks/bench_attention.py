@@ -67,6 +67,19 @@ def _reference_head0(q, k, v, causal, grad=None):
     return torch.cat([q0.grad.flatten(), k0.grad.flatten(), v0.grad.flatten()])
 
 
+INTERPRETER_DTYPES = ("fp32", "fp16")  # without a GPU: tiny correctness rows under the Triton interpreter
+CPU_SKIPPED_PROVIDERS = ("sdpa-flash", "kernels.attention")
+
+
+def expected_rows(ctx: Context) -> int:
+    """Rows :func:`rows` yields for ``ctx``: per head dim, length and masking, a forward and a
+    backward row per provider (skipped rows included)."""
+    seqs = len(SEQS_QUICK if ctx.quick else SEQS)
+    if not ctx.on_gpu:
+        return len(INTERPRETER_DTYPES) * 2 + 2 * seqs * 2 * 2 * len(CPU_SKIPPED_PROVIDERS)
+    return 2 * seqs * 2 * 2 * len(providers(ctx.quick))
+
+
 def rows(ctx: Context) -> Iterator[dict]:
     if not ctx.on_gpu:
         yield from _interpreter_pass(ctx)
@@ -76,7 +89,7 @@ def rows(ctx: Context) -> Iterator[dict]:
                     for p in ("fwd", "bwd"):
                         base = dict(suite=SUITE, op="attention" + ("-causal" if causal else ""),
                                     shape=f"{TOKENS // s}x{D_MODEL // d}x{s}x{d}", dtype="bf16", **{"pass": p})
-                        yield from skipped(base, "no CUDA device", ("sdpa-flash", "kernels.attention"))
+                        yield from skipped(base, "no CUDA device", CPU_SKIPPED_PROVIDERS)
         return
     provs = providers(ctx.quick)
     names = [name for name, _ in provs]
@@ -136,7 +149,7 @@ def _interpreter_pass(ctx: Context) -> Iterator[dict]:
     """Tiny correctness rows under the Triton interpreter (fp32 and fp16)."""
     from flopscale import kernels
 
-    for dtype in ("fp32", "fp16"):
+    for dtype in INTERPRETER_DTYPES:
         for causal in (False, True):
             dt = DTYPES[dtype]
             b, h, s, d = 1, 2, 37, 32

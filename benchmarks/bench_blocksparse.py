@@ -37,13 +37,28 @@ def _target_note(density: float) -> str:
         f"density {density:.3f}"
 
 
+MATMUL_PROVIDERS = ("kernels.matmul (dense)", "kernels.blocksparse_matmul", "torch BSR matmul")
+ATTENTION_PROVIDERS = ("kernels.blocksparse_attention", "sdpa (bool mask)")
+FIXED_LAYOUTS = 2  # local 8, strided 8 (beside the random layouts of each density)
+CPU_SKIPPED_PROVIDERS = ("kernels.matmul (dense)", "kernels.blocksparse_matmul")
+
+
+def expected_rows(ctx: Context) -> int:
+    """Rows :func:`rows` yields for ``ctx`` (skipped rows included; a torch without BSR tensors
+    gives a skipped row in place of the BSR matmul, so the count holds)."""
+    nd = len(DENSITIES_QUICK if ctx.quick else DENSITIES)
+    if not ctx.on_gpu:
+        return 2 + nd * len(CPU_SKIPPED_PROVIDERS)  # the interpreter pass: one matmul and one attention row
+    return nd * len(MATMUL_PROVIDERS) + 1 + (nd + FIXED_LAYOUTS) * len(ATTENTION_PROVIDERS)
+
+
 def rows(ctx: Context) -> Iterator[dict]:
     if not ctx.on_gpu:
         yield from _interpreter_pass(ctx)
         for d in (DENSITIES_QUICK if ctx.quick else DENSITIES):
             yield from skipped(dict(suite=SUITE, op="bsmm-dsd", shape="4096x4096x4096 b64", dtype="bf16",
                                     **{"pass": "fwd"}, note=f"density {d}"),
-                               "no CUDA device", ("kernels.matmul (dense)", "kernels.blocksparse_matmul"))
+                               "no CUDA device", CPU_SKIPPED_PROVIDERS)
         return
     yield from _matmul_rows(ctx, 4096, 64, "bf16")
     yield from _attention_rows(ctx, b=4, h=16, s=4096, d=64, block=64, dtype="bf16")
@@ -52,7 +67,7 @@ def rows(ctx: Context) -> Iterator[dict]:
 def _matmul_rows(ctx: Context, n: int, block: int, dtype: str, dev: str = "cuda") -> Iterator[dict]:
     dt = DTYPES[dtype]
     b = torch.randn(1, 1, n, n, device=dev, dtype=dt)
-    names = ("kernels.matmul (dense)", "kernels.blocksparse_matmul", "torch BSR matmul")
+    names = MATMUL_PROVIDERS
     for density in (DENSITIES_QUICK if ctx.quick else DENSITIES):
         base = dict(suite=SUITE, op="bsmm-dsd", shape=f"{n}x{n}x{n} b{block}", dtype=dtype, **{"pass": "fwd"},
                     note=f"density {density}")
@@ -140,7 +155,7 @@ def _attention_rows(ctx: Context, b, h, s, d, block, dtype, dev="cuda") -> Itera
         layouts.append((f"random {density}", lambda density=density: _random_layout(1, r, density, block)))
     layouts.append(("local 8", lambda: kernels.BlockLayout.local(1, r, 8, block=block, causal=False)))
     layouts.append(("strided 8", lambda: kernels.BlockLayout.strided(1, r, 8, block=block, causal=False)))
-    names = ("kernels.blocksparse_attention", "sdpa (bool mask)")
+    names = ATTENTION_PROVIDERS
     for name, make in layouts:
         base = dict(suite=SUITE, op=f"bsattn {name}", shape=shape, dtype=dtype, **{"pass": "fwd"})
 

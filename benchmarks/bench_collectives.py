@@ -60,6 +60,16 @@ def settings(ctx: Context) -> tuple[int, str, int, str]:
     return n, sizes, reps, why
 
 
+def expected_rows(ctx: Context) -> int:
+    """Rows :func:`rows` yields for ``ctx`` when the run completes: one per collective and message
+    size (one skipped row with fewer than 2 ranks).  A run that fails ends with the rows it kept
+    and one error row instead."""
+    from flopscale.profiler.collectives import OPS, size_range
+
+    n, sizes, _reps, _why = settings(ctx)
+    return 1 if n < 2 else len(OPS) * len(size_range(sizes))
+
+
 def _size_text(n: int) -> str:
     for unit, m in (("GiB", 2**30), ("MiB", 2**20), ("KiB", 2**10)):
         if n >= m and n % m == 0:

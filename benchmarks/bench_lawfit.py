@@ -140,10 +140,28 @@ def _params(law, theta) -> dict:
     return {k: float(v) for k, v in law._from_theta(theta).items()}
 
 
+def _worker_counts() -> list[int]:
+    """Worker counts timed, most first: 2 and 1 where processes can be forked on 2+ CPUs, else 1."""
+    from flopscale.lawfit._parallel import can_fork, usable_cpus
+
+    many = min(2, usable_cpus()) if can_fork() else 1
+    return sorted({many, 1}, reverse=True)
+
+
+def expected_rows(ctx) -> int:
+    """Rows ``flopscale bench`` gets from this suite for ``ctx``: per worker count an idle fit,
+    a loaded fit and a bootstrap row; a loaded fit with automatic workers; the two scipy
+    loops; the scipy bootstrap -- or the one skipped row when the data set cannot be read."""
+    try:
+        _data()
+    except (OSError, LookupError):
+        return 1
+    return 3 * len(_worker_counts()) + 4
+
+
 def run(quick: bool = False, seed: int = 0) -> list[dict]:
     """Benchmark rows (dicts with the keys in ``COLUMNS``)."""
     from flopscale import lawfit
-    from flopscale.lawfit._parallel import can_fork, usable_cpus
     from flopscale.lawfit.fitting import _bootstrap, _inputs_of
 
     df = _data()
@@ -155,8 +173,7 @@ def run(quick: bool = False, seed: int = 0) -> list[dict]:
     grid = law._starts(x, logy, None, None)
     rows: list[dict] = []
     shape = f"{len(df)} runs x {len(grid)} starts"
-    many = min(2, usable_cpus()) if can_fork() else 1
-    worker_counts = sorted({many, 1}, reverse=True)
+    worker_counts = _worker_counts()
 
     lawfit.fit(df.iloc[:40], starts=20)  # warm-up (imports, caches)
     reps = 2

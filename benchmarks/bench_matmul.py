@@ -39,12 +39,24 @@ def _dtypes(ctx: Context):
     return names
 
 
+# without a GPU: a tiny correctness pass under the Triton interpreter in these dtypes
+INTERPRETER_DTYPES = ("fp32", "fp16")
+PROVIDERS = ("torch.matmul", "kernels.matmul")
+
+
+def expected_rows(ctx: Context) -> int:
+    """Rows :func:`rows` yields for ``ctx`` (one per provider, shape and dtype; skipped rows included)."""
+    if not ctx.on_gpu:
+        return len(PROVIDERS) * (len(INTERPRETER_DTYPES) + len(_shapes(ctx)))
+    return len(PROVIDERS) * len(_dtypes(ctx)) * len(_shapes(ctx))
+
+
 def rows(ctx: Context) -> Iterator[dict]:
     from flopscale import kernels
 
     if not ctx.on_gpu:
         # a tiny correctness pass under the Triton interpreter, then the GPU rows as skipped
-        for dtype in ("fp32", "fp16"):
+        for dtype in INTERPRETER_DTYPES:
             m, k, n = 33, 47, 29
             dt = DTYPES[dtype]
             a = torch.randn(m, k, dtype=dt)
@@ -57,7 +69,7 @@ def rows(ctx: Context) -> Iterator[dict]:
             )
         for m, k, n in _shapes(ctx):
             yield from skipped(dict(suite=SUITE, op="matmul", shape=f"{m}x{n}x{k}", dtype="bf16", **{"pass": "fwd"}),
-                               "no CUDA device", ("torch.matmul", "kernels.matmul"))
+                               "no CUDA device", PROVIDERS)
         return
 
     for dtype in _dtypes(ctx):

@@ -351,3 +351,96 @@ def test_an_unusable_out_folder_is_refused_before_any_work(tmp_path, monkeypatch
         assert main(["bench", "--only", "overhead", "--out", str(out)]) == 2
         err = capsys.readouterr().err
         assert "--out" in err and err.count("\n") == 1 and "Traceback" not in err
+
+
+# ------------------------------------------------------------- rows each suite says it will yield
+
+
+@pytest.mark.parametrize("quick", [True, False])
+@pytest.mark.parametrize("suite", ["matmul", "attention", "blocksparse"])
+def test_expected_rows_is_the_number_of_rows_a_cpu_run_yields(suite, quick):
+    """Without a GPU these suites run a tiny interpreter pass and list the GPU rows as skipped:
+    cheap enough to run here and count."""
+    import importlib
+
+    from flopscale.benchmarks.run import suite_rows
+
+    mod = importlib.import_module(f"flopscale.benchmarks.bench_{suite}")
+    ctx = Context(device="cpu", quick=quick, time_budget_s=0.05)
+    rows = list(suite_rows(suite, ctx))
+    assert {r["suite"] for r in rows} == {suite}
+    assert any(r["status"] == "skipped" for r in rows) and any(r["status"] == "ok" for r in rows)
+    assert mod.expected_rows(ctx) == len(rows)
+
+
+def test_expected_rows_of_matmul_on_a_gpu_follows_its_loops(monkeypatch):
+    """A dry enumeration of the GPU branch: every (dtype, shape) job is replaced by one row per
+    provider, which is what the harness yields for it."""
+    import flopscale.benchmarks.bench_matmul as bm
+
+    def one_row_per_provider(rows, base, names):
+        rows.close()  # never started: no tensors
+        for p in names:
+            yield dict(base, provider=p, status="ok")
+
+    monkeypatch.setattr(bm, "guarded", one_row_per_provider)
+    for capability in ((8, 0), (9, 0)):  # without and with fp8
+        monkeypatch.setattr(torch.cuda, "get_device_capability", lambda *a, c=capability: c)
+        for quick in (True, False):
+            ctx = Context(device="cuda", quick=quick)
+            assert bm.expected_rows(ctx) == len(list(bm.rows(ctx)))
+
+
+@pytest.mark.parametrize("forks", [True, False])
+def test_expected_rows_of_lawfit_is_the_number_of_rows_it_reports(monkeypatch, forks):
+    """The lawfit suite takes minutes: run its row logic with the fits, loops and refits stubbed."""
+    import contextlib
+    from types import SimpleNamespace
+
+    import flopscale.benchmarks.bench_lawfit as bl
+    import flopscale.lawfit._parallel as par
+    import flopscale.lawfit.fitting as fitting
+    from flopscale import lawfit
+    from flopscale.benchmarks.run import suite_rows
+
+    law = lawfit.Chinchilla()
+    params = {k: float(v) for k, v in law._from_theta(law._to_theta(
+        {"E": 1.8, "A": 480.0, "B": 2000.0, "alpha": 0.35, "beta": 0.37})).items()}
+    fake_fit = SimpleNamespace(processes=1, objective=1.0, params=params, n_at_best=3, start_outcomes={})
+    monkeypatch.setattr(par, "can_fork", lambda: forks)
+    monkeypatch.setattr(par, "usable_cpus", lambda: 2)
+    monkeypatch.setattr(lawfit, "fit", lambda *a, **k: fake_fit)
+    monkeypatch.setattr(bl, "_Spinner", contextlib.nullcontext)
+    monkeypatch.setattr(bl, "_scipy_loop", lambda starts, data, analytic: (
+        np.tile(law._to_theta(params), (2, 1)), np.array([1.0, 2.0])))
+    monkeypatch.setattr(fitting, "_bootstrap", lambda *a, **k: ({"alpha": np.array([0.3, 0.4])}, 0, 0))
+    monkeypatch.setattr(bl, "minimize", lambda *a, **k: None)
+    ctx = Context(device="cpu", quick=True)
+    rows = list(suite_rows("lawfit", ctx))
+    assert all(r["status"] == "ok" for r in rows)
+    assert bl.expected_rows(ctx) == len(rows) == (10 if forks else 7)  # 3 rows per worker count + 4
+    # without its data set the suite is one skipped row, and says so in advance
+    monkeypatch.setattr(bl, "_data", lambda: (_ for _ in ()).throw(FileNotFoundError("no data")))
+    assert bl.expected_rows(ctx) == len(list(suite_rows("lawfit", ctx))) == 1
+
+
+def test_expected_rows_of_collectives_with_one_rank_is_the_skipped_row(monkeypatch):
+    import flopscale.benchmarks.bench_collectives as bc
+
+    monkeypatch.setenv("FLOPSCALE_COLLECTIVES_NPROC", "1")
+    ctx = Context(device="cpu", quick=True)
+    rows = list(bc.rows(ctx))
+    assert [r["status"] for r in rows] == ["skipped"] and bc.expected_rows(ctx) == 1
+    monkeypatch.setenv("FLOPSCALE_COLLECTIVES_NPROC", "2")
+    monkeypatch.setenv("FLOPSCALE_COLLECTIVES_SIZES", "1K:1M")
+    assert bc.expected_rows(ctx) == 4 * 6  # four collectives x 1, 4, 16, 64, 256 KiB and 1 MiB
+
+
+def test_every_suite_declares_its_row_count():
+    """With every suite's count known, ``flopscale bench`` shows rows done / total and an ETA."""
+    from flopscale.benchmarks.run import SUITES, Progress, suite_size
+
+    ctx = Context(device="cpu", quick=True)
+    sizes = {name: suite_size(name, ctx) for name in SUITES}
+    assert all(isinstance(v, int) and v > 0 for v in sizes.values()), sizes
+    assert Progress(list(SUITES), sizes).total == sum(sizes.values())

@@ -160,8 +160,12 @@ def test_bench_collectives_rows_feed_a_measured_plan(tmp_path, monkeypatch, caps
 
     assert "collectives" in SUITES and "collectives" not in DEFAULT_SUITES  # only with --only
     monkeypatch.setenv("FLOPSCALE_COLLECTIVES_SIZES", "1K:64K")
+    from flopscale.benchmarks.bench_collectives import expected_rows
+    from flopscale.benchmarks.harness import Context
+
     rows, _, csv_path, _ = run(["collectives"], out=tmp_path, echo=None)
     sizes = [1024, 4096, 16384, 65536]
+    assert len(rows) == expected_rows(Context(device="cpu", quick=False)) == 4 * len(sizes)  # what progress counts
     assert [(r["op"], r["bytes"]) for r in rows] == [(op, s) for op in
                                                      ("all_reduce", "all_gather", "reduce_scatter", "broadcast")
                                                      for s in sizes]
