@@ -105,7 +105,7 @@ def rows(ctx: Context) -> Iterator[dict]:
 
 def _one(ctx, provs, dtype, b, h, s, d, causal) -> Iterator[dict]:
     dt = DTYPES[dtype]
-    dev = "cuda" if ctx.on_gpu else "cpu"
+    dev = ctx.device
     q, k, v = (torch.randn(b, h, s, d, device=dev, dtype=dt, requires_grad=True) for _ in range(3))
     grad = torch.randn(b, h, s, d, device=dev, dtype=dt)
     fwd_flops = 4.0 * b * h * d * pairs(s, causal)

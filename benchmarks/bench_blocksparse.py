@@ -21,6 +21,9 @@ from .harness import DTYPES, Context, guarded, measure, skipped
 SUITE = "blocksparse"
 DENSITIES = (0.05, 0.1, 0.25, 0.5)
 DENSITIES_QUICK = (0.1, 0.25, 0.5)
+MATMUL_N = 4096  # on a GPU: N x N x N block-sparse (dsd) matmuls
+ATTENTION_SHAPE = (4, 16, 4096, 64)  # on a GPU: B, H, S, D of the block-sparse attention rows
+BLOCK = 64
 
 
 def _random_layout(h: int, r: int, density: float, block: int, seed: int = 0):
@@ -56,12 +59,13 @@ def rows(ctx: Context) -> Iterator[dict]:
     if not ctx.on_gpu:
         yield from _interpreter_pass(ctx)
         for d in (DENSITIES_QUICK if ctx.quick else DENSITIES):
-            yield from skipped(dict(suite=SUITE, op="bsmm-dsd", shape="4096x4096x4096 b64", dtype="bf16",
-                                    **{"pass": "fwd"}, note=f"density {d}"),
+            yield from skipped(dict(suite=SUITE, op="bsmm-dsd", shape=f"{MATMUL_N}x{MATMUL_N}x{MATMUL_N} b{BLOCK}",
+                                    dtype="bf16", **{"pass": "fwd"}, note=f"density {d}"),
                                "no CUDA device", CPU_SKIPPED_PROVIDERS)
         return
-    yield from _matmul_rows(ctx, 4096, 64, "bf16")
-    yield from _attention_rows(ctx, b=4, h=16, s=4096, d=64, block=64, dtype="bf16")
+    yield from _matmul_rows(ctx, MATMUL_N, BLOCK, "bf16", dev=ctx.device)
+    b, h, s, d = ATTENTION_SHAPE
+    yield from _attention_rows(ctx, b=b, h=h, s=s, d=d, block=BLOCK, dtype="bf16", dev=ctx.device)
 
 
 def _matmul_rows(ctx: Context, n: int, block: int, dtype: str, dev: str = "cuda") -> Iterator[dict]:

@@ -444,3 +444,42 @@ def test_every_suite_declares_its_row_count():
     sizes = {name: suite_size(name, ctx) for name in SUITES}
     assert all(isinstance(v, int) and v > 0 for v in sizes.values()), sizes
     assert Progress(list(SUITES), sizes).total == sum(sizes.values())
+
+
+class _GpuBranchOnCpu(Context):
+    """Takes a suite's GPU branch with CPU tensors: for dry enumerations of its rows."""
+
+    @property
+    def on_gpu(self) -> bool:
+        return True
+
+
+def _one_row_per_provider(ctx, *, base, providers, dtype, flops, nbytes, **_):
+    for name, _fn in providers:  # what the harness's measure yields, without calling anything
+        yield dict(base, provider=name, dtype=dtype, flops=flops, bytes=nbytes, status="ok")
+
+
+@pytest.mark.parametrize("quick", [True, False])
+def test_expected_rows_of_attention_and_blocksparse_on_a_gpu_follow_their_loops(monkeypatch, quick):
+    """A dry enumeration of the GPU branches at small sizes: every measurement replaced by one
+    row per provider (the harness's contract), everything else as it runs."""
+    import flopscale.benchmarks.bench_attention as ba
+    import flopscale.benchmarks.bench_blocksparse as bs
+
+    ctx = _GpuBranchOnCpu(device="cpu", quick=quick)
+    monkeypatch.setattr(ba, "measure", _one_row_per_provider)
+    monkeypatch.setattr(ba, "SEQS", (16, 32, 64, 128, 256))
+    monkeypatch.setattr(ba, "SEQS_QUICK", (16, 64, 256))
+    monkeypatch.setattr(ba, "TOKENS", 256)
+    monkeypatch.setattr(ba, "D_MODEL", 256)
+    rows = list(ba.rows(ctx))
+    assert {r["pass"] for r in rows} == {"fwd", "bwd"} and all(r["status"] == "ok" for r in rows)
+    assert ba.expected_rows(ctx) == len(rows)
+
+    monkeypatch.setattr(bs, "measure", _one_row_per_provider)
+    monkeypatch.setattr(bs, "MATMUL_N", 128)
+    monkeypatch.setattr(bs, "ATTENTION_SHAPE", (1, 2, 128, 16))
+    monkeypatch.setattr(bs, "BLOCK", 16)
+    rows = list(bs.rows(ctx))
+    assert all(r["status"] in ("ok", "skipped") for r in rows), [r.get("note") for r in rows]
+    assert bs.expected_rows(ctx) == len(rows)
