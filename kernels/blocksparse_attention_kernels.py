@@ -53,7 +53,7 @@ from .attention_kernels import (
     fwd_config as _dense_fwd_config,
 )
 
-__all__ = ["bs_fwd_config", "bs_bwd_config", "fwd_row_tile", "inspect_specs", "SHIPPED"]
+__all__ = ["bs_fwd_config", "bs_bwd_config", "fwd_row_tile", "bwd_row_tiles", "inspect_specs", "SHIPPED"]
 
 
 #: row threshold of a query row outside the layout (sees no key of the tile) and of a
@@ -212,6 +212,105 @@ def _bsattn_bwd_kernel(
                col0, cols, offs_d, kv_mask, sm_scale)
 
 
+@triton.jit
+def _bsattn_bwd_rows_kernel(
+    Q, K, V, DO, DQ, DK, DV, LSE, DELTA, COL_PTR, COL_MID, ROW_IDX, COL_ORDER, LMASK,
+    s_qb, s_qh, s_qm, s_qd,
+    s_kb, s_kh, s_kn, s_kd,
+    s_vb, s_vh, s_vn, s_vd,
+    s_dob, s_doh, s_dom, s_dod,
+    s_dqb, s_dqh, s_dqm, s_dqd,
+    s_dkb, s_dkh, s_dkn, s_dkd,
+    s_dvb, s_dvh, s_dvn, s_dvd,
+    H, H_kv, S_q, S_k, C, LH, sm_scale, qk_scale, diag,
+    GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr, BLOCK: tl.constexpr,
+    BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
+):
+    """Backward over row tiles (layout blocks of 16 or 32, 16-bit inputs): grid ``(C * (BLOCK //
+    BLOCK_N), B*H_kv)``, ``BLOCK_N`` keys of key block ``c = COL_ORDER[p // (BLOCK // BLOCK_N)]``;
+    for each query head sharing them, the row tiles of ``BLOCK_M`` queries listed in
+    ``ROW_IDX[COL_PTR[g] : COL_PTR[g+1]]`` (``g = (h % LH) * C + c``: the tiles with a block-row
+    that holds the block), entries from ``COL_MID[g]`` on partial (each row masked by its layout
+    bit ``LMASK[h % LH, i // BLOCK, c]`` and the diagonal).
+
+    Every matmul has ``BLOCK_M`` or ``BLOCK_D`` rows (>= 64, wgmma on Hopper), never the narrow
+    ``BLOCK_N``: ``S = Q K^T`` and ``dP = dO V^T`` are ``[BLOCK_M, BLOCK_N]``, ``dQ = dS K`` is
+    ``[BLOCK_M, BLOCK_D]`` (float32 atomic adds), and ``dK``, ``dV`` are accumulated transposed
+    (``dK^T += Q^T dS``, ``dV^T += dO^T P``, ``[BLOCK_D, BLOCK_N]``).  Rows ``>= S_q`` load
+    ``lse = +inf`` (``P = 0``); keys ``>= S_k`` load as zeros and are never stored."""
+    pid_n = tl.program_id(0)
+    pid_bh = tl.program_id(1)
+    SUB: tl.constexpr = BLOCK // BLOCK_N
+    c = tl.load(COL_ORDER + pid_n // SUB)
+    start_n = c * BLOCK + (pid_n % SUB) * BLOCK_N
+    b = (pid_bh // H_kv).to(tl.int64)
+    hk = pid_bh % H_kv
+    hk64 = hk.to(tl.int64)
+    col0 = tl.cast(start_n, tl.int64)
+    cols = tl.arange(0, BLOCK_N)
+    offs_n = start_n + cols
+    rows = tl.arange(0, BLOCK_M)
+    offs_d = tl.arange(0, BLOCK_D)
+    d_mask = _dim_mask(offs_d, HEAD_DIM, BLOCK_D)
+    kv_mask = (offs_n < S_k)[:, None] & d_mask[None, :]
+    k = tl.load(K + b * s_kb + hk64 * s_kh + col0 * s_kn + cols[:, None] * s_kn + offs_d[None, :] * s_kd,
+                mask=kv_mask, other=0.0)
+    v = tl.load(V + b * s_vb + hk64 * s_vh + col0 * s_vn + cols[:, None] * s_vn + offs_d[None, :] * s_vd,
+                mask=kv_mask, other=0.0)
+    dkT = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    dvT = tl.zeros([BLOCK_D, BLOCK_N], tl.float32)
+    q_offs = rows[:, None] * s_qm + offs_d[None, :] * s_qd
+    do_offs = rows[:, None] * s_dom + offs_d[None, :] * s_dod
+    dq_offs = rows[:, None] * s_dqm + offs_d[None, :] * s_dqd
+    R_f = tl.cdiv(S_q, BLOCK)
+
+    for gi in range(GROUP):
+        h = hk * GROUP + gi
+        lh = h % LH
+        g = lh * C + c
+        h = h.to(tl.int64)
+        start = tl.load(COL_PTR + g)
+        end = tl.load(COL_PTR + g + 1)
+        mid = tl.load(COL_MID + g)
+        q_base, do_base, dq_base, lse_ptrs, delta_ptrs = _bwd_head(
+            Q, DO, DQ, LSE, DELTA, s_qb, s_qh, s_dob, s_doh, s_dqb, s_dqh, b, h, H, S_q, rows)
+        lm_col = LMASK + lh.to(tl.int64) * R_f * C + c
+        # one loop (a single copy of the step); the partial entries, after ``mid``, take the
+        # per-row layout bit and the causal select by a run-time branch
+        for i in range(start, end):
+            start_m = tl.load(ROW_IDX + i) * BLOCK_M
+            m0 = tl.cast(start_m, tl.int64)
+            offs_m = start_m + rows
+            m_mask = offs_m < S_q
+            qd_mask = m_mask[:, None] & d_mask[None, :]
+            q = tl.load(q_base + m0 * s_qm + q_offs, mask=qd_mask, other=0.0)
+            lse = tl.load(lse_ptrs + start_m, mask=m_mask, other=float("inf"))
+            lse = tl.where(lse == float("-inf"), float("inf"), lse)  # rows that saw no key
+            qk = tl.dot(q, tl.trans(k), input_precision=DOT_PRECISION)  # [BLOCK_M, BLOCK_N]
+            p = tl.math.exp2(qk * qk_scale - lse[:, None] * 1.4426950408889634)
+            if i >= mid:
+                on = tl.load(lm_col + (offs_m // BLOCK) * C, mask=m_mask, other=0) != 0
+                valid = on[:, None]
+                if CAUSAL:
+                    valid = valid & (offs_m[:, None] + diag >= offs_n[None, :])
+                p = tl.where(valid, p, 0.0)
+            do = tl.load(do_base + m0 * s_dom + do_offs, mask=qd_mask, other=0.0)
+            dvT = tl.dot(tl.trans(do), p.to(do.dtype), dvT, input_precision=DOT_PRECISION)
+            delta = tl.load(delta_ptrs + start_m, mask=m_mask, other=0.0)
+            dp = tl.dot(do, tl.trans(v), input_precision=DOT_PRECISION)
+            ds = (p * (dp - delta[:, None])).to(q.dtype)
+            dkT = tl.dot(tl.trans(q), ds, dkT, input_precision=DOT_PRECISION)
+            dq = tl.dot(ds, k, input_precision=DOT_PRECISION) * sm_scale
+            tl.atomic_add(dq_base + m0 * s_dqm + dq_offs, dq, mask=qd_mask, sem="relaxed")
+
+    dkT = dkT * sm_scale
+    st_mask = d_mask[:, None] & (offs_n < S_k)[None, :]
+    tl.store(DK + b * s_dkb + hk64 * s_dkh + col0 * s_dkn + cols[None, :] * s_dkn + offs_d[:, None] * s_dkd,
+             dkT.to(DK.dtype.element_ty), mask=st_mask)
+    tl.store(DV + b * s_dvb + hk64 * s_dvh + col0 * s_dvn + cols[None, :] * s_dvn + offs_d[:, None] * s_dvd,
+             dvT.to(DV.dtype.element_ty), mask=st_mask)
+
+
 # --------------------------------------------------------------------------------------
 # configurations
 # --------------------------------------------------------------------------------------
@@ -237,6 +336,12 @@ def bs_fwd_config(block: int, head_dim: int, elem_bytes: int = 2, interpret: boo
     return AttnConfig(bm, bn, warps, dense.num_stages)
 
 
+def bwd_row_tiles(block: int, cfg: AttnConfig) -> bool:
+    """Whether the backward of ``cfg`` walks row tiles of ``cfg.block_m`` queries by key block
+    (``_bsattn_bwd_rows_kernel``) rather than block-rows in sub-tiles (``_bsattn_bwd_kernel``)."""
+    return cfg.block_m > cfg.block_n
+
+
 def fwd_row_tile(block: int, cfg: AttnConfig) -> int:
     """Query rows per CSR row of the forward (a *row tile*): the layout block, or the kernel's
     ``block_m`` when that covers several block-rows."""
@@ -248,6 +353,15 @@ def bs_bwd_config(block: int, head_dim: int, elem_bytes: int = 2, interpret: boo
     """Backward: ``block_n`` keys per program (a slice of one key block), query sub-tiles of
     ``block_m``."""
     dense = _dense_bwd_config(head_dim, elem_bytes, interpret, capability)
+    bd = block_d(head_dim)
+    if elem_bytes == 2 and bd <= 128 and (block < 64 or bd == 128):
+        # ``_bsattn_bwd_rows_kernel``: row tiles of 64 queries, keys of one block per program,
+        # every matmul >= 64 rows (wgmma on sm_90).  Blocks of 16 and 32: the whole block (the
+        # forward's row tiles); D=128 needs two warpgroups (one spills 160 bytes at block 32):
+        # 176 / 203 registers (blocks 16 / 32), D=64 one: 140 / 164.  Blocks of 64 and 128 at
+        # D=128 (the other kernel's 64-query steps spill, its 32-query steps ran dQ on
+        # mma.sync): 32-key slices, 203 registers (64 keys spill 8 bytes)
+        return AttnConfig(64, min(block, 32), 8 if bd >= 128 else 4, dense.num_stages)
     bn = min(block, dense.block_n)
     # the dense kernel's query steps: 64 rows up to D=64 (block 128 x D 64: 237 registers on
     # sm_90), 32 at D=128 (64-query steps spill there with the index-driven loop: 48-256 bytes
@@ -293,13 +407,15 @@ def inspect_specs(capability: int = 90) -> list:
         cfg = bs_bwd_config(blk, d, 2, False, cap)
         consts = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK": blk, "BLOCK_M": cfg.block_m,
                   "BLOCK_N": cfg.block_n, "CAUSAL": True, "DOT_PRECISION": "tf32"}
-        sig, consts, aligned = _spec_signature(
-            _bsattn_bwd_kernel,
-            {"Q": dt, "K": dt, "V": dt, "DO": dt, "DQ": "*fp32", "DK": dt, "DV": dt, "LSE": "*fp32",
-             "DELTA": "*fp32", "COL_PTR": "*i32", "ROW_IDX": "*i32", "COL_ORDER": "*i32"},
-            ("sm_scale", "qk_scale"), consts)
+        rows = bwd_row_tiles(blk, cfg)
+        fn = _bsattn_bwd_rows_kernel if rows else _bsattn_bwd_kernel
+        ptrs = {"Q": dt, "K": dt, "V": dt, "DO": dt, "DQ": "*fp32", "DK": dt, "DV": dt, "LSE": "*fp32",
+                "DELTA": "*fp32", "COL_PTR": "*i32", "ROW_IDX": "*i32", "COL_ORDER": "*i32"}
+        if rows:
+            ptrs.update({"COL_MID": "*i32", "LMASK": "*i8"})
+        sig, consts, aligned = _spec_signature(fn, ptrs, ("sm_scale", "qk_scale"), consts)
         specs.append(KernelSpec(
-            kernel="blocksparse_attention_bwd[bf16]", config=f"block{blk}_D{d}_{cfg.label()}",
-            fn=_bsattn_bwd_kernel, signature=sig, constexprs=consts, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages, tensor_core=cfg.block_n >= 64, aligned=aligned))
+            kernel="blocksparse_attention_bwd[bf16]", config=f"block{blk}_D{d}_{cfg.label()}" + ("_rows" if rows else ""),
+            fn=fn, signature=sig, constexprs=consts, num_warps=cfg.num_warps,
+            num_stages=cfg.num_stages, tensor_core=rows or cfg.block_n >= 64, aligned=aligned))
     return specs

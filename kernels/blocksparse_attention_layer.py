@@ -209,9 +209,13 @@ class FwdTiles(NamedTuple):
     row_order: torch.Tensor  # int32 [LH*NT]: per layout head, row tiles by falling block count
     layout_mask: torch.Tensor  # int8 [LH, R, C]: the effective layout, read by partial entries
     computed_pairs: int  # scores the forward computes (per batch element, over query heads)
+    # the same entries by key block, for the backward over row tiles (None: one block-row per tile)
+    col_ptr: Optional[torch.Tensor] = None  # int32 [LH*C+1]: CSC over (layout head, key block)
+    row_idx: Optional[torch.Tensor] = None  # int32: each key block's row tiles, full ones first
+    col_mid: Optional[torch.Tensor] = None  # int32 [LH*C]: where each key block's partial entries start
 
 
-def _fwd_tiles(plan: LayoutPlan, H: int, S_q: int, S_k: int, row_tile: int) -> FwdTiles:
+def _fwd_tiles(plan: LayoutPlan, H: int, S_q: int, S_k: int, row_tile: int, with_csc: bool = False) -> FwdTiles:
     """Row tiles of ``row_tile`` queries: each lists the union of its block-rows' key blocks;
     an entry is *full* when every in-bounds block-row of the tile holds the block and sees all
     of it (causal) and the key block is whole; otherwise partial (masked in the kernel by each
@@ -220,23 +224,31 @@ def _fwd_tiles(plan: LayoutPlan, H: int, S_q: int, S_k: int, row_tile: int) -> F
     blk = eff.block
     LH, R, C = eff.shape
     mask = eff.mask
-    if row_tile <= blk:  # one block-row per tile: the plan's own walk
+    if row_tile == blk and not with_csc:  # one block-row per tile: the plan's own walk
         row_ptr, col_idx = eff.csr("cpu")
         return FwdTiles(row_ptr, col_idx, plan.row_mid, plan.row_order, mask.to(torch.int8).contiguous(),
                         plan.computed_pairs)
-    f = row_tile // blk
-    NT = triton.cdiv(R, f)
     rows = torch.clamp(S_q - torch.arange(R, dtype=torch.int64) * blk, max=blk)
     cols = torch.clamp(S_k - torch.arange(C, dtype=torch.int64) * blk, max=blk)
     size = rows[:, None] * cols[None, :]
     visible = block_pairs(R, C, blk, S_q, S_k, plan.diag if plan.causal else None)
     whole = (visible == size) & (cols == blk)[None, :]  # [R, C]: block fully visible and in bounds
-    pad = NT * f - R
-    m = torch.nn.functional.pad(mask, (0, 0, 0, pad), value=False).reshape(LH, NT, f, C)
-    # rows past the layout (beyond S_q) do not matter: they count as whole blocks
-    ok = torch.nn.functional.pad(mask & whole[None], (0, 0, 0, pad), value=True).reshape(LH, NT, f, C)
-    union = m.any(dim=2)  # [LH, NT, C]
-    full = union & ok.all(dim=2)
+    if row_tile >= blk:
+        f = row_tile // blk
+        NT = triton.cdiv(R, f)
+        pad = NT * f - R
+        m = torch.nn.functional.pad(mask, (0, 0, 0, pad), value=False).reshape(LH, NT, f, C)
+        # rows past the layout (beyond S_q) do not matter: they count as whole blocks
+        ok = torch.nn.functional.pad(mask & whole[None], (0, 0, 0, pad), value=True).reshape(LH, NT, f, C)
+        union = m.any(dim=2)  # [LH, NT, C]
+        full = union & ok.all(dim=2)
+    else:
+        # tiles within one block-row: a sub-tile of a whole block is whole (one of a partial block
+        # is masked, which is exact whether or not the diagonal crosses it)
+        NT = triton.cdiv(S_q, row_tile)
+        r_of = torch.arange(NT) * row_tile // blk
+        union = mask[:, r_of]
+        full = (mask & whole[None])[:, r_of]
     # CSR with each row tile's full entries first (both groups in ascending column order)
     key = (~full).to(torch.int64) * C + torch.arange(C, dtype=torch.int64)
     key = torch.where(union, key, 2 * C)
@@ -249,20 +261,32 @@ def _fwd_tiles(plan: LayoutPlan, H: int, S_q: int, S_k: int, row_tile: int) -> F
     row_ptr[1:] = torch.cumsum(counts, 0)
     row_mid = (row_ptr[:-1] + n_full).to(torch.int32)
     row_order = torch.sort(-union.sum(dim=2), dim=1, stable=True).indices.reshape(-1).to(torch.int32)
+    # CSC: per (layout head, key block), its row tiles, full ones first
+    ukey = (~full).to(torch.int64) * NT + torch.arange(NT, dtype=torch.int64)[None, :, None]
+    ukey = torch.where(union, ukey, 2 * NT).transpose(1, 2)  # [LH, C, NT]
+    uorder = torch.sort(ukey, dim=2, stable=True).indices
+    ucount = union.sum(dim=1)  # [LH, C]
+    row_idx = uorder[torch.arange(NT)[None, None, :] < ucount[:, :, None]].to(torch.int32)
+    col_ptr = torch.zeros(LH * C + 1, dtype=torch.int64)
+    col_ptr[1:] = torch.cumsum(ucount.reshape(-1), 0)
+    col_mid = (col_ptr[:-1] + full.sum(dim=1).reshape(-1)).to(torch.int32)
     tile_rows = torch.clamp(S_q - torch.arange(NT, dtype=torch.int64) * row_tile, max=row_tile)
     computed = (union.to(torch.int64) * tile_rows[None, :, None] * cols[None, None, :]).sum(dim=(1, 2))  # [LH]
     n_computed = H * int(computed[0]) if LH == 1 else int(computed.sum())
     return FwdTiles(row_ptr.to(torch.int32), col_idx, row_mid, row_order, mask.to(torch.int8).contiguous(),
-                    n_computed)
+                    n_computed, col_ptr.to(torch.int32), row_idx, col_mid)
 
 
-def fwd_tiles(plan: LayoutPlan, H: int, S_q: int, S_k: int, row_tile: int, device) -> FwdTiles:
-    """:func:`_fwd_tiles` on ``device``, cached on the effective layout."""
-    key = ("bsattn_fwd_tiles", H, S_q, S_k, plan.diag, plan.causal, row_tile, str(device))
+def fwd_tiles(plan: LayoutPlan, H: int, S_q: int, S_k: int, row_tile: int, device,
+              with_csc: bool = False) -> FwdTiles:
+    """:func:`_fwd_tiles` on ``device``, cached on the effective layout (``with_csc``: also the
+    walk by key block, which the backward over row tiles takes)."""
+    key = ("bsattn_fwd_tiles", H, S_q, S_k, plan.diag, plan.causal, row_tile, with_csc, str(device))
 
     def build(_):
-        t = _fwd_tiles(plan, H, S_q, S_k, row_tile)
-        return t._replace(**{f: getattr(t, f).to(device) for f in FwdTiles._fields if f != "computed_pairs"})
+        t = _fwd_tiles(plan, H, S_q, S_k, row_tile, with_csc)
+        return t._replace(**{f: getattr(t, f).to(device) for f in FwdTiles._fields
+                             if isinstance(getattr(t, f), torch.Tensor)})
 
     return plan.layout.memo(key, build)
 
@@ -300,6 +324,7 @@ def blocksparse_attention_fwd(
     bottom_right: bool = False,
     layout_mask: Optional[torch.Tensor] = None,
     fwd_computed_pairs: int = -1,
+    col_mid: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor]:
     """Forward of block-sparse attention: ``(o, lse)`` as ``flopscale::attention_fwd``."""
     B, H, S_q, D = q.shape
@@ -345,8 +370,12 @@ def blocksparse_attention_bwd(
     computed_pairs: int,
     kv_rows: int,
     bottom_right: bool = False,
+    col_mid: Optional[torch.Tensor] = None,
+    layout_mask: Optional[torch.Tensor] = None,
 ) -> tuple[torch.Tensor, torch.Tensor, torch.Tensor]:
-    """Backward of block-sparse attention: ``(dq, dk, dv)`` in the input dtype."""
+    """Backward of block-sparse attention: ``(dq, dk, dv)`` in the input dtype.  Over row tiles
+    (16-bit, blocks of 16 and 32) ``col_ptr``/``row_idx`` list row tiles, and ``col_mid`` and
+    ``layout_mask`` are required."""
     B, H, S_q, D = q.shape
     H_kv, S_k = k.shape[1], k.shape[2]
     C = triton.cdiv(S_k, block)
@@ -357,11 +386,17 @@ def blocksparse_attention_bwd(
     dq32 = torch.zeros((B, H, S_q, D), dtype=torch.float32, device=q.device)
     dk = new_output((B, H_kv, S_k, D), q.dtype, q.device)
     dv = new_output((B, H_kv, S_k, D), q.dtype, q.device)
+    rows = _bk.bwd_row_tiles(block, cfg)
+    if rows and (col_mid is None or layout_mask is None):
+        raise ValueError(f"flopscale::blocksparse_attention_bwd: row tiles of {cfg.block_m} queries over blocks "
+                         f"of {block} need col_mid and layout_mask")
     for b0, b1 in batch_slices(B, H_kv):
         t = slice_batch((q, k, v, do, dq32, dk, dv, lse, delta), b0, b1, B)
+        index = (col_ptr, col_mid, row_idx, col_order, layout_mask) if rows else (col_ptr, row_idx, col_order)
         launch(
-            _bk._bsattn_bwd_kernel, (C * (block // cfg.block_n), (b1 - b0) * H_kv), cfg,
-            *t, col_ptr, row_idx, col_order,
+            _bk._bsattn_bwd_rows_kernel if rows else _bk._bsattn_bwd_kernel,
+            (C * (block // cfg.block_n), (b1 - b0) * H_kv), cfg,
+            *t, *index,
             *(st for x in t[:7] for st in x.stride()),
             H, H_kv, S_q, S_k, C, LH, sm_scale, sm_scale * _ak.LOG2E, causal_diag(causal, bottom_right, S_q, S_k),
             GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK=block, BLOCK_M=cfg.block_m,
@@ -375,18 +410,24 @@ def _setup_context(ctx, inputs, output):
     (q, k, v, row_ptr, row_mid, row_order, col_idx, col_ptr, row_idx, col_order, block, causal, sm_scale,
      n_pairs, computed, kv_rows) = inputs[:16]
     bottom_right = bool(inputs[16]) if len(inputs) > 16 else False
+    layout_mask = inputs[17] if len(inputs) > 17 else None
+    fwd_computed = inputs[18] if len(inputs) > 18 else -1
+    col_mid = inputs[19] if len(inputs) > 19 else None
     o, lse = output
-    ctx.save_for_backward(q, k, v, o, lse, col_ptr, row_idx, col_order)
+    ctx.save_for_backward(q, k, v, o, lse, col_ptr, row_idx, col_order, col_mid, layout_mask)
+    # the backward over row tiles computes the forward's tiles
+    if fwd_computed >= 0 and col_mid is not None:
+        computed = fwd_computed
     ctx.args = (block, causal, sm_scale, n_pairs, computed, kv_rows, bottom_right)
     ctx.n_inputs = len(inputs)
 
 
 def _backward(ctx, do, dlse):
-    q, k, v, o, lse, col_ptr, row_idx, col_order = ctx.saved_tensors
+    q, k, v, o, lse, col_ptr, row_idx, col_order, col_mid, layout_mask = ctx.saved_tensors
     if do is None:
         do = torch.zeros_like(o)
     dq, dk, dv = torch.ops.flopscale.blocksparse_attention_bwd(do, q, k, v, o, lse, dlse, col_ptr, row_idx,
-                                                               col_order, *ctx.args)
+                                                               col_order, *ctx.args, col_mid, layout_mask)
     return (dq, dk, dv) + (None,) * (ctx.n_inputs - 3)
 
 
@@ -411,16 +452,24 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
     B, H, S_q, _ = q.shape
     H_kv, S_k = k.shape[1], k.shape[2]
     plan = layout_plan(layout, causal, H, H_kv, S_q, S_k)
-    fcfg, _ = _configs(layout.block, q.shape[-1], q.dtype, q.device)
+    fcfg, bcfg = _configs(layout.block, q.shape[-1], q.dtype, q.device)
     tiles = fwd_tiles(plan, H, S_q, S_k, _bk.fwd_row_tile(layout.block, fcfg), q.device)
-    col_ptr, row_idx, _ = plan.layout.csc(q.device)
     _, _, col_order = _plan_tensors_on(plan, S_q, S_k, q.device)
+    col_mid = None
+    if _bk.bwd_row_tiles(layout.block, bcfg):
+        # the backward walks row tiles of its own block_m by key block (the forward's when they
+        # are the same size); either way both compute the same scores
+        bt = fwd_tiles(plan, H, S_q, S_k, bcfg.block_m, q.device, with_csc=True)
+        assert bt.computed_pairs == tiles.computed_pairs
+        col_ptr, row_idx, col_mid = bt.col_ptr, bt.row_idx, bt.col_mid
+    else:
+        col_ptr, row_idx, _ = plan.layout.csc(q.device)
     mode = causal_mode(causal, op)
     o, _ = torch.ops.flopscale.blocksparse_attention_fwd(
         q, k, v, tiles.row_ptr, tiles.row_mid, tiles.row_order, tiles.col_idx, col_ptr, row_idx, col_order,
         layout.block, mode is not None, scale,
         plan.pairs, plan.computed_pairs, plan.kv_rows, mode == "bottom_right", tiles.layout_mask,
-        tiles.computed_pairs,
+        tiles.computed_pairs, col_mid,
     )
     return o
 
@@ -465,7 +514,8 @@ def blocksparse_attention_fwd_cost(q, k, v, row_ptr, row_mid, row_order, col_idx
 
 @register_cost("flopscale::blocksparse_attention_bwd")
 def blocksparse_attention_bwd_cost(do, q, k, v, o, lse, dlse, col_ptr, row_idx, col_order, block, causal,
-                                   sm_scale, pairs, computed_pairs, kv_rows, bottom_right=False) -> Cost:
+                                   sm_scale, pairs, computed_pairs, kv_rows, bottom_right=False, col_mid=None,
+                                   layout_mask=None) -> Cost:
     """Declared cost of one ``flopscale::blocksparse_attention_bwd`` launch (module docstring)."""
     B, H, S_q, D = q.shape
     _, cfg = _configs(int(block), D, q.dtype, getattr(q, "device", None))
@@ -473,6 +523,10 @@ def blocksparse_attention_bwd_cost(do, q, k, v, o, lse, dlse, col_ptr, row_idx, 
     c = bwd_cost_from_work(B, D, esize(q.dtype), H * S_q, kv_rows, pairs, computed_pairs, tiles,
                            dlse is not None, _ak.block_d(D), peak_dtype(q.dtype))
     index_bytes = 4 * (col_ptr.numel() + row_idx.numel() + col_order.numel())
+    if col_mid is not None:
+        index_bytes += 4 * col_mid.numel()
+    if layout_mask is not None:
+        index_bytes += layout_mask.numel()
     return Cost(c.flops, c.executed_flops, c.bytes + index_bytes, c.nonmatmul_flops, c.detail, c.peak_dtype)
 
 
