@@ -26,7 +26,11 @@ blocks of 16 or 32, ``BLOCK_M = 64`` queries over several block-rows (the M of a
 16- and 32-row tiles ran on mma.sync), whose walk is the union of their key blocks: *full*
 entries (every block-row holds the block and sees all of it) run unmasked, *partial* ones mask
 each row by its own layout bit as well as by the diagonal and the key bound.  Backward programs
-own ``BLOCK_N`` keys of one key block and walk each query block in sub-tiles of ``BLOCK_M``.
+own ``BLOCK_N`` keys of one key block and walk either each query block in sub-tiles of
+``BLOCK_M`` (``_bsattn_bwd_kernel``), or, for 16-bit inputs at blocks of 16 and 32 and at head
+dim 128, row tiles of ``BLOCK_M = 64`` queries (``_bsattn_bwd_rows_kernel``: the forward's row
+tiles, or 64-row slices of larger blocks), full ones unmasked and partial ones masked per row,
+with ``dK``/``dV`` accumulated transposed so that no matmul has the narrow ``BLOCK_N`` as its M.
 Every element of a visited tile is computed (the executed count:
 ``kernels.blocksparse_attention_layer``).
 """

@@ -32,16 +32,22 @@ Custom ops (namespace ``flopscale``):
   first); ``layout_mask`` (int8 ``[H_l, R, C]``, the effective layout) is read by row tiles of
   several block-rows (16-bit inputs, blocks of 16 and 32: 64-row tiles), and
   ``fwd_computed_pairs`` counts the scores the forward computes at its row tiles (-1: as
-  ``computed_pairs``); the three ints describe
+  ``computed_pairs``); ``col_mid`` (with row-tile ``col_ptr``/``row_idx``) is handed to the
+  backward; the three ints describe
   it for the cost model, per batch element, summed over query heads: ``pairs`` unmasked
   (query, key) pairs, ``computed_pairs`` scores computed (every in-bounds element of every
   visited block), ``kv_rows`` key rows read (over key/value heads).
 * ``flopscale::blocksparse_attention_bwd(do, q, k, v, o, lse, dlse, col_ptr, row_idx, col_order,
-  block, causal, sm_scale, pairs, computed_pairs, kv_rows, bottom_right=False) -> (dq, dk, dv)``.
+  block, causal, sm_scale, pairs, computed_pairs, kv_rows, bottom_right=False, col_mid=None,
+  layout_mask=None) -> (dq, dk, dv)``: when the backward walks row tiles of 64 queries (16-bit
+  inputs at blocks of 16 and 32, or at a head-dim tile of 128), ``col_ptr``/``row_idx`` list each
+  key block's row tiles (full ones first, partial from ``col_mid`` on) and ``computed_pairs``
+  counts the scores of those tiles (the forward's ``fwd_computed_pairs``).
 
 Costs follow :mod:`kernels.attention_layer`: model FLOPs ``4*B*D*pairs`` forward and
 ``8*B*D*pairs`` backward (FlopCounterMode reports the same), executed FLOPs count every score of
-every visited block (masked diagonal elements included) plus the backward's ``QK^T`` recompute,
+every visited tile (masked elements included: with 64-row tiles over blocks of 16 or 32, the
+rows of a tile whose block-row lacks the key block too) plus the backward's ``QK^T`` recompute,
 at the padded head-dim tile (``detail["padding"]``), with ``peak_dtype`` as for dense attention;
 bytes read q, the touched key/value rows, and write o and lse (backward: dO, q, o, lse, k, v
 read; dq, dk, dv written).  Non-matmul FLOPs use ``computed_pairs / BLOCK_N`` as the number of
