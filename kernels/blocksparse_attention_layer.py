@@ -219,6 +219,7 @@ class FwdTiles(NamedTuple):
     col_ptr: Optional[torch.Tensor] = None  # int32 [LH*C+1]: CSC over (layout head, key block)
     row_idx: Optional[torch.Tensor] = None  # int32: each key block's row tiles, full ones first
     col_mid: Optional[torch.Tensor] = None  # int32 [LH*C]: where each key block's partial entries start
+    col_order: Optional[torch.Tensor] = None  # int32 [C]: key blocks by falling row-tile count (all heads)
 
 
 def _fwd_tiles(plan: LayoutPlan, H: int, S_q: int, S_k: int, row_tile: int, with_csc: bool = False) -> FwdTiles:
@@ -276,11 +277,12 @@ def _fwd_tiles(plan: LayoutPlan, H: int, S_q: int, S_k: int, row_tile: int, with
     col_ptr = torch.zeros(LH * C + 1, dtype=torch.int64)
     col_ptr[1:] = torch.cumsum(ucount.reshape(-1), 0)
     col_mid = (col_ptr[:-1] + full.sum(dim=1).reshape(-1)).to(torch.int32)
+    col_order = torch.sort(-ucount.sum(dim=0), stable=True).indices.to(torch.int32)
     tile_rows = torch.clamp(S_q - torch.arange(NT, dtype=torch.int64) * row_tile, max=row_tile)
     computed = (union.to(torch.int64) * tile_rows[None, :, None] * cols[None, None, :]).sum(dim=(1, 2))  # [LH]
     n_computed = H * int(computed[0]) if LH == 1 else int(computed.sum())
     return FwdTiles(row_ptr.to(torch.int32), col_idx, row_mid, row_order, mask.to(torch.int8).contiguous(),
-                    n_computed, col_ptr.to(torch.int32), row_idx, col_mid)
+                    n_computed, col_ptr.to(torch.int32), row_idx, col_mid, col_order)
 
 
 def fwd_tiles(plan: LayoutPlan, H: int, S_q: int, S_k: int, row_tile: int, device,
@@ -467,7 +469,7 @@ def blocksparse_attention(q: torch.Tensor, k: torch.Tensor, v: torch.Tensor, lay
         # are the same size); either way both compute the same scores
         bt = fwd_tiles(plan, H, S_q, S_k, bcfg.block_m, q.device, with_csc=True)
         assert bt.computed_pairs == tiles.computed_pairs
-        col_ptr, row_idx, col_mid = bt.col_ptr, bt.row_idx, bt.col_mid
+        col_ptr, row_idx, col_mid, col_order = bt.col_ptr, bt.row_idx, bt.col_mid, bt.col_order
     else:
         col_ptr, row_idx, _ = plan.layout.csc(q.device)
     mode = causal_mode(causal, op)

@@ -442,6 +442,23 @@ def test_row_tile_walk_full_entries_first(causal, S_q, S_k, block, H_l):
         assert [counts[i] for i in order] == sorted(counts, reverse=True)
     assert tiles.computed_pairs == computed * (3 if layout.heads == 1 else 1)
     assert tiles.computed_pairs >= plan.computed_pairs
+    # the same entries by key block (the backward's walk): row tiles ascending, full ones first
+    bt = bl.fwd_tiles(plan, 3, S_q, S_k, T, "cpu", with_csc=True)
+    C = layout.cols
+    per_col = torch.zeros(C, dtype=torch.int64)
+    for lh in range(layout.heads):
+        for c in range(C):
+            g = lh * C + c
+            ts = bt.row_idx[int(bt.col_ptr[g]):int(bt.col_ptr[g + 1])].tolist()
+            want = [t for t in range(NT) if c in tiles.col_idx[int(tiles.row_ptr[lh * NT + t]):
+                                                               int(tiles.row_ptr[lh * NT + t + 1])].tolist()]
+            assert sorted(ts) == want
+            mid = int(bt.col_mid[g]) - int(bt.col_ptr[g])
+            for e, t in enumerate(ts):
+                r0, r1 = int(tiles.row_ptr[lh * NT + t]), int(tiles.row_mid[lh * NT + t])
+                assert (e < mid) == (c in tiles.col_idx[r0:r1].tolist()), (lh, c, t)
+            per_col[c] += len(ts)
+    assert [int(per_col[c]) for c in bt.col_order] == sorted(per_col.tolist(), reverse=True)
 
 
 def test_fp16_forward_cost_counts_the_row_tiles():
