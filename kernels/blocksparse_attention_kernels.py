@@ -386,9 +386,8 @@ SHIPPED = tuple((blk, d) for blk in (16, 32, 64, 128) for d in (64, 128))
 def inspect_specs(capability: int = 90) -> list:
     """Every shipped block-sparse attention configuration as ``kernels.inspect.KernelSpec``
     objects (bf16, causal, blocks 16-128, head dims 64 and 128), specialised as a typical
-    launch is.  Backward tiles under 64 keys (blocks of 16 and 32) use ``mma.sync``: no wgmma is
-    expected of them.  The forwards of blocks 16 and 32 run 64-row tiles on wgmma, but are still
-    marked like their backwards (``tensor_core=blk >= 64``, which the inspect tests pin)."""
+    launch is.  16-bit kernel tiles have at least 64 query rows whatever the layout block, so
+    every configuration is a tensor-core kernel (wgmma on sm_90)."""
     from .inspect import KernelSpec  # local: keeps this module importable without the inspector
 
     cap = (capability // 10, capability % 10)
@@ -407,7 +406,7 @@ def inspect_specs(capability: int = 90) -> list:
         specs.append(KernelSpec(
             kernel="blocksparse_attention_fwd[bf16]", config=f"block{blk}_D{d}_{cfg.label()}",
             fn=_bsattn_fwd_kernel, signature=sig, constexprs=consts, num_warps=cfg.num_warps,
-            num_stages=cfg.num_stages, tensor_core=blk >= 64, aligned=aligned))
+            num_stages=cfg.num_stages, tensor_core=True, aligned=aligned))
         cfg = bs_bwd_config(blk, d, 2, False, cap)
         consts = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK": blk, "BLOCK_M": cfg.block_m,
                   "BLOCK_N": cfg.block_n, "CAUSAL": True, "DOT_PRECISION": "tf32"}
