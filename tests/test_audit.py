@@ -157,3 +157,13 @@ def test_sweep_plot_is_written_as_a_png(tmp_path):
     assert rc == 0
     assert png.read_bytes()[:8] == b"\x89PNG\r\n\x1a\n"
     assert sorted(p.name for p in tmp_path.iterdir()) == ["sweep.png"]  # no temporary left behind
+
+
+@pytest.mark.parametrize("budget", ["inf", "nan", "0", "-1"])
+def test_cli_audit_refuses_a_time_budget_that_is_not_finite_and_positive(capsys, budget):
+    from flopscale.profiler.cli import main
+
+    rc = main(["audit", "--n-layer", "1", "--d-model", "32", "--n-head", "2", "--n-ctx", "16", "--vocab", "40",
+               f"--time-budget={budget}"])
+    err = capsys.readouterr().err
+    assert rc == 2 and "--time-budget" in err and len(err.strip().splitlines()) == 1

@@ -138,8 +138,12 @@ def _audit_user_model(args: argparse.Namespace, dev, progress):
 def run(args: argparse.Namespace) -> int:
     from ..progress import Progress
 
-    if args.time_budget is None or not (args.time_budget > 0):
-        raise UserError(f"--time-budget must be positive, got {args.time_budget}")
+    from ..timing import check_time_budget
+
+    try:
+        check_time_budget(args.time_budget, "--time-budget")
+    except ValueError as exc:
+        raise UserError(str(exc)) from None
     if args.plot and not args.sweep:
         raise UserError("--plot draws the --sweep figure: add --sweep")
     check_output_path(args.plot, "--plot")
