@@ -187,13 +187,16 @@ def _bwd_head(Q, DO, DQ, LSE, DELTA, s_qb, s_qh, s_dob, s_doh, s_dqb, s_dqh, b, 
 @triton.jit
 def _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs, do_offs, dq_offs,
               lse_ptrs, delta_ptrs, start_m, offs_m, offs_n, d_mask, S_q, qk_scale, sm_scale, diag,
-              band_end, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr, WITH_DQ: tl.constexpr = True):
+              band_end, MASKED: tl.constexpr, DOT_PRECISION: tl.constexpr, WITH_DQ: tl.constexpr = True,
+              WITH_DK: tl.constexpr = True, WITH_DV: tl.constexpr = True):
     """One (key block, query tile) step of the backward: queries ``start_m + offs_m``.
 
     Rows ``>= S_q`` load ``lse = +inf`` so their recomputed probabilities are 0; keys
     ``>= S_k`` were loaded as zeros, so they add nothing to ``dQ`` (and their ``dK``/``dV``
     rows are never stored).  ``MASKED``: the causal mask (query ``i`` sees ``j <= i + diag``) is
     applied to the query tiles that start before ``band_end`` (the diagonal band) only.
+    ``WITH_DK``/``WITH_DV``: accumulate that gradient (a pass without ``dK`` skips ``dP``; one
+    without ``dV`` skips ``P^T dO``).
     """
     m0 = tl.cast(start_m, tl.int64)
     q_base = q_base + m0 * s_qm
@@ -213,25 +216,31 @@ def _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs
         if start_m < band_end:
             pT = tl.where(offs_m[None, :] + diag >= offs_n[:, None], pT, 0.0)
     do = tl.load(do_base + do_offs, mask=m_mask[:, None] & d_mask[None, :], other=0.0)
-    dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
-    delta = tl.load(delta_ptrs, mask=m_mask, other=0.0)
-    dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
-    dsT = (pT * (dpT - delta[None, :])).to(q.dtype)
-    dk = tl.dot(dsT, q, dk, input_precision=DOT_PRECISION)
-    if WITH_DQ:
-        dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PRECISION) * sm_scale
-        tl.atomic_add(dq_base + dq_offs, dq, mask=m_mask[:, None] & d_mask[None, :], sem="relaxed")
+    if WITH_DV:
+        dv = tl.dot(pT.to(do.dtype), do, dv, input_precision=DOT_PRECISION)
+    if WITH_DK:
+        delta = tl.load(delta_ptrs, mask=m_mask, other=0.0)
+        dpT = tl.dot(v, tl.trans(do), input_precision=DOT_PRECISION)
+        dsT = (pT * (dpT - delta[None, :])).to(q.dtype)
+        dk = tl.dot(dsT, q, dk, input_precision=DOT_PRECISION)
+        if WITH_DQ:
+            dq = tl.dot(tl.trans(dsT), k, input_precision=DOT_PRECISION) * sm_scale
+            tl.atomic_add(dq_base + dq_offs, dq, mask=m_mask[:, None] & d_mask[None, :], sem="relaxed")
     return dk, dv
 
 
 @triton.jit
-def _bwd_store(dk, dv, DK, DV, s_dkn, s_dkd, s_dvn, s_dvd, dk_head, dv_head, col0, cols, offs_d, kv_mask, sm_scale):
-    """Store one key block's ``dK`` (scaled by ``sm_scale`` here) and ``dV``."""
-    dk = dk * sm_scale
-    tl.store(DK + dk_head + col0 * s_dkn + cols[:, None] * s_dkn + offs_d[None, :] * s_dkd,
-             dk.to(DK.dtype.element_ty), mask=kv_mask)
-    tl.store(DV + dv_head + col0 * s_dvn + cols[:, None] * s_dvn + offs_d[None, :] * s_dvd,
-             dv.to(DV.dtype.element_ty), mask=kv_mask)
+def _bwd_store(dk, dv, DK, DV, s_dkn, s_dkd, s_dvn, s_dvd, dk_head, dv_head, col0, cols, offs_d, kv_mask, sm_scale,
+               WITH_DK: tl.constexpr = True, WITH_DV: tl.constexpr = True):
+    """Store one key block's ``dK`` (scaled by ``sm_scale`` here) and ``dV`` (those that the
+    pass computed: ``WITH_DK``/``WITH_DV``)."""
+    if WITH_DK:
+        dk = dk * sm_scale
+        tl.store(DK + dk_head + col0 * s_dkn + cols[:, None] * s_dkn + offs_d[None, :] * s_dkd,
+                 dk.to(DK.dtype.element_ty), mask=kv_mask)
+    if WITH_DV:
+        tl.store(DV + dv_head + col0 * s_dvn + cols[:, None] * s_dvn + offs_d[None, :] * s_dvd,
+                 dv.to(DV.dtype.element_ty), mask=kv_mask)
 
 
 @triton.jit
@@ -360,12 +369,14 @@ def _attn_bwd_kernel(
     H, H_kv, S_q, S_k, sm_scale, qk_scale, diag,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    WITH_DQ: tl.constexpr = True,
+    WITH_DQ: tl.constexpr = True, WITH_DK: tl.constexpr = True, WITH_DV: tl.constexpr = True,
 ):
     """Grid ``(cdiv(S_k, BLOCK_N), B*H_kv)``: one key block of one key/value head, summing
     over the ``GROUP`` query heads that share it (no atomics on dK/dV).  Needs
     ``BLOCK_N % BLOCK_M == 0``.  ``WITH_DQ``: also add ``dQ`` into a float32 buffer by atomics
-    (otherwise :func:`_attn_bwd_dq_kernel` computes it)."""
+    (otherwise :func:`_attn_bwd_dq_kernel` computes it).  ``WITH_DK``/``WITH_DV``: which of
+    ``dK``/``dV`` this launch accumulates and stores (configs with ``kv_split`` launch it twice,
+    once for each, so that one ``[BLOCK_N, D]`` float32 accumulator is live at a time)."""
     pid_n = tl.program_id(0)
     pid_bh = tl.program_id(1)
     b = (pid_bh // H_kv).to(tl.int64)
@@ -405,10 +416,11 @@ def _attn_bwd_kernel(
         for start_m in range(lo, S_q, BLOCK_M):
             dk, dv = _bwd_step(dk, dv, k, v, q_base, do_base, dq_base, s_qm, s_dom, s_dqm, q_offs, do_offs,
                                dq_offs, lse_ptrs, delta_ptrs, start_m, offs_m, offs_n, d_mask, S_q,
-                               qk_scale, sm_scale, diag, band_end, CAUSAL, DOT_PRECISION, WITH_DQ)
+                               qk_scale, sm_scale, diag, band_end, CAUSAL, DOT_PRECISION, WITH_DQ, WITH_DK,
+                               WITH_DV)
 
     _bwd_store(dk, dv, DK, DV, s_dkn, s_dkd, s_dvn, s_dvd, b * s_dkb + hk64 * s_dkh, b * s_dvb + hk64 * s_dvh,
-               col0, cols, offs_d, kv_mask, sm_scale)
+               col0, cols, offs_d, kv_mask, sm_scale, WITH_DK, WITH_DV)
 
 
 @triton.jit
@@ -513,6 +525,10 @@ class AttnConfig:
     Backward: ``block_n`` keys per program, ``block_m`` queries per step; ``dq`` (backward
     only) the tiles of the separate ``dQ`` kernel (``block_m`` queries per program,
     ``block_n`` keys per step), or None when the key-block kernel adds ``dQ`` by atomics.
+    ``kv`` (backward only): when set, the dense backward runs the key-block kernel twice with
+    these tiles, once accumulating ``dV`` and once ``dK`` (one ``[block_n, D]`` float32
+    accumulator live at a time), instead of once with the tiles above (which the block-sparse
+    backward still takes its sub-tiles from).
     """
 
     block_m: int
@@ -520,6 +536,7 @@ class AttnConfig:
     num_warps: int
     num_stages: int
     dq: "AttnConfig | None" = None
+    kv: "AttnConfig | None" = None
 
     def label(self) -> str:
         return f"BM{self.block_m}_BN{self.block_n}_w{self.num_warps}_s{self.num_stages}"
@@ -554,7 +571,9 @@ _BWD_TILES = {  # block_d -> (block_n keys/program, block_m queries/step, num_wa
     32: (128, 64, 8, 2),
     64: (128, 64, 8, 2),
     128: (128, 32, 8, 2),
-    256: (32, 32, 8, 2),  # dK/dV accumulators of 256 columns: mma.sync tiles, no wgmma
+    # dK/dV accumulators of 256 columns: 32-key mma.sync tiles.  The dense 16-bit backward runs
+    # _BWD_KV_SPLIT instead; the block-sparse backward takes its D=256 sub-tiles from here
+    256: (32, 32, 8, 2),
 }
 # float32 inputs on a GPU (IEEE fp32 runs on FMA units, TF32 when torch allows it): small
 # tiles, since FMA dot products hold both operands in registers.  Chosen so that neither
@@ -581,15 +600,27 @@ _BWD_TILES_FP32 = {  # block_d -> (block_n, block_m, num_warps, num_stages)
 # key-block kernel has BLOCK_N = 128 rows (wgmma, 231 registers) and the dQ kernel runs 128-row
 # wgmma (206 registers).  The price: QK^T and dO V^T are computed twice (7 matmuls per tile, not
 # 5), counted in the executed FLOPs.  D=256 keeps the atomic dQ: its key-block kernel without dQ
-# reaches 254 registers at 64 x 16.
+# reached 254 registers at 64 x 16; it is split further (_BWD_KV_SPLIT).
 _BWD_SPLIT_DQ = {
     128: (128, 64, 8, 2),
+    # 64 x 256 float32 dQ over two warpgroups: 220 registers (64 x 64 steps: 192 bytes of stack)
+    256: (64, 32, 8, 2),
+}
+# 16-bit backward with dK and dV accumulated by two launches of the key-block kernel (and dQ by
+# the kernel above): block_d -> (block_n keys/program, block_m queries/step, warps, stages).
+# At D=256 one [64, 256] float32 accumulator per launch: the dV pass (QK^T, P^T dO) 140-184
+# registers, the dK pass (QK^T, dO V^T, dS^T Q) 223-225; every matmul has 64 rows (wgmma).
+# 64-query steps spill in the dK pass (104 bytes).  The price: QK^T runs in both passes, and
+# QK^T, dO V^T again in the dQ kernel: 8 matmuls per (query, key) pair instead of 5.
+_BWD_KV_SPLIT = {
+    256: (64, 32, 8, 2),
 }
 # Under the Triton interpreter: one small config (tests exercise several tiles per row),
 # in the same order as the tables above.
 _INTERP_FWD = (32, 16, 4, 1)  # block_m, block_n
 _INTERP_BWD = (32, 16, 4, 1)  # block_n, block_m
 _INTERP_DQ = (32, 16, 4, 1)  # block_m, block_n of the dQ kernel
+_INTERP_KV = (32, 16, 4, 1)  # block_n, block_m of the separate dK and dV passes
 
 _SMEM_BUDGET = {90: 220_000, 80: 160_000, 87: 160_000}  # bytes a block may use, by sm
 _SMEM_DEFAULT = 96_000
@@ -650,7 +681,14 @@ def bwd_config(head_dim: int, elem_bytes: int = 2, interpret: bool = False,
         # q and dO resident, k and v tiles per stage
         qs = _fit_stages(qs, 2 * qm * bd * elem_bytes, 2 * qn * bd * elem_bytes, _smem_budget(capability))
         dq = AttnConfig(qm, qn, qw, qs)
-    return AttnConfig(bm, bn, warps, stages, dq)
+    kv = None
+    if elem_bytes == 2 and bd in _BWD_KV_SPLIT:
+        kn, km, kw, ks = _INTERP_KV if interpret else _BWD_KV_SPLIT[bd]
+        # k (and v) resident; q and dO tiles per stage; dS transposed through shared memory
+        ks = _fit_stages(ks, 2 * kn * bd * elem_bytes + kn * km * elem_bytes, 2 * km * bd * elem_bytes,
+                         _smem_budget(capability))
+        kv = AttnConfig(km, kn, kw, ks)
+    return AttnConfig(bm, bn, warps, stages, dq, kv)
 
 
 # --------------------------------------------------------------------------------------
@@ -713,22 +751,26 @@ def inspect_specs(capability: int = 90) -> list:
                     fn=_attn_fwd_kernel, signature=sig, constexprs=consts, num_warps=cfg.num_warps,
                     num_stages=cfg.num_stages, tensor_core=True, aligned=aligned))
             cfg = bwd_config(d, 2, False, cap)
-            consts = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK_M": cfg.block_m,
-                      "BLOCK_N": cfg.block_n, "CAUSAL": causal, "DOT_PRECISION": "tf32",
-                      "WITH_DQ": cfg.dq is None}
-            sig, consts, aligned = _spec_signature(
-                _attn_bwd_kernel,
-                {"Q": dt, "K": dt, "V": dt, "DO": dt, "DQ": "*fp32", "DK": dt, "DV": dt, "LSE": "*fp32",
-                 "DELTA": "*fp32"},
-                ("sm_scale", "qk_scale"), consts)
-            # D=256: 32-key tiles (the dK/dV accumulators of 256 columns do not fit otherwise)
-            # run on mma.sync, not wgmma: marked so that no wgmma is expected of them
-            wgmma = cfg.block_n >= 64
-            specs.append(KernelSpec(
-                kernel="attention_bwd[bf16]",
-                config=f"D{d}_{mode}_{cfg.label()}" + ("" if wgmma else "_mma.sync") + ("_nodq" if cfg.dq else ""),
-                fn=_attn_bwd_kernel, signature=sig, constexprs=consts, num_warps=cfg.num_warps,
-                num_stages=cfg.num_stages, tensor_core=wgmma, aligned=aligned))
+            # D=256: dV and dK by two launches of the key-block kernel (``kv`` tiles)
+            passes = [(cfg.kv, "_dv", False, True), (cfg.kv, "_dk", True, False)] if cfg.kv else [(cfg, "", True, True)]
+            for kcfg, suffix, with_dk, with_dv in passes:
+                consts = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK_M": kcfg.block_m,
+                          "BLOCK_N": kcfg.block_n, "CAUSAL": causal, "DOT_PRECISION": "tf32",
+                          "WITH_DQ": cfg.dq is None, "WITH_DK": with_dk, "WITH_DV": with_dv}
+                sig, consts, aligned = _spec_signature(
+                    _attn_bwd_kernel,
+                    {"Q": dt, "K": dt, "V": dt, "DO": dt, "DQ": "*fp32", "DK": dt, "DV": dt, "LSE": "*fp32",
+                     "DELTA": "*fp32"},
+                    ("sm_scale", "qk_scale"), consts)
+                # key tiles of < 64 rows would run on mma.sync, not wgmma: marked so that no wgmma
+                # is expected of them (none is shipped for 16-bit inputs)
+                wgmma = kcfg.block_n >= 64
+                specs.append(KernelSpec(
+                    kernel="attention_bwd[bf16]",
+                    config=(f"D{d}_{mode}_{kcfg.label()}" + ("" if wgmma else "_mma.sync")
+                            + ("_nodq" if cfg.dq else "") + suffix),
+                    fn=_attn_bwd_kernel, signature=sig, constexprs=consts, num_warps=kcfg.num_warps,
+                    num_stages=kcfg.num_stages, tensor_core=wgmma, aligned=aligned))
             if cfg.dq is not None:
                 dq = cfg.dq
                 consts = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK_M": dq.block_m,

@@ -392,16 +392,20 @@ def attention_bwd(
         dq = torch.zeros((B, H, S_q, D), dtype=torch.float32, device=q.device)
     dk = new_output((B, H_kv, S_k, D), q.dtype, q.device)
     dv = new_output((B, H_kv, S_k, D), q.dtype, q.device)
-    for b0, b1 in batch_slices(B, H_kv):
-        t = slice_batch((q, k, v, do, dq, dk, dv, lse, delta), b0, b1, B)
-        grid = (triton.cdiv(S_k, cfg.block_n), (b1 - b0) * H_kv)
-        launch(
-            _ak._attn_bwd_kernel, grid, cfg,
-            *t, *(st for x in t[:7] for st in _strides(x)),
-            H, H_kv, S_q, S_k, sm_scale, sm_scale * _ak.LOG2E, diag,
-            GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=cfg.block_m, BLOCK_N=cfg.block_n,
-            CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype), WITH_DQ=not split,
-        )
+    # one launch accumulating dK and dV, or (``cfg.kv``) a dV pass then a dK pass
+    passes = [(cfg.kv, False, True), (cfg.kv, True, False)] if cfg.kv is not None else [(cfg, True, True)]
+    for kcfg, with_dk, with_dv in passes:
+        for b0, b1 in batch_slices(B, H_kv):
+            t = slice_batch((q, k, v, do, dq, dk, dv, lse, delta), b0, b1, B)
+            grid = (triton.cdiv(S_k, kcfg.block_n), (b1 - b0) * H_kv)
+            launch(
+                _ak._attn_bwd_kernel, grid, kcfg,
+                *t, *(st for x in t[:7] for st in _strides(x)),
+                H, H_kv, S_q, S_k, sm_scale, sm_scale * _ak.LOG2E, diag,
+                GROUP=H // H_kv, HEAD_DIM=D, BLOCK_D=_ak.block_d(D), BLOCK_M=kcfg.block_m,
+                BLOCK_N=kcfg.block_n, CAUSAL=causal, DOT_PRECISION=dot_precision(q.dtype), WITH_DQ=not split,
+                WITH_DK=with_dk, WITH_DV=with_dv,
+            )
     if split:
         for b0, b1 in batch_slices(B, H):
             t = slice_batch((q, k, v, do, dq, lse, delta), b0, b1, B)
@@ -593,21 +597,26 @@ def fwd_cost_from_work(B: int, D: int, es: int, q_rows: int, kv_rows: int,
 def bwd_cost_from_work(B: int, D: int, es: int, q_rows: int, kv_rows: int,
                        model_pairs: int, computed: int, tiles: int, has_dlse: bool,
                        block_d: Optional[int] = None, peak: str = "", dq_computed: int = 0,
-                       dq_tiles: int = 0) -> Cost:
+                       dq_tiles: int = 0, kv_split: bool = False) -> Cost:
     """Backward cost (same arguments as :func:`fwd_cost_from_work`): model 2x forward;
     executed adds one ``QK^T`` recompute over the computed scores, and the head-dim padding of
     all five matmuls.  With a separate ``dQ`` kernel (``dq_computed`` scores over ``dq_tiles``
     row-tile visits, > 0) the key-block kernel runs four matmuls per score (``QK^T``
     recomputed, ``dV``, ``dP``, ``dK``) and the ``dQ`` kernel three (``QK^T`` and ``dP``
-    recomputed, ``dQ``)."""
+    recomputed, ``dQ``).  ``kv_split`` (with a ``dQ`` kernel): ``dV`` and ``dK`` by two passes of
+    the key-block kernel, which then runs five matmuls per score (``QK^T`` in both passes, ``dV``;
+    ``dP``, ``dK``), the extra ``QK^T`` counted as recompute."""
     bd = D if block_d is None else block_d
     unit = 2 * B * D
     model = 4 * unit * model_pairs
     if dq_computed:
-        recompute = unit * computed + 2 * unit * dq_computed
-        executed = 4 * unit * computed + 3 * unit * dq_computed
-        padding = 2 * B * (bd - D) * (4 * computed + 3 * dq_computed)
-        nonmatmul = B * (5 * computed + 5 * dq_computed + D * (tiles + dq_tiles) + 2 * D * q_rows)
+        kv_mm = 5 if kv_split else 4  # matmuls per score in the key-block kernel(s)
+        recompute = (kv_mm - 3) * unit * computed + 2 * unit * dq_computed
+        executed = kv_mm * unit * computed + 3 * unit * dq_computed
+        padding = 2 * B * (bd - D) * (kv_mm * computed + 3 * dq_computed)
+        # kv_split: the dV pass recomputes P (2 per score) and visits every tile once more
+        nonmatmul = B * ((5 + (2 if kv_split else 0)) * computed + 5 * dq_computed
+                         + D * ((2 if kv_split else 1) * tiles + dq_tiles) + 2 * D * q_rows)
     else:
         recompute = unit * computed
         executed = 5 * unit * computed
@@ -642,13 +651,14 @@ def _bwd_cost(q_shape, k_shape, dtype, causal, has_dlse, device=None, bottom_rig
     causal, bottom_right = bool(causal), bool(bottom_right)
     _, cfg = _configs(D, dtype, device)
     diag = causal_diag(causal, bottom_right, S_q, S_k)
-    computed, tiles = bwd_work(S_q, S_k, causal, cfg.block_m, cfg.block_n, diag)
+    kcfg = cfg.kv if cfg.kv is not None else cfg  # the key-block kernel's tiles
+    computed, tiles = bwd_work(S_q, S_k, causal, kcfg.block_m, kcfg.block_n, diag)
     dq_computed = dq_tiles = 0
     if cfg.dq is not None:  # the dQ kernel walks the keys as the forward does
         dq_computed, dq_tiles = fwd_work(S_q, S_k, causal, cfg.dq.block_m, cfg.dq.block_n, diag)
     return bwd_cost_from_work(B, D, esize(dtype), H * S_q, H_kv * S_k, H * pairs(S_q, S_k, causal, bottom_right),
                               H * computed, H * tiles, has_dlse, _ak.block_d(D), peak_dtype(dtype),
-                              H * dq_computed, H * dq_tiles)
+                              H * dq_computed, H * dq_tiles, cfg.kv is not None)
 
 
 @register_cost("flopscale::attention_fwd")

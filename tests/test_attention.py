@@ -345,11 +345,71 @@ def brute_bwd_computed(S_q, S_k, causal, bm, bn):
 
 def bwd_matmul_scores(S_q, S_k, causal, cfg):
     """Backward matmul work in scores x matmuls: 5 per score of the key-block kernel, or 4 per
-    score of it plus 3 per score of the separate dQ kernel (which walks keys as the forward)."""
-    c1 = brute_bwd_computed(S_q, S_k, causal, cfg.block_m, cfg.block_n)
+    score of it plus 3 per score of the separate dQ kernel (which walks keys as the forward),
+    or, with dK and dV in separate passes (``cfg.kv``), 2 + 3 per score of the two passes plus
+    the dQ kernel's 3."""
+    kcfg = cfg.kv or cfg
+    c1 = brute_bwd_computed(S_q, S_k, causal, kcfg.block_m, kcfg.block_n)
     if cfg.dq is None:
         return 5 * c1
-    return 4 * c1 + 3 * brute_fwd_computed(S_q, S_k, causal, cfg.dq.block_m, cfg.dq.block_n)
+    return (5 if cfg.kv else 4) * c1 + 3 * brute_fwd_computed(S_q, S_k, causal, cfg.dq.block_m, cfg.dq.block_n)
+
+
+@pytest.mark.parametrize("causal,S_q,S_k", [(True, 300, 333), ("bottom_right", 333, 300), (False, 100, 200)])
+@pytest.mark.parametrize("interpret", [True, False])
+def test_kv_split_backward_cost(causal, S_q, S_k, interpret, monkeypatch):
+    """16-bit D=256 (and padded D=160): dV and dK by two passes of the key-block kernel, dQ by
+    its own kernel.  Executed = 2 + 3 matmuls per score of the passes (QK^T in both) + 3 per
+    score of the dQ kernel; recompute = 2 QK^T of the passes + QK^T and dP of the dQ kernel;
+    model FLOPs unchanged; the parts add up; float32 keeps one pass with atomic dQ."""
+    monkeypatch.setenv("TRITON_INTERPRET", "1" if interpret else "0")
+    for D in (256, 160):
+        B, H, H_kv = 2, 4, 2
+        q = torch.empty(B, H, S_q, D, dtype=torch.float16, device="meta")
+        k = torch.empty(B, H_kv, S_k, D, dtype=torch.float16, device="meta")
+        lse = torch.empty(B, H, S_q, dtype=torch.float32, device="meta")
+        _, cfg = al._configs(D, torch.float16, None)
+        assert cfg.kv is not None and cfg.dq is not None
+        assert al._configs(D, torch.float32, None)[1].kv is None
+        if not interpret:  # Hopper: every matmul of >= 64 rows
+            assert cfg.kv.block_n >= 64 and cfg.dq.block_m >= 64
+        mode = al.causal_mode(causal)
+        bwd = kernels.cost_of("flopscale::attention_bwd", q, q, k, k, q, lse, None, mode is not None, 0.1,
+                              mode == "bottom_right")
+        c1 = brute_bwd_computed(S_q, S_k, causal, cfg.kv.block_m, cfg.kv.block_n)
+        c2 = brute_fwd_computed(S_q, S_k, causal, cfg.dq.block_m, cfg.dq.block_n)
+        unit = 2 * B * H * 256  # the matmuls run on the 256-wide tile
+        assert bwd.flops == 8 * B * H * D * brute_pairs(S_q, S_k, causal)
+        assert bwd.executed_flops == unit * (5 * c1 + 3 * c2) == unit * bwd_matmul_scores(S_q, S_k, causal, cfg)
+        assert bwd.detail["recompute"] == 2 * B * H * D * (2 * c1 + 2 * c2)
+        assert sum(bwd.detail.values()) == bwd.executed_flops and bwd.detail["masked"] >= 0
+
+
+@pytest.mark.parametrize("B,H,H_kv,S_q,S_k,causal,dtype", [
+    (1, 2, 1, 37, 45, "bottom_right", torch.float16), (1, 2, 1, 45, 37, True, torch.float16),
+    (1, 2, 2, 21, 40, False, torch.float16), (1, 2, 1, 19, 23, "bottom_right", torch.float32)])
+def test_head_dim_256_gradients(B, H, H_kv, S_q, S_k, causal, dtype, device):
+    """D=256 gradients vs float64: fp16 runs the separate dV and dK passes and the dQ kernel
+    (the shipped 16-bit path), fp32 the single key-block kernel with atomic dQ; ragged sizes,
+    both causal alignments, GQA."""
+    assert (al._configs(256, dtype, None)[1].kv is not None) == (dtype == torch.float16)
+    gen = torch.Generator().manual_seed(S_q * 31 + S_k)
+    check_fwd_bwd(*make_qkv(B, H, H_kv, S_q, S_k, 256, dtype, device, gen), causal, gen=gen)
+
+
+@pytest.mark.parametrize("B,H,H_kv,S_q,S_k,causal", [(2, 4, 2, 37, 100, "bottom_right"), (1, 3, 1, 100, 37, True),
+                                                     (1, 2, 2, 45, 45, False)])
+def test_kv_split_backward_numerics(B, H, H_kv, S_q, S_k, causal, device, monkeypatch):
+    """The separate dV and dK passes (shipped for 16-bit D=256) at D=16, so the interpreter runs
+    them on more tiles: ragged sizes, both alignments, GQA."""
+    from flopscale.kernels import attention_kernels as ak
+
+    monkeypatch.setitem(ak._BWD_SPLIT_DQ, 16, (128, 64, 8, 2))
+    monkeypatch.setitem(ak._BWD_KV_SPLIT, 16, (64, 32, 8, 2))
+    cfg = al._configs(16, torch.float16, None)[1]
+    assert cfg.kv is not None and cfg.dq is not None
+    gen = torch.Generator().manual_seed(S_q * 5 + S_k)
+    check_fwd_bwd(*make_qkv(B, H, H_kv, S_q, S_k, 16, torch.float16, device, gen), causal, gen=gen)
 
 
 @pytest.mark.parametrize("causal,S_q,S_k", [(True, 300, 333), ("bottom_right", 333, 300), (False, 100, 200)])

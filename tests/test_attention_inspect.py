@@ -7,7 +7,7 @@ a Hopper tensor-core kernel.  Compiling needs Triton's real JIT, not the interpr
 ``conftest.py`` switches on, so it runs in a subprocess without ``TRITON_INTERPRET``.
 
 By default a representative subset is compiled (the dense forward at head dims 64 and 128,
-the backward at 128 and 256, block-sparse blocks 64 and 128 at head dim 128); set
+the backward at 128 and 256 (both masks at 256), block-sparse blocks 64 and 128 at head dim 128); set
 ``FLOPSCALE_INSPECT_ALL=1`` to compile every shipped configuration (about a minute more).
 """
 from __future__ import annotations
@@ -30,6 +30,8 @@ SUBSET = {
         ("attention_bwd[bf16]", "D128_causal"),
         ("attention_bwd_dq[bf16]", "D128_causal"),
         ("attention_bwd[bf16]", "D256_full"),
+        ("attention_bwd[bf16]", "D256_causal"),
+        ("attention_bwd_dq[bf16]", "D256_causal"),
     ],
     "flopscale.kernels.blocksparse_attention_kernels": [
         ("blocksparse_attention_fwd[bf16]", "block64_D128"),
@@ -105,15 +107,23 @@ def test_specs_cover_every_shipped_config():
             f = [s for s in dense if s.kernel.startswith("attention_fwd") and s.config.startswith(f"D{d}_{mode}_")]
             b = [s for s in dense if s.kernel.startswith("attention_bwd[") and s.config.startswith(f"D{d}_{mode}_")]
             # the forward twice: through TMA descriptors and through pointers (the fallback)
-            assert sorted(s.constexprs["USE_TMA"] for s in f) == [False, True] and len(b) == 1
+            assert sorted(s.constexprs["USE_TMA"] for s in f) == [False, True]
             for s in f:
                 fc = ak.fwd_config(d, 2, False, (9, 0), s.constexprs["USE_TMA"])
                 assert (s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.num_warps, s.num_stages) == (
                     fc.block_m, fc.block_n, fc.num_warps, fc.num_stages)
                 assert s.constexprs["CAUSAL"] is causal
             bc = ak.bwd_config(d, 2, False, (9, 0))
-            assert (b[0].constexprs["BLOCK_M"], b[0].constexprs["BLOCK_N"], b[0].num_warps, b[0].num_stages) == (
-                bc.block_m, bc.block_n, bc.num_warps, bc.num_stages)
+            # one key-block launch, or (kv) a dV pass and a dK pass, as the layer launches them
+            kc = bc.kv or bc
+            flags = [(True, True)] if bc.kv is None else [(False, True), (True, False)]
+            assert [(s.constexprs["WITH_DK"], s.constexprs["WITH_DV"]) for s in b] == flags
+            for s in b:
+                assert (s.constexprs["BLOCK_M"], s.constexprs["BLOCK_N"], s.num_warps, s.num_stages) == (
+                    kc.block_m, kc.block_n, kc.num_warps, kc.num_stages)
+                assert s.constexprs["WITH_DQ"] is (bc.dq is None) and s.tensor_core
+            dq = [s for s in dense if s.kernel.startswith("attention_bwd_dq") and s.config.startswith(f"D{d}_{mode}_")]
+            assert len(dq) == (bc.dq is not None)
     for spec in dense + bk.inspect_specs(90):
         assert set(spec.signature) == set(spec.fn.arg_names), spec.config
         for name, ty in spec.signature.items():
@@ -151,10 +161,8 @@ def test_hopper_configs_compile_without_spills_and_use_wgmma():
             assert r["tma_loads"] > 0, f"{name}: no TMA loads"
         if r["kernel"].startswith("attention_fwd") or r["kernel"].startswith("attention_bwd_dq"):
             assert r["mma_sync"] == 0, f"{name}: mma.sync in a bf16 forward or dQ kernel"
-        if r["kernel"].startswith("attention_bwd[") and not r["config"].startswith("D256"):
-            # every backward matmul on wgmma at D <= 128 (dQ in its own kernel at D=128)
+        if r["kernel"].startswith("attention_bwd"):
+            # every backward matmul on wgmma, D=256 included (dQ in its own kernel at D=128 and
+            # 256; at D=256 dV and dK by separate passes)
             assert r["mma_sync"] == 0 and r["wgmma"] > 0, f"{name}: mma.sync in a bf16 backward"
-    # the D=256 backward is the one dense config that runs mma.sync (no wgmma expected)
-    for r in results:
-        if r["kernel"].startswith("attention_bwd") and r["config"].startswith("D256"):
-            assert not r["expects_tensor_core"] and r["tensor_core"]
+            assert r["expects_tensor_core"] and "mma.sync" not in r["config"], name
