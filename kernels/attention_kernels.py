@@ -34,7 +34,11 @@ runs first); it recomputes ``P`` from the saved
 registers and adds ``dQ = dS K`` into a float32 buffer with atomic adds.  That is five
 matmuls per (query, key) tile: the ``2x`` forward of the model count plus a ``0.5x``
 forward recompute (the convention of ``../shared/DESIGN.md``).  The float32 atomic adds
-make ``dQ`` non-deterministic in its last bits (as in FlashAttention-2).
+make ``dQ`` non-deterministic in its last bits (as in FlashAttention-2).  16-bit inputs at
+``BLOCK_D = 128`` and ``256`` compute ``dQ`` in a kernel of its own (:func:`_attn_bwd_dq_kernel`,
+a plain store); at ``BLOCK_D = 256`` the key-block kernel also runs twice, once for ``dV`` and
+once for ``dK`` (``WITH_DV``/``WITH_DK``), so that one ``[BLOCK_N, 256]`` float32 accumulator is
+live at a time and every matmul fits 64-row wgmma tiles on sm_90 without spilling.
 """
 from __future__ import annotations
 

@@ -52,7 +52,12 @@ Costs (``kernels.cost_of``; FlopCounterMode reports the same *model* count):
   ``dP``/``dV`` in ``detail["pv"]``).  16-bit inputs at ``D = 128`` (padded or not) compute
   ``dQ`` in a kernel of its own (all matmuls on 128-row wgmma tiles); it recomputes ``QK^T``
   and ``dP``, so executed there is 4 matmuls per score of the key-block kernel plus 3 per
-  score of the ``dQ`` kernel (``detail["recompute"]`` holds the three recomputed ones).  Executed adds the recompute of ``QK^T`` (0.5x
+  score of the ``dQ`` kernel (``detail["recompute"]`` holds the three recomputed ones).
+  16-bit inputs at ``D = 256`` (padded or not, e.g. ``D = 160``) also split the key-block
+  kernel into a ``dV`` pass (``QK^T``, ``P^T dO``) and a ``dK`` pass (``QK^T``, ``dO V^T``,
+  ``dS^T Q``): executed is 5 matmuls per score of the passes plus 3 of the ``dQ`` kernel, 8
+  instead of 5 (recompute: ``QK^T`` twice in the passes, ``QK^T`` and ``dP`` in the ``dQ``
+  kernel).  Otherwise executed adds the recompute of ``QK^T`` (0.5x
   forward, ``detail["recompute"]``) and the masked diagonal work at the backward's tile size
   (``detail["masked"]``); without ``causal`` (and at equal padding) the executed backward is
   exactly 2.5x the forward.  Always ``scores + pv == flops`` and ``sum(detail.values()) == executed_flops``.
