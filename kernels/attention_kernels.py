@@ -293,13 +293,22 @@ def _attn_fwd_kernel(
     H, S_q, S_k, qk_scale, diag,
     GROUP: tl.constexpr, HEAD_DIM: tl.constexpr, BLOCK_D: tl.constexpr,
     BLOCK_M: tl.constexpr, BLOCK_N: tl.constexpr, CAUSAL: tl.constexpr, DOT_PRECISION: tl.constexpr,
-    USE_TMA: tl.constexpr = False,
+    USE_TMA: tl.constexpr = False, WARP_SPECIALIZE: tl.constexpr = False,
 ):
     """Grid ``(cdiv(S_q, BLOCK_M), B*H)``.  Causal (query ``i`` sees keys ``j <= i + diag``):
     key tiles past the block's last query are never visited (loop bound); only the tiles that
     straddle the diagonal are masked.  ``USE_TMA``: q, k, v tiles are read through tensor
     descriptors over each head's ``[S, HEAD_DIM]`` matrix (the launcher checks TMA's rules:
-    unit inner stride, 16-byte aligned bases and strides); otherwise through pointers."""
+    unit inner stride, 16-byte aligned bases and strides); otherwise through pointers.
+
+    ``WARP_SPECIALIZE`` asks Triton to warp-specialize the unmasked key loop
+    (``tl.range(..., warp_specialize=True)``).  No shipped configuration sets it: with Triton
+    3.9 on sm_90 it does not take effect.  At the shipped 8-warp tiles the request is ignored
+    silently (no ``setmaxnreg`` hand-off; the same registers and wgmma count), and at
+    4 warps Triton's Hopper warp-specialization pass fails to compile the kernel.  Triton
+    documents the feature for Blackwell and simple matmul loops.
+    ``tests/test_attention_inspect.py`` compiles the switch for sm_90 and records this, so a
+    Triton upgrade that enables it shows up there.  The interpreter ignores the flag."""
     pid_m = tl.program_id(0)
     if CAUSAL:
         # longest rows first: better tail balance
@@ -346,7 +355,7 @@ def _attn_fwd_kernel(
         hi = S_k
         mid = (S_k // BLOCK_N) * BLOCK_N
     # fully visible, in-bounds key tiles: no masking
-    for start_n in range(0, mid, BLOCK_N):
+    for start_n in tl.range(0, mid, BLOCK_N, warp_specialize=WARP_SPECIALIZE):
         acc, l_i, m_i = _fwd_step(acc, l_i, m_i, q, k_base, v_base, s_kn, s_vn, k_offs, v_offs, start_n,
                                   offs_m, offs_n, d_mask, S_k, qk_scale, diag, False, CAUSAL, DOT_PRECISION,
                                   USE_TMA)
@@ -747,7 +756,8 @@ def inspect_specs(capability: int = 90) -> list:
             for tma in ((True, False) if capability >= 90 and HAS_TMA else (False,)):
                 cfg = fwd_config(d, 2, False, cap, tma)
                 consts = {"GROUP": 1, "HEAD_DIM": d, "BLOCK_D": bd, "BLOCK_M": cfg.block_m,
-                          "BLOCK_N": cfg.block_n, "CAUSAL": causal, "DOT_PRECISION": "tf32", "USE_TMA": tma}
+                          "BLOCK_N": cfg.block_n, "CAUSAL": causal, "DOT_PRECISION": "tf32", "USE_TMA": tma,
+                          "WARP_SPECIALIZE": False}
                 sig, consts, aligned = _spec_signature(
                     _attn_fwd_kernel, {"Q": dt, "K": dt, "V": dt, "O": dt, "LSE": "*fp32"}, ("qk_scale",), consts)
                 specs.append(KernelSpec(

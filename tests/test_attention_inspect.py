@@ -166,3 +166,54 @@ def test_hopper_configs_compile_without_spills_and_use_wgmma():
             # 256; at D=256 dV and dK by separate passes)
             assert r["mma_sync"] == 0 and r["wgmma"] > 0, f"{name}: mma.sync in a bf16 backward"
             assert r["expects_tensor_core"] and "mma.sync" not in r["config"], name
+
+
+_WS_SCRIPT = r"""
+import dataclasses, json
+from flopscale.kernels import inspect as ki
+from flopscale.kernels import attention_kernels as ak
+out = []
+for spec in ak.inspect_specs(90):
+    if spec.kernel != "attention_fwd[bf16]" or not spec.config.endswith("_tma"):
+        continue
+    # the shipped 8-warp D=128 tile, and a 4-warp D=64 one (one consumer warp group)
+    for prefix, warps in (("D128_full_", None), ("D64_full_", 4)):
+        if not spec.config.startswith(prefix):
+            continue
+        for ws in (False, True):
+            w = warps or spec.num_warps
+            s = dataclasses.replace(spec, constexprs={**spec.constexprs, "WARP_SPECIALIZE": ws}, num_warps=w,
+                                    config=f"{prefix}w{w}_ws{int(ws)}|{spec.config}")
+            out.append(ki.compile_spec(s, 90).to_dict())
+print(json.dumps(out, default=str))
+"""
+
+
+def test_forward_warp_specialize_switch_on_sm90_records_triton_behaviour():
+    """``WARP_SPECIALIZE`` (``tl.range(..., warp_specialize=True)`` on the forward's unmasked
+    key loop) does not take effect on sm_90 with Triton 3.9, so no shipped configuration sets
+    it.  At the shipped 8 warps the request is silently ignored (no ``setmaxnreg`` hand-off,
+    same registers and wgmma as without); at 4 warps Triton's Hopper warp-specialization pass
+    fails.  If a Triton upgrade makes it take effect, this test fails: then measure it, and
+    ship it where it has no spills and <= 247 registers."""
+    reason = _toolchain_missing()
+    if reason:
+        pytest.skip(reason)
+    env = {k: v for k, v in os.environ.items() if k != "TRITON_INTERPRET"}
+    proc = subprocess.run([sys.executable, "-c", _WS_SCRIPT], cwd=ROOT, env=env, capture_output=True,
+                          text=True, timeout=600)
+    assert proc.returncode == 0, proc.stderr[-3000:]
+    res = {r["config"].split("|")[0]: r for r in json.loads(proc.stdout.strip().splitlines()[-1])}
+    assert set(res) == {"D128_full_w8_ws0", "D128_full_w8_ws1", "D64_full_w4_ws0", "D64_full_w4_ws1"}, set(res)
+    for name, r in res.items():
+        assert not (r["compiled"] and r["warp_specialized"]), (
+            f"{name}: Triton now warp-specializes the attention forward on sm_90 "
+            f"({r['registers']} registers, stack {r['stack_bytes']} bytes): measure it and ship it")
+    # the shipped tile: the request is ignored, and costs nothing
+    off, on = res["D128_full_w8_ws0"], res["D128_full_w8_ws1"]
+    assert off["compiled"] and on["compiled"], (off["error"], on["error"])
+    assert on["warp_specialized"] is False and on["spills"] == 0 and on["stack_bytes"] == 0
+    assert abs(on["registers"] - off["registers"]) <= 8 and on["registers"] <= 247
+    assert on["wgmma"] == off["wgmma"] > 0 and on["mma_sync"] == 0
+    # 4 warps: the plain loop compiles to wgmma; with the request Triton's pass gives up
+    assert res["D64_full_w4_ws0"]["compiled"] and res["D64_full_w4_ws0"]["wgmma"] > 0
