@@ -33,7 +33,7 @@ runs first); it recomputes ``P`` from the saved
 ``lse`` (one ``Q K^T``), accumulates ``dV = P^T dO``, ``dP = dO V^T``, ``dK = dS^T Q`` in
 registers and adds ``dQ = dS K`` into a float32 buffer with atomic adds.  That is five
 matmuls per (query, key) tile: the ``2x`` forward of the model count plus a ``0.5x``
-forward recompute (the convention of ``../shared/DESIGN.md``).  The float32 atomic adds
+forward recompute (the counting convention in the README).  The float32 atomic adds
 make ``dQ`` non-deterministic in its last bits (as in FlashAttention-2).  16-bit inputs at
 ``BLOCK_D = 128`` and ``256`` compute ``dQ`` in a kernel of its own (:func:`_attn_bwd_dq_kernel`,
 a plain store); at ``BLOCK_D = 256`` the key-block kernel also runs twice, once for ``dV`` and

@@ -1,4 +1,4 @@
-"""Data sets of published training runs, shipped with the package (no download, no ../shared).
+"""Data sets of published training runs, shipped with the package (no download, no path outside the package).
 
     >>> from flopscale import lawfit
     >>> lawfit.datasets.names()

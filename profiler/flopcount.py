@@ -1,7 +1,7 @@
 """Analytic FLOP counts of a transformer training step, and the published estimates.
 
 Units: a count is in FLOP (one multiply or one add is one FLOP; a multiply-add is two).
-Conventions (``../shared/DESIGN.md``):
+Conventions (the README's counting conventions):
 
 * a matmul ``[M, K] @ [K, N]`` costs ``2*M*N*K``; its backward costs twice that (dX and dW);
 * an attention forward costs ``4*B*H*D*P`` with ``P`` the unmasked (query, key) pairs,

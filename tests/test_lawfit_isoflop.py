@@ -72,7 +72,7 @@ def test_isoflop_uses_the_tables_own_tokens():
     ("isoflops_compiled", {"experiment": "ml_scalefit__massivetext__chinchilla"}),
 ])
 def test_isoflop_on_shipped_data(name, kw):
-    df = lawfit.datasets.load(name)          # shipped with the package, never ../shared
+    df = lawfit.datasets.load(name)          # shipped with the package, never a path outside it
     if "experiment" in kw:
         df = df[df["experiment"] == kw["experiment"]]
     import warnings
