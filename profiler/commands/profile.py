@@ -13,10 +13,9 @@ from __future__ import annotations
 
 import argparse
 import os
-from typing import Any, Callable
 
-from ..profile_cases import DTYPES, OPS, PROVIDERS, Case, ProfileError
-from ..profile_run import ProfileOptions, build_cases, footer_text, profile_kernels, rows_table
+from ..profile_cases import DTYPES, OPS, PROVIDERS, ProfileError
+from ..profile_run import ProfileOptions, profile_kernels
 from ._common import UserError, check_output_path, print_json
 
 NAME = "profile"
@@ -69,33 +68,6 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
 
 def _options(args: argparse.Namespace) -> ProfileOptions:
     return ProfileOptions.from_namespace(args)
-
-
-def check_args(args: argparse.Namespace, on_gpu: bool) -> list[Case]:
-    """Validate the options and build the cases (UserError: one clear line per mistake)."""
-    try:
-        return build_cases(_options(args), on_gpu)[0]
-    except ProfileError as exc:
-        raise UserError(str(exc)) from None
-
-
-def collect(args: argparse.Namespace, device: Any, cases: list[Case] | None = None,
-            before_job: Callable[[int, Case, str], None] | None = None, show_progress: bool = True,
-            after_job: Callable[[int, dict], None] | None = None) -> Any:
-    """:func:`profiler.profile_run.profile_kernels` for parsed options (used by profiler.distributed)."""
-    try:
-        return profile_kernels(_options(args), device, cases, before_job=before_job, show_progress=show_progress,
-                               after_job=after_job)
-    except ProfileError as exc:
-        raise UserError(str(exc)) from None
-
-
-def _text_table(df: Any, skipped: list[dict]) -> str:
-    return rows_table(df, skipped)
-
-
-def footer(args: argparse.Namespace, ceilings: Any, rows: list[dict]) -> str:
-    return footer_text(ceilings, rows, flush_l2=not args.no_flush_l2)
 
 
 def distributed_line(args: argparse.Namespace, nproc: int) -> list[str]:
