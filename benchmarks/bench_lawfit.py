@@ -210,15 +210,18 @@ def run(quick: bool = False, seed: int = 0) -> list[dict]:
     def _reps(ts):
         return ", ".join(f"{t:.3g}" for t in ts) + " s"
 
+    def fit_row(provider, key, fw, note):
+        """A row for one timed lawfit fit: its fastest time under ``times[key]`` and its optimum."""
+        tw = min(times[key])
+        return dict(op="chinchilla_fit", shape=shape, provider=provider, status="ok", time_s=tw, reps=len(times[key]),
+                    speedup=tw / t_ref, objective=fw.objective, rel_err=(fw.objective - fit.objective) / fit.objective,
+                    **fw.params, starts_at_best=fw.n_at_best, note=note)
+
     for w in worker_counts:
         fw = fits[w]
-        tw = min(times[f"w{w}"])
         how = (f"{fw.processes} forked processes, half of the starts each" if fw.processes > 1 else "one process")
-        rows.append(dict(op="chinchilla_fit", shape=shape, provider=f"lawfit batched, {w} worker{'s' if w > 1 else ''}",
-                         status="ok", time_s=tw, reps=len(times[f"w{w}"]), speedup=tw / t_ref,
-                         objective=fw.objective, rel_err=(fw.objective - fit.objective) / fit.objective, **fw.params,
-                         starts_at_best=fw.n_at_best,
-                         note=f"fastest of {len(times[f'w{w}'])} ({_reps(times[f'w{w}'])}); {how}; duplicate starts merged "
+        rows.append(fit_row(f"lawfit batched, {w} worker{'s' if w > 1 else ''}", f"w{w}", fw,
+                            note=f"fastest of {len(times[f'w{w}'])} ({_reps(times[f'w{w}'])}); {how}; duplicate starts merged "
                               f"({merged} of {len(grid)}); scipy polish of the best end point (and distinct ones within 0.1%); starts_at_best counts "
                               f"merged starts with their representative"))
     for w in worker_counts + [None]:
@@ -226,11 +229,8 @@ def run(quick: bool = False, seed: int = 0) -> list[dict]:
         tw = min(times[f"loaded-w{w}"])
         idle = min(times[f"w{w if w is not None else worker_counts[0]}"])
         who = "auto workers" if w is None else f"{w} worker{'s' if w > 1 else ''}"
-        rows.append(dict(op="chinchilla_fit", shape=shape, provider=f"lawfit batched, {who}, loaded",
-                         status="ok", time_s=tw, reps=len(times[f"loaded-w{w}"]), speedup=tw / t_ref,
-                         objective=fw.objective, rel_err=(fw.objective - fit.objective) / fit.objective, **fw.params,
-                         starts_at_best=fw.n_at_best,
-                         note=f"one competing process spinning on a core during the fit; fastest of "
+        rows.append(fit_row(f"lawfit batched, {who}, loaded", f"loaded-w{w}", fw,
+                            note=f"one competing process spinning on a core during the fit; fastest of "
                               f"{len(times[f'loaded-w{w}'])} ({_reps(times[f'loaded-w{w}'])}); ran {fw.processes} "
                               f"process{'es' if fw.processes > 1 else ''}; slowdown {tw / idle:.2f}x against the "
                               f"idle time of {'the most workers' if w is None else 'the same workers'}; "
